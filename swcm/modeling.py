@@ -1,0 +1,451 @@
+"""The shared-weights encoder-decoder (XLM-SWCM), read top to bottom.
+
+encoder   the user's pretrained XLM-R/RoBERTa/BERT model, unchanged
+embeddings  the encoder's embedding module (word + positions + LayerNorm), used by the
+            decoder too: the same parameters, not a copy
+decoder   Custom layers, each a copy of one encoder layer (masked self-attention, FFN_a,
+          cross-attention, FFN_b), interleaved every `insert_every` layers with randomly
+          initialised Normal layers (self-attention, cross-attention, FFN)
+lm_head   Linear(H, V) with bias: untied and random (paper), tied, or the encoder's MLM head
+
+Attention runs through `torch.nn.functional.scaled_dot_product_attention`; during generation
+the self-attention keys/values are cached step by step and the cross-attention keys/values
+are computed once, in a transformers `EncoderDecoderCache`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from .configuration import SWCMConfig, check_encoder_config
+
+
+class SWCMAttention(nn.Module):
+    """Multi-head attention with BERT's parameter names (query, key, value, output)."""
+
+    def __init__(self, config: SWCMConfig, layer_idx: int, is_cross_attention: bool):
+        super().__init__()
+        enc = config.encoder
+        self.num_heads = enc.num_attention_heads
+        self.head_dim = enc.hidden_size // enc.num_attention_heads
+        self.dropout = enc.attention_probs_dropout_prob
+        self.layer_idx = layer_idx
+        self.is_cross_attention = is_cross_attention
+        self.query = nn.Linear(enc.hidden_size, enc.hidden_size)
+        self.key = nn.Linear(enc.hidden_size, enc.hidden_size)
+        self.value = nn.Linear(enc.hidden_size, enc.hidden_size)
+        self.output = nn.Linear(enc.hidden_size, enc.hidden_size)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        cache_position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        query = self._heads(self.query(hidden_states))
+        if self.is_cross_attention:
+            cache = past_key_values.cross_attention_cache if past_key_values is not None else None
+            if cache is not None and past_key_values.is_updated.get(self.layer_idx):
+                # The encoder output does not change during generation: reuse its keys/values.
+                key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            else:
+                key, value = self._heads(self.key(key_value_states)), self._heads(self.value(key_value_states))
+                if cache is not None:
+                    key, value = cache.update(key, value, self.layer_idx)
+                    past_key_values.is_updated[self.layer_idx] = True
+        else:
+            key, value = self._heads(self.key(hidden_states)), self._heads(self.value(hidden_states))
+            if past_key_values is not None:
+                key, value = past_key_values.self_attention_cache.update(
+                    key, value, self.layer_idx, {"cache_position": cache_position}
+                )
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        context = context.transpose(1, 2).reshape(hidden_states.shape)
+        return self.output(context)
+
+    @torch.no_grad()
+    def copy_from(self, bert_self_attention: nn.Module, bert_output_dense: nn.Linear) -> None:
+        for mine, theirs in (
+            (self.query, bert_self_attention.query),
+            (self.key, bert_self_attention.key),
+            (self.value, bert_self_attention.value),
+            (self.output, bert_output_dense),
+        ):
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+
+
+class FeedForward(nn.Module):
+    """BERT's FFN: intermediate.dense → activation → output.dense."""
+
+    def __init__(self, config: SWCMConfig):
+        super().__init__()
+        enc = config.encoder
+        self.intermediate = nn.Linear(enc.hidden_size, enc.intermediate_size)
+        self.act = ACT2FN[enc.hidden_act]
+        self.output = nn.Linear(enc.intermediate_size, enc.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.act(self.intermediate(x)))
+
+    @torch.no_grad()
+    def copy_from(self, intermediate_dense: nn.Linear, output_dense: nn.Linear) -> None:
+        for mine, theirs in ((self.intermediate, intermediate_dense), (self.output, output_dense)):
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+
+
+def _copy_layer_norm(mine: nn.LayerNorm, theirs: nn.LayerNorm) -> None:
+    with torch.no_grad():
+        mine.weight.copy_(theirs.weight)
+        mine.bias.copy_(theirs.bias)
+
+
+class _PostLNDecoderLayer(GradientCheckpointingLayer):
+    """Runs named sublayers in order, each as LayerNorm(x + dropout(sublayer(x))) — the
+    encoder's post-LN placement."""
+
+    sublayers: tuple[str, ...] = ()
+
+    def __init__(self, config: SWCMConfig, layer_idx: int):
+        super().__init__()
+        enc = config.encoder
+        self.dropout = nn.Dropout(enc.hidden_dropout_prob)
+        for name in self.sublayers:
+            if name.endswith("attn"):
+                module = SWCMAttention(config, layer_idx, is_cross_attention=name == "cross_attn")
+            else:
+                module = FeedForward(config)
+            self.add_module(name, module)
+            self.add_module(f"{name}_layer_norm", nn.LayerNorm(enc.hidden_size, eps=enc.layer_norm_eps))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        self_attention_mask: torch.Tensor | None = None,
+        cross_attention_mask: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        cache_position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        for name in self.sublayers:
+            module = getattr(self, name)
+            if name == "self_attn":
+                out = module(hidden_states, None, self_attention_mask, past_key_values, cache_position)
+            elif name == "cross_attn":
+                out = module(hidden_states, encoder_hidden_states, cross_attention_mask, past_key_values)
+            else:
+                out = module(hidden_states)
+            hidden_states = getattr(self, f"{name}_layer_norm")(hidden_states + self.dropout(out))
+        return hidden_states
+
+
+class CustomDecoderLayer(_PostLNDecoderLayer):
+    """The weight-shared layer: masked self-attention, FFN_a, cross-attention, FFN_b, all
+    initialised from one encoder layer (both attentions from its self-attention, both FFNs
+    from its FFN)."""
+
+    sublayers = ("self_attn", "ffn_a", "cross_attn", "ffn_b")
+
+    def copy_from_encoder_layer(self, layer: nn.Module) -> None:
+        """Copy the weights of a BERT-layout encoder layer into independent parameters."""
+        for attn in (self.self_attn, self.cross_attn):
+            attn.copy_from(layer.attention.self, layer.attention.output.dense)
+        for ffn in (self.ffn_a, self.ffn_b):
+            ffn.copy_from(layer.intermediate.dense, layer.output.dense)
+        for name in ("self_attn", "cross_attn"):
+            _copy_layer_norm(getattr(self, f"{name}_layer_norm"), layer.attention.output.LayerNorm)
+        for name in ("ffn_a", "ffn_b"):
+            _copy_layer_norm(getattr(self, f"{name}_layer_norm"), layer.output.LayerNorm)
+
+
+class NormalDecoderLayer(_PostLNDecoderLayer):
+    """A standard Transformer decoder layer, randomly initialised."""
+
+    sublayers = ("self_attn", "cross_attn", "ffn")
+
+
+class SWCMDecoder(nn.Module):
+    """The interleaved stack of Custom and Normal layers; embeddings are applied by the caller."""
+
+    def __init__(self, config: SWCMConfig):
+        super().__init__()
+        kinds = {"custom": CustomDecoderLayer, "normal": NormalDecoderLayer}
+        self.layers = nn.ModuleList(kinds[kind](config, i) for i, kind in enumerate(config.decoder_layer_types))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+        past_key_values: EncoderDecoderCache | None,
+        cache_position: torch.Tensor,
+    ) -> torch.Tensor:
+        self_mask = _causal_mask(cache_position, decoder_attention_mask)
+        cross_mask = None
+        if encoder_attention_mask is not None and not bool(encoder_attention_mask.all()):
+            cross_mask = encoder_attention_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                encoder_hidden_states,
+                self_attention_mask=self_mask,
+                cross_attention_mask=cross_mask,
+                past_key_values=past_key_values,
+                cache_position=cache_position,
+            )
+        return hidden_states
+
+
+def _causal_mask(cache_position: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean SDPA mask (True = attend) for queries at `cache_position` over all keys so far."""
+    num_keys = int(cache_position[-1]) + 1
+    if padding_mask is None and cache_position.numel() == 1:
+        return None  # one new token attends to every cached one
+    keys = torch.arange(num_keys, device=cache_position.device)
+    mask = (keys[None, :] <= cache_position[:, None])[None, None]
+    if padding_mask is not None:
+        mask = mask & padding_mask[:, None, None, -num_keys:].bool()
+        # A fully masked row would give NaN; let it attend everywhere (its output is ignored).
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask
+
+
+class MLMHead(nn.Module):
+    """The encoder's masked-LM head layout: dense → activation → LayerNorm → Linear(H, V)."""
+
+    def __init__(self, config: SWCMConfig):
+        super().__init__()
+        enc = config.encoder
+        self.dense = nn.Linear(enc.hidden_size, enc.hidden_size)
+        self.act = ACT2FN[enc.hidden_act]
+        self.layer_norm = nn.LayerNorm(enc.hidden_size, eps=enc.layer_norm_eps)
+        self.decoder = nn.Linear(enc.hidden_size, enc.vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(self.act(self.dense(x))))
+
+    @torch.no_grad()
+    def copy_from_masked_lm(self, masked_lm: PreTrainedModel) -> None:
+        if hasattr(masked_lm, "lm_head"):  # XLM-R / RoBERTa
+            head = masked_lm.lm_head
+            dense, norm, decoder, bias = head.dense, head.layer_norm, head.decoder, head.bias
+        else:  # BERT
+            head = masked_lm.cls.predictions
+            dense, norm = head.transform.dense, head.transform.LayerNorm
+            decoder, bias = head.decoder, head.bias
+        for mine, theirs in ((self.dense, dense), (self.layer_norm, norm)):
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+        self.decoder.weight.copy_(decoder.weight)
+        self.decoder.bias.copy_(bias)
+
+
+class SWCMPreTrainedModel(PreTrainedModel):
+    config_class = SWCMConfig
+    base_model_prefix = "swcm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["CustomDecoderLayer", "NormalDecoderLayer", "XLMRobertaLayer", "RobertaLayer", "BertLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+
+class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
+    """Encoder-decoder whose decoder is built from the encoder's own layers (XLM-SWCM)."""
+
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: SWCMConfig):
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config.encoder, add_pooling_layer=False)
+        self.decoder = SWCMDecoder(config)
+        if config.lm_head == "mlm":
+            self.lm_head = MLMHead(config)
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        # RoBERTa-family positions start after the padding index; BERT's start at 0.
+        padding_idx = getattr(self.encoder.embeddings, "padding_idx", None)
+        self.position_offset = padding_idx + 1 if padding_idx is not None else 0
+        self.post_init()
+
+    # --- building from an encoder -------------------------------------------------------
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: str | os.PathLike | PreTrainedModel,
+        insert_every: int = 3,
+        variant: str = "ws",
+        lm_head: str = "untied",
+    ) -> "SWCMForConditionalGeneration":
+        """Build an SWCM model from a pretrained encoder (a local directory, hub id or model).
+
+        The encoder's weights are loaded unchanged; every Custom layer is copied from its
+        source encoder layer (not for `variant="random"`); Normal layers and the untied head
+        are random. `lm_head="mlm"` copies the checkpoint's masked-LM head and fails with a
+        one-line error when the checkpoint has none.
+        """
+        masked_lm = None
+        if isinstance(encoder, PreTrainedModel):
+            check_encoder_config(encoder.config, type(encoder).__name__)
+            if hasattr(encoder, "lm_head") or hasattr(encoder, "cls"):
+                masked_lm, encoder = encoder, encoder.base_model
+            encoder_model = encoder
+        else:
+            where = str(encoder)
+            check_encoder_config(AutoConfig.from_pretrained(encoder), where)
+            if lm_head == "mlm":
+                masked_lm, info = AutoModelForMaskedLM.from_pretrained(encoder, output_loading_info=True)
+                missing = [k for k in info["missing_keys"] if k.startswith(("lm_head", "cls."))]
+                if missing:
+                    raise ValueError(f"{where}: lm_head='mlm' needs a masked-LM head, but the checkpoint has none")
+                encoder_model = masked_lm.base_model
+            else:
+                encoder_model = AutoModel.from_pretrained(encoder, add_pooling_layer=False)
+        if lm_head == "mlm" and masked_lm is None:
+            raise ValueError(f"{type(encoder).__name__}: lm_head='mlm' needs a masked-LM model, got a bare encoder")
+
+        config = SWCMConfig(
+            encoder=encoder_model.config.to_dict(), insert_every=insert_every, variant=variant, lm_head=lm_head
+        )
+        model = cls(config).to(encoder_model.dtype)
+        state = {k: v for k, v in encoder_model.state_dict().items() if not k.startswith("pooler.")}
+        model.encoder.load_state_dict(state)
+        for layer, source in zip(model.decoder.layers, config.decoder_layer_sources):
+            if source is not None:
+                layer.copy_from_encoder_layer(encoder_model.encoder.layer[source])
+        if lm_head == "mlm":
+            model.lm_head.copy_from_masked_lm(masked_lm)
+        model.tie_weights()
+        return model
+
+    # --- Hugging Face plumbing -----------------------------------------------------------
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder if isinstance(self.lm_head, MLMHead) else self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        if isinstance(self.lm_head, MLMHead):
+            self.lm_head.decoder = value
+        else:
+            self.lm_head = value
+
+    def get_encoder(self) -> PreTrainedModel:
+        return self.encoder
+
+    def get_decoder(self) -> SWCMDecoder:
+        return self.decoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    # --- forward -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | tuple | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        cache_position: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """Standard seq2seq forward. `labels` (−100 = ignored) give the mean cross-entropy
+        loss and, when `decoder_input_ids` is absent, are shifted right behind
+        `decoder_start_token_id` to make it."""
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        encoder_hidden_states = encoder_outputs.last_hidden_state
+
+        if use_cache is None:
+            use_cache = self.config.use_cache and labels is None and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        elif isinstance(past_key_values, tuple):
+            past_key_values = EncoderDecoderCache.from_legacy_cache(past_key_values)
+        if not use_cache:
+            past_key_values = None
+        if cache_position is None:
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache_position = torch.arange(past, past + decoder_input_ids.shape[1], device=decoder_input_ids.device)
+
+        # The decoder reads tokens through the encoder's own embedding module.
+        position_ids = (cache_position + self.position_offset).unsqueeze(0).expand(decoder_input_ids.shape[0], -1)
+        hidden_states = self.encoder.embeddings(input_ids=decoder_input_ids, position_ids=position_ids)
+        hidden_states = self.decoder(
+            hidden_states,
+            encoder_hidden_states,
+            attention_mask,
+            decoder_attention_mask,
+            past_key_values,
+            cache_position,
+        )
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values,
+            encoder_last_hidden_state=encoder_hidden_states,
+        )
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: prepend the start token, drop the last, −100 → pad."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in model.parameters())
