@@ -28,8 +28,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-# Subcommands, in workflow order. Each helper below registers one.
-_SUBCOMMANDS: list = []
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="build an SWCM model from a pretrained encoder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--encoder", help="encoder directory (or hub id when online)")
+    src.add_argument("--encoder-config", help="an encoder config.json (with --dry-run)")
+    p.add_argument("--out", help="output model directory")
+    p.add_argument("--insert-every", type=int, default=3, help="X: a Normal layer after every X Custom layers")
+    p.add_argument("--variant", default="ws", help="ws | random | no-normal | duplicate")
+    p.add_argument("--lm-head", default="untied", help="untied | tied | mlm")
+    p.add_argument("--langs", help="comma-separated language codes to add tags for, e.g. zh,bo,ug")
+    p.add_argument("--dry-run", action="store_true", help="allocate nothing (meta device); report the plan")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_build)
+
+
+def _build(args) -> int:
+    import json
+
+    from .building import build_model_dir, dry_run_report, load_encoder_config
+
+    if args.dry_run:
+        config = load_encoder_config(args.encoder_config or args.encoder)
+        report = dry_run_report(config, args.insert_every, args.variant, args.lm_head)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(f"decoder plan ({len(report['layers'])} layers): " + " ".join(k[0].upper() for k in report["layers"]))
+            print(f"parameters: {report['parameters']:,} (decoder {report['decoder_parameters']:,})")
+        return 0
+    if args.encoder is None or args.out is None:
+        raise UsageError("build needs --encoder and --out (or --dry-run)")
+    langs = [lang for lang in (args.langs or "").split(",") if lang]
+    report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs)
+    print(json.dumps(report) if args.json else f"wrote {args.out}: {report['parameters']:,} parameters, "
+          f"decoder plan " + " ".join(k[0].upper() for k in report["layers"]))
+    return 0
+
+
+# Subcommands, in workflow order.
+_SUBCOMMANDS: list = [_add_build]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,70 @@
+"""`swcm build`: an SWCM model directory from an encoder, or a dry-run report of its size."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+from .configuration import SWCMConfig, check_encoder_config
+from .io import save_model_dir
+from .modeling import SWCMForConditionalGeneration, count_parameters
+from .tokenization import add_language_tags
+
+
+def load_encoder_config(path: str | os.PathLike) -> PretrainedConfig:
+    """An encoder config from a config.json file or a model directory, validated."""
+    path = Path(path)
+    if path.is_dir():
+        config = AutoConfig.from_pretrained(path)
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
+        if not isinstance(data, dict) or "model_type" not in data:
+            raise ValueError(f"{path}:1: missing field \"model_type\" (an encoder config.json is expected)")
+        # Validate the type before transformers tries to interpret the rest.
+        check_encoder_config(SimpleNamespace(model_type=data["model_type"]), str(path))
+        config = AutoConfig.for_model(data.pop("model_type"), **data)
+    check_encoder_config(config, str(path))
+    return config
+
+
+def dry_run_report(encoder_config: PretrainedConfig, insert_every: int = 3, variant: str = "ws", lm_head: str = "untied") -> dict:
+    """Build on the meta device (nothing allocated) and report the plan and parameter counts."""
+    config = SWCMConfig(encoder=encoder_config.to_dict(), insert_every=insert_every, variant=variant, lm_head=lm_head)
+    with torch.device("meta"):
+        model = SWCMForConditionalGeneration(config)
+    return _report(model)
+
+
+def _report(model: SWCMForConditionalGeneration) -> dict:
+    return {
+        "layers": list(model.config.decoder_layer_types),
+        "parameters": count_parameters(model),
+        "decoder_parameters": count_parameters(model.decoder),
+    }
+
+
+def build_model_dir(
+    encoder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    insert_every: int = 3,
+    variant: str = "ws",
+    lm_head: str = "untied",
+    langs: list[str] | None = None,
+) -> dict:
+    """Build from `encoder`, add language tags for `langs`, save model + tokenizer to `out_dir`."""
+    model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    if langs:
+        add_language_tags(model, tokenizer, langs)
+    save_model_dir(model, tokenizer, out_dir)
+    return _report(model)

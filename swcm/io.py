@@ -1,0 +1,49 @@
+"""Writing model directories so that a crash never leaves a half-written one behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `out_dir`; on success it replaces `out_dir`.
+
+    Everything is written to the temporary directory and flushed to disk; only then is the
+    old `out_dir` (if any) moved aside and the new one renamed into place, so a kill at any
+    moment leaves either the old complete directory or the new complete one. On error the
+    temporary directory is removed and `out_dir` is untouched.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model_dir(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Save `model` (safetensors) and `tokenizer` to `out_dir` atomically; return the path."""
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
