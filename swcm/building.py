@@ -64,6 +64,9 @@ def build_model_dir(
     """Build from `encoder`, add language tags for `langs`, save model + tokenizer to `out_dir`."""
     model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
+    # Inputs longer than the position table cannot be encoded: make truncation default to it.
+    max_positions = model.config.encoder.max_position_embeddings - model.position_offset
+    tokenizer.model_max_length = min(tokenizer.model_max_length, max_positions)
     if langs:
         add_language_tags(model, tokenizer, langs)
     save_model_dir(model, tokenizer, out_dir)
