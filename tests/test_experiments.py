@@ -1,0 +1,76 @@
+"""Experiment files, grids and the aggregation into the paper's tables (no training here)."""
+
+import math
+
+import pytest
+
+from swcm.experiments import RunSpec, aggregate, expand_grid, load_experiment, mean_std, plot_figure4, render_tables
+
+
+def _result(variant, x, objectives, size, seed, scores):
+    spec = RunSpec(variant, x, objectives, size, seed)
+    return {"spec": spec.__dict__, "rows": [{"lang": lang, "rougeL_f": v} for lang, v in scores.items()]}
+
+
+def test_grid_expands_every_combination_with_stable_ids():
+    runs = expand_grid({"variant": ["ws", "random"], "insert_every": [1, 3], "seed": [0, 1]})
+    assert len(runs) == 8
+    assert len({r.run_id for r in runs}) == 8
+    assert runs[0] == RunSpec("ws", 1, "dae+mt", None, 0)
+    assert RunSpec("ws", 3, "dae+mt", 500, 2).run_id == "ws-x3-daemt-n500-s2"
+    # runs differing only in train size share the pretrained model
+    assert RunSpec("ws", 3, "dae", 10, 0).pretrain_id == RunSpec("ws", 3, "dae", 20, 0).pretrain_id
+
+
+def test_mean_std():
+    assert mean_std([2.0]) == (2.0, 0.0)
+    m, s = mean_std([1.0, 2.0, 3.0])
+    assert m == 2.0 and math.isclose(s, 1.0)
+
+
+def test_aggregate_and_tables():
+    results = [
+        _result("ws", 3, "dae+mt", None, 0, {"bo": 10.0, "ug": 20.0}),
+        _result("ws", 3, "dae+mt", None, 1, {"bo": 14.0, "ug": 22.0}),
+        _result("random", 3, "dae+mt", None, 0, {"bo": 5.0, "ug": 6.0}),
+        _result("ws", 3, "dae", None, 0, {"bo": 8.0, "ug": 9.0}),
+        _result("no-normal", 3, "dae+mt", None, 0, {"bo": 7.0, "ug": 7.0}),
+    ]
+    agg = aggregate(results)
+    ws = agg[("ws", 3, "dae+mt", None)]
+    assert ws["bo"][:2] == (12.0, mean_std([10.0, 14.0])[1]) and ws["bo"][2] == 2
+    assert ws["avg"][0] == pytest.approx(16.5)
+    md = render_tables(agg)
+    assert "Table 3" in md and "Table 4" in md and "Table 5" in md
+    assert "12.00 ± 2.83" in md
+    assert "w/o MT" in md and "BASE-A" in md
+
+
+def test_figure4_needs_two_values_of_x(tmp_path):
+    one = aggregate([_result("ws", 3, "dae+mt", 10, 0, {"bo": 1.0})])
+    assert plot_figure4(one, tmp_path / "f.png") is False
+    many = aggregate([
+        _result("ws", x, "dae+mt", size, 0, {"bo": float(x + (size or 0) / 10)})
+        for x in (1, 2, 3) for size in (10, 20)
+    ])
+    assert plot_figure4(many, tmp_path / "f.png") is True
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_experiment_files_are_validated(tmp_path):
+    good = tmp_path / "exp.yaml"
+    good.write_text("name: t\nencoder: tiny-udhr\ndata: udhr\ngrid:\n  variant: [ws, random]\n  seed: [0]\n")
+    config = load_experiment(good)
+    assert config.name == "t" and config.grid["variant"] == ["ws", "random"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nencoder: x\ndata: udhr\ngrid:\n  variant: [ws\n")
+    with pytest.raises(ValueError, match=r"bad.yaml:\d+: malformed YAML"):
+        load_experiment(bad)
+    axis = tmp_path / "axis.yaml"
+    axis.write_text("encoder: x\ndata: udhr\ngrid:\n  colour: [red]\n")
+    with pytest.raises(ValueError, match="unknown grid axis 'colour'"):
+        load_experiment(axis)
+    objective = tmp_path / "obj.yaml"
+    objective.write_text("encoder: x\ndata: udhr\ngrid:\n  objectives: [dae, cloze]\n")
+    with pytest.raises(ValueError, match="unknown 'cloze'"):
+        load_experiment(objective)
