@@ -1,0 +1,651 @@
+"""The training loop shared by pretraining and fine-tuning, built on `accelerate`.
+
+`train()` takes any seq2seq model with the Hugging Face forward signature, an iterable of
+token-level examples `{"input_ids", "labels"}` and a collator that pads a list of them into
+a batch. Pretraining passes the DAE + MT example stream; fine-tuning passes task examples
+and an `evaluate(model) -> dict` hook, which enables best-checkpoint selection and early
+stopping. The same code runs in one process and under `accelerate launch` (DDP): every rank
+reads the same example sequence and keeps its own slice of each global batch, so ranks see
+different data, the data position is identical on all of them, and a run on W processes
+with batch size B sees the same examples as one process with batch size W·B.
+
+Layout of `config.out_dir` (only the main process writes):
+
+    log.jsonl               one JSON object per logging step: step, loss, lr, tokens_per_s, …
+    checkpoints/step-N/     weights (safetensors) + tokenizer + optimizer, scheduler, RNG and
+                            data-position files; the last `keep_last` are kept
+    best/                   the best model by `config.metric` (only with an evaluate hook)
+    final/                  the model at the end of training; `from_pretrained` loads it
+    tensorboard/            TensorBoard event files, when tensorboard is installed
+
+Every checkpoint and model directory is written into a temporary directory beside its
+final place, flushed, and renamed, so a kill at any moment leaves the previous checkpoint
+complete. Training state is restored with `torch.load(weights_only=True)` only; nothing
+is unpickled (accelerate's own `load_state` would unpickle registered objects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import broadcast_object_list, gather_object, is_tensorboard_available, set_seed
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .io import atomic_directory
+
+SCHEDULES = ("linear", "cosine", "constant")
+TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of one training run (pretraining or fine-tuning).
+
+    `batch_size` is per process and per micro-batch: one optimizer step sees
+    batch_size × grad_accum × processes examples. `schedule` is the learning-rate decay after
+    `warmup_steps` of linear warm-up (transformers' schedulers). Scheduled sampling is off
+    when `scheduled_sampling` is None; otherwise it names the teacher-forcing schedule
+    (see `teacher_forcing_ratio`), which decays from 1.0 to `ss_floor`. With an evaluate hook,
+    `eval_every` steps the hook runs, the best model by `metric` is kept in OUT/best, and
+    training stops after `patience` evaluations without improvement (None: never).
+    """
+
+    out_dir: str | Path
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "linear"
+    max_grad_norm: float | None = 1.0
+    label_smoothing: float = 0.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    shuffle: bool = True  # reshuffle random-access data (lists, datasets.Dataset) every epoch
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    resume: bool = False
+    scheduled_sampling: str | None = None
+    ss_floor: float = 0.75
+    ss_k: float = 10.0
+    eval_every: int | None = None
+    metric: str = "loss"
+    greater_is_better: bool | None = None  # None: False for metrics named *loss*, else True
+    patience: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.scheduled_sampling is not None:
+            teacher_forcing_ratio(0, 1, self.scheduled_sampling, self.ss_floor, self.ss_k)  # validates
+        if self.greater_is_better is None:
+            self.greater_is_better = "loss" not in self.metric.lower()
+
+
+@dataclass
+class TrainingResult:
+    """What `train()` returns. `history` holds the records written to log.jsonl by this call."""
+
+    step: int
+    final_dir: Path
+    best_dir: Path | None = None
+    best_metric: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    data_exhausted: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+# --- scheduled sampling (two-pass form) ---------------------------------------------------
+
+
+def teacher_forcing_ratio(
+    step: int, total: int, schedule: str = "constant", floor: float = 1.0, k: float = 10.0
+) -> float:
+    """Probability of feeding the gold token at `step` of `total`, decaying from 1.0 to `floor`.
+
+    - "constant": `floor` throughout (floor 1.0 is plain teacher forcing).
+    - "linear": 1.0 at step 0, straight down to `floor` at `total`.
+    - "inverse_sigmoid": Bengio et al.'s k/(k + exp(i/k)) is a logistic decay in i; here its
+      midpoint is half of training and `k` its steepness, rescaled to be exactly 1.0 at step 0
+      and `floor` at `total`, so the curve does not depend on the run length.
+    """
+    if schedule not in TEACHER_FORCING_SCHEDULES:
+        raise ValueError(f"scheduled sampling must be one of {', '.join(TEACHER_FORCING_SCHEDULES)}, got {schedule!r}")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"the teacher-forcing floor must be in [0, 1], got {floor}")
+    if k <= 0:
+        raise ValueError(f"the inverse-sigmoid steepness k must be positive, got {k}")
+    x = min(max(step / max(total, 1), 0.0), 1.0)
+    if schedule == "constant":
+        return floor
+    if schedule == "linear":
+        return 1.0 - (1.0 - floor) * x
+
+    def logistic(t: float) -> float:
+        return 1.0 / (1.0 + math.exp(k * (t - 0.5)))
+
+    decay = (logistic(x) - logistic(1.0)) / (logistic(0.0) - logistic(1.0))
+    return floor + (1.0 - floor) * decay
+
+
+def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> torch.Tensor:
+    """Decoder inputs for the second pass of two-pass scheduled sampling.
+
+    The gold decoder inputs are the labels shifted right behind the start token. When
+    `ratio` < 1 a first, teacher-forced pass without gradient (eval mode, so no dropout) gives
+    the model's argmax predictions; each gold input except the start token is then replaced,
+    with probability 1 − ratio, by the prediction made at the previous position (the model's
+    guess for that very token). Positions past the end of a target (labels −100, pad inputs)
+    are never replaced. Returns a LongTensor shaped like `batch["labels"]`.
+    """
+    labels = batch["labels"]
+    gold = model.prepare_decoder_input_ids_from_labels(labels)
+    if ratio >= 1.0:
+        return gold
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                decoder_input_ids=gold, use_cache=False,
+            ).logits
+    finally:
+        model.train(was_training)
+    predicted = gold.clone()
+    predicted[:, 1:] = logits[:, :-1].argmax(-1)
+    # Input t carries label t-1: replace it only where that label is a real target token.
+    replace = torch.rand(gold.shape, device=gold.device) < (1.0 - ratio)
+    replace[:, 0] = False
+    replace[:, 1:] &= labels[:, :-1] != -100
+    return torch.where(replace, predicted, gold)
+
+
+def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean token cross-entropy over labels != −100, optionally label-smoothed (in float32)."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+        ignore_index=-100, label_smoothing=label_smoothing,
+    )
+
+
+def training_loss(
+    model: nn.Module, batch: dict, ratio: float = 1.0, label_smoothing: float = 0.0, unwrapped: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training forward: (loss against the gold labels, decoder inputs actually fed).
+
+    `model` may be wrapped (DDP); `unwrapped` is the bare model, used for the gradient-free
+    first pass of scheduled sampling and the label shift.
+    """
+    decoder_input_ids = scheduled_sampling_inputs(unwrapped or model, batch, ratio)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_input_ids, use_cache=False,
+    ).logits
+    return seq2seq_loss(logits, batch["labels"], label_smoothing), decoder_input_ids
+
+
+# --- optimiser ---------------------------------------------------------------------------
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices and embeddings, none on biases and norms."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if is_norm or name == "bias":
+                no_decay.add(id(param))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    name = "constant_with_warmup" if config.schedule == "constant" else config.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
+
+
+# --- data position -----------------------------------------------------------------------
+
+
+class _DataCursor:
+    """Reads `examples` in global batches, epoch after epoch, and resumes at an exact position.
+
+    Random-access data (lists, `datasets.Dataset`) is read in a seeded order per epoch and
+    positioned by (epoch, examples consumed). A stream with `state_dict`/`load_state_dict`
+    (the pretraining stream, `datasets.IterableDataset`) is positioned by its own state,
+    captured after each batch. Any other iterable is re-read and the consumed examples skipped.
+    A one-shot iterator ends training when it is exhausted; re-iterable data starts a new
+    epoch (calling `set_epoch` when the data has it).
+    """
+
+    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool):
+        self.examples = examples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.random_access = (
+            hasattr(examples, "__len__") and hasattr(examples, "__getitem__")
+            and not isinstance(examples, torch.utils.data.IterableDataset)
+        )
+        self.stateful = hasattr(examples, "state_dict") and hasattr(examples, "load_state_dict")
+        self.epoch = 0
+        self.consumed = 0
+        self.stream_state = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed, self.stream_state = state["epoch"], state["consumed"], state["stream"]
+
+    def _epoch(self) -> Iterator[dict]:
+        if hasattr(self.examples, "set_epoch"):
+            self.examples.set_epoch(self.epoch)
+        if self.random_access:
+            n = len(self.examples)
+            if self.shuffle:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            else:
+                order = list(range(n))
+            return (self.examples[i] for i in order[self.consumed:])
+        if self.stateful and self.stream_state is not None:
+            self.examples.load_state_dict(copy.deepcopy(self.stream_state))
+            return iter(self.examples)
+        return islice(iter(self.examples), self.consumed, None)
+
+    def batches(self, size: int) -> Iterator[list[dict]]:
+        """Yield lists of up to `size` examples; the last batch of an epoch may be shorter."""
+        one_shot = iter(self.examples) is self.examples
+        while True:
+            produced = False
+            stream = self._epoch()
+            while batch := list(islice(stream, size)):
+                produced = True
+                self.consumed += len(batch)
+                if self.stateful and not self.random_access:
+                    self.stream_state = copy.deepcopy(self.examples.state_dict())
+                yield batch
+            if one_shot or (not produced and self.consumed == 0):  # empty data: no endless loop
+                return
+            self.epoch, self.consumed, self.stream_state = self.epoch + 1, 0, None
+
+
+def _local_batches(cursor: _DataCursor, collator: Callable, batch_size: int, accelerator: Accelerator) -> Iterator[dict]:
+    """Collated batches for this rank: its strided slice of each global batch, on device.
+
+    A short global batch at the end of an epoch is used when every rank gets at least one
+    example, and skipped otherwise (all ranks see the same global batch, so they agree).
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    for examples in cursor.batches(batch_size * world):
+        if len(examples) < world:
+            continue
+        batch = collator(examples[rank::world])
+        yield {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under OUT/checkpoints, oldest first (temporary dirs are ignored)."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The most recent complete checkpoint under OUT/checkpoints, or None."""
+    dirs = checkpoint_dirs(out_dir)
+    return dirs[-1] if dirs else None
+
+
+def load_model_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load safetensors weights written by `save_pretrained` (one file or shards) into `model`.
+
+    Keys that `save_pretrained` leaves out because they share storage with a saved tensor
+    (tied embeddings) may be missing; anything else missing or unexpected is an error.
+    """
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(directory / name))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
+    current = model.state_dict()
+    missing = [k for k in missing if current[k].data_ptr() not in loaded]
+    if missing or unexpected:
+        raise ValueError(f"{directory}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class _TrainerState:
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+
+
+class _Run:
+    """The pieces of one training run that checkpoints capture and restore."""
+
+    def __init__(self, accelerator, model, tokenizer, optimizer, scheduler, cursor, config):
+        self.accelerator, self.model, self.tokenizer = accelerator, model, tokenizer
+        self.optimizer, self.scheduler, self.cursor, self.config = optimizer, scheduler, cursor, config
+        self.state = _TrainerState()
+        self.out = Path(config.out_dir)
+
+    def save_model(self, directory: Path, extra: Callable[[Path], None] | None = None) -> None:
+        """Write model (+ tokenizer, + `extra` files) atomically; collective, main process writes."""
+        weights = self.accelerator.get_state_dict(self.model)  # gathers sharded weights on every rank
+        if self.accelerator.is_main_process:
+            with atomic_directory(directory) as tmp:
+                self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(tmp)
+                if extra is not None:
+                    extra(tmp)
+        self.accelerator.wait_for_everyone()
+
+    def save_checkpoint(self) -> Path:
+        rng = gather_object([_rng_state()])  # one entry per rank, in rank order
+
+        def training_files(tmp: Path) -> None:
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.accelerator.scaler is not None:
+                torch.save(self.accelerator.scaler.state_dict(), tmp / "scaler.pt")
+            torch.save(rng, tmp / "rng.pt")
+            torch.save(self.cursor.state_dict(), tmp / "data.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(asdict(self.state)), encoding="utf-8")
+
+        directory = self.out / "checkpoints" / f"step-{self.state.step}"
+        self.save_model(directory, training_files)
+        if self.accelerator.is_main_process:
+            for old in checkpoint_dirs(self.out)[: -self.config.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def restore(self, directory: Path) -> None:
+        """Restore everything but the weights (loaded before `prepare`) from a checkpoint."""
+        self.optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+        self.scheduler.load_state_dict(_load(directory / "scheduler.pt"))
+        if self.accelerator.scaler is not None and (directory / "scaler.pt").exists():
+            self.accelerator.scaler.load_state_dict(_load(directory / "scaler.pt"))
+        self.cursor.load_state_dict(_load(directory / "data.pt"))
+        self.state = _TrainerState(**json.loads((directory / "trainer_state.json").read_text(encoding="utf-8")))
+        rng = _load(directory / "rng.pt")
+        if len(rng) != self.accelerator.num_processes:
+            raise ValueError(f"{directory}: saved by {len(rng)} processes, resumed on {self.accelerator.num_processes}")
+        _set_rng_state(rng[self.accelerator.process_index])
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def _accelerator(config: TrainingConfig) -> Accelerator:
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("fp16 mixed precision needs a GPU; use bf16 on CPU")
+    state = AcceleratorState._shared_state
+    # Several runs in one process (tests, experiment grids) may differ in precision; accelerate
+    # keeps its state per process, so a single-process run starts from a clean one.
+    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    log_with = "tensorboard" if is_tensorboard_available() else None
+    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+
+
+def _rewrite_log(path: Path, upto_step: int) -> None:
+    """Drop log records after `upto_step`: a resumed run re-does those steps."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    examples: Iterable[dict],
+    config: TrainingConfig,
+    collator: Callable[[list[dict]], dict],
+    evaluate: Callable[[nn.Module], dict] | None = None,
+) -> TrainingResult:
+    """Train `model` in place on `examples` for `config.max_steps` optimizer steps.
+
+    `examples` yields token-level examples; `collator` pads a list of them into a batch with
+    `input_ids`, `attention_mask` and `labels` (−100 padding). `evaluate(model) -> dict`, when
+    given, runs on the main process every `eval_every` steps and at the end (model in eval
+    mode, no gradient); its `config.metric` entry selects OUT/best and drives early stopping.
+    With `config.resume` the run continues from the latest complete checkpoint in OUT (or
+    starts fresh when there is none); without it, an OUT that already holds checkpoints is an
+    error. Training also ends early when one-shot data runs out. Returns a `TrainingResult`;
+    the final weights are in OUT/final (model + tokenizer).
+    """
+    out = Path(config.out_dir)
+    resume_from = latest_checkpoint(out) if config.resume else None
+    if not config.resume and checkpoint_dirs(out):
+        raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
+    if evaluate is not None and config.eval_every is None and config.patience is not None:
+        raise ValueError("patience needs eval_every")
+    accelerator = _accelerator(config)
+    set_seed(config.seed, device_specific=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / "checkpoints").glob(".step-*"):  # a save interrupted by a kill
+            shutil.rmtree(stale, ignore_errors=True)
+
+    if resume_from is not None:
+        load_model_weights(model, resume_from)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = _scheduler(optimizer, config)  # stepped once per optimizer step, on every rank
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    cursor = _DataCursor(examples, config.seed, config.shuffle)
+    run = _Run(accelerator, model, tokenizer, optimizer, scheduler, cursor, config)
+    if resume_from is not None:
+        run.restore(resume_from)
+    state = run.state
+
+    log_path = out / "log.jsonl"
+    if accelerator.is_main_process:
+        if resume_from is None:
+            log_path.write_text("", encoding="utf-8")
+        else:
+            _rewrite_log(log_path, state.step)
+    if accelerator.log_with:
+        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(config).items()})
+
+    result = TrainingResult(step=state.step, final_dir=out / "final")
+    if state.best_step is not None:
+        result.best_dir, result.best_metric, result.best_step = out / "best", state.best_metric, state.best_step
+
+    def log(record: dict) -> None:
+        if accelerator.is_main_process:
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            result.history.append(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def run_evaluation() -> bool:
+        """Evaluate, keep the best model; True when early stopping says stop."""
+        metrics = [None]
+        if accelerator.is_main_process:
+            unwrapped.eval()
+            with torch.no_grad():
+                metrics = [dict(evaluate(unwrapped))]
+            unwrapped.train()
+        broadcast_object_list(metrics)
+        metrics = metrics[0]
+        if config.metric not in metrics:
+            raise ValueError(f"the evaluate hook returned {sorted(metrics)}, without the metric {config.metric!r}")
+        log({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        value = float(metrics[config.metric])
+        better = state.best_metric is None or (value > state.best_metric if config.greater_is_better else value < state.best_metric)
+        if better:
+            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            run.save_model(out / "best")
+            result.best_dir, result.best_metric, result.best_step = out / "best", value, state.step
+        else:
+            state.evals_without_improvement += 1
+        return config.patience is not None and state.evals_without_improvement >= config.patience
+
+    batches = _local_batches(cursor, collator, config.batch_size, accelerator)
+    bar = tqdm(total=config.max_steps, initial=state.step, desc="train", unit="step",
+               disable=not (config.progress and accelerator.is_main_process))
+    loss_sum = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    window_steps, window_time = 0, 0.0
+    last_evaluated = last_saved = None
+    model.train()
+    while state.step < config.max_steps:
+        started = time.perf_counter()
+        ratio = 1.0
+        if config.scheduled_sampling is not None:
+            ratio = teacher_forcing_ratio(state.step, config.max_steps, config.scheduled_sampling, config.ss_floor, config.ss_k)
+        micro_batches = list(islice(batches, config.grad_accum))
+        if len(micro_batches) < config.grad_accum:
+            result.data_exhausted = True
+            break
+        for i, batch in enumerate(micro_batches):
+            # Gradients are all-reduced only on the last micro-batch of an optimizer step.
+            sync = i == config.grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                loss, _ = training_loss(model, batch, ratio, config.label_smoothing, unwrapped)
+                accelerator.backward(loss / config.grad_accum)
+            loss_sum += loss.detach() / config.grad_accum
+            tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+        grad_norm = None
+        if config.max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule waits too
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        window_steps += 1
+        window_time += time.perf_counter() - started
+        bar.update(1)
+        at_end = state.step == config.max_steps
+
+        if state.step % config.log_every == 0 or at_end:
+            mean_loss = accelerator.reduce(loss_sum / window_steps, "mean").item()
+            seconds = accelerator.reduce(torch.tensor(window_time, device=accelerator.device), "mean").item()
+            record = {"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": accelerator.reduce(tokens, "sum").item() / max(seconds, 1e-9),
+                      "epoch": cursor.epoch}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if config.scheduled_sampling is not None:
+                record["teacher_forcing_ratio"] = ratio
+            log(record)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            loss_sum.zero_()
+            tokens.zero_()
+            window_steps, window_time = 0, 0.0
+
+        stop = False
+        if evaluate is not None and (at_end or (config.eval_every is not None and state.step % config.eval_every == 0)):
+            stop = run_evaluation()
+            last_evaluated = state.step
+        if state.step % config.save_every == 0 or at_end or stop:
+            run.save_checkpoint()
+            last_saved = state.step
+        if stop:
+            result.stopped_early = True
+            break
+    bar.close()
+
+    if result.data_exhausted and state.step > 0:
+        # One-shot data ran out before max_steps: finish as at the last step.
+        if evaluate is not None and last_evaluated != state.step:
+            run_evaluation()
+        if last_saved != state.step:
+            run.save_checkpoint()
+    run.save_model(result.final_dir)
+    result.step = state.step
+    accelerator.end_training()
+    # Hand the caller its model as it came: no mixed-precision forward wrapper, no checkpointing.
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if config.gradient_checkpointing:
+        unwrapped.gradient_checkpointing_disable()
+    return result
