@@ -28,6 +28,47 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _add_tiny_encoder(sub) -> None:
+    # The defaults live in one place, the library's settings; importing it costs ~60 ms on top of `swcm`.
+    from .tiny_encoder import TinyEncoderSettings as S
+
+    p = sub.add_parser(
+        "tiny-encoder",
+        help="train a small stand-in XLM-R encoder (SentencePiece tokenizer + masked LM) on a corpus",
+        description="Train a SentencePiece tokenizer and a small XLM-R masked LM on a corpus and save a "
+        "Hugging Face directory that `swcm build` accepts. Reuses DIR if it already holds one trained "
+        "with the same settings on the same corpus.",
+    )
+    p.add_argument("--corpus", nargs="+", metavar="FILE",
+                   help="text files (one document a line) or .jsonl with \"text\"; default: the vendored UDHR train split")
+    p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
+    p.add_argument("--steps", type=int, default=S.steps, help=f"MLM training steps (default {S.steps})")
+    p.add_argument("--hidden", type=int, default=S.hidden, help=f"hidden size (default {S.hidden}; FFN is 4x)")
+    p.add_argument("--layers", type=int, default=S.layers, help=f"transformer layers (default {S.layers})")
+    p.add_argument("--vocab-size", type=int, default=S.vocab_size, help=f"SentencePiece vocabulary bound (default {S.vocab_size})")
+    p.add_argument("--seed", type=int, default=S.seed, help=f"random seed (default {S.seed})")
+    p.set_defaults(func=_tiny_encoder)
+
+
+def _tiny_encoder(args) -> int:
+    import json
+
+    from .resources import udhr
+    from .tiny_encoder import SETTINGS_FILE, read_corpus, train_tiny_encoder
+
+    if args.corpus:
+        texts = read_corpus(args.corpus)
+    else:
+        texts = [text for unit in udhr("train") for text in unit["text"].values()]
+    out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
+                             vocab_size=args.vocab_size, seed=args.seed)
+    record = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    print(f"{out}: XLM-R masked LM, hidden {args.hidden}, {args.layers} layers, "
+          f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']:,}; "
+          f"MLM loss {record['loss']['first']:.2f} -> {record['loss']['last']:.2f}")
+    return 0
+
+
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="build an SWCM model from a pretrained encoder")
     src = p.add_mutually_exclusive_group(required=True)
@@ -67,7 +108,7 @@ def _build(args) -> int:
 
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_build]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build]
 
 if __name__ == "__main__":
     sys.exit(main())

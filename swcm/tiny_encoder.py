@@ -13,16 +13,31 @@ text can match references exactly).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
+import sys
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import sentencepiece as spm
+import torch
 from tokenizers import decoders
-from transformers import XLMRobertaTokenizer, XLMRobertaTokenizerFast
+from tqdm.auto import tqdm
+from transformers import (
+    DataCollatorForLanguageModeling,
+    XLMRobertaConfig,
+    XLMRobertaForMaskedLM,
+    XLMRobertaTokenizer,
+    XLMRobertaTokenizerFast,
+    get_linear_schedule_with_warmup,
+)
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
+
+from .io import atomic_directory
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
 
@@ -47,6 +62,7 @@ def train_tokenizer(
     vocab_size: int = 8000,
     *,
     byte_fallback: bool = True,
+    model_max_length: int = 512,
 ) -> XLMRobertaTokenizerFast:
     """Train a SentencePiece unigram tokenizer on `texts` and save it, XLM-R style, in `out_dir`.
 
@@ -54,6 +70,7 @@ def train_tokenizer(
     (tokenizer.json, tokenizer_config.json, special_tokens_map.json). `vocab_size` is an upper
     bound: a small corpus may yield fewer pieces. Every character of `texts` gets a piece
     (character coverage 1.0); with `byte_fallback`, any other character is encoded as bytes.
+    `model_max_length` is the longest input the encoder takes (XLM-R: 512 tokens, 514 positions).
     Returns the fast tokenizer, as `AutoTokenizer.from_pretrained(out_dir)` would load it.
     """
     out = Path(out_dir)
@@ -77,7 +94,9 @@ def train_tokenizer(
     model_file.write_bytes(model.getvalue())
     slow = XLMRobertaTokenizer(vocab_file=str(model_file))
     fast = XLMRobertaTokenizerFast(
-        vocab_file=str(model_file), tokenizer_object=_ByteFallbackXLMRobertaConverter(slow).converted()
+        vocab_file=str(model_file),
+        tokenizer_object=_ByteFallbackXLMRobertaConverter(slow).converted(),
+        model_max_length=model_max_length,
     )
     fast.save_pretrained(out)
     return fast
@@ -103,3 +122,195 @@ def _train_sentencepiece(texts: list[str], model_writer, vocab_size: int, byte_f
         max_sentence_length=1 << 16,
         minloglevel=2,  # quiet: SentencePiece otherwise logs every EM iteration to stderr
     )
+
+
+def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Read documents from corpus files: plain text (one document a line) or JSONL (`.jsonl`).
+
+    A JSONL line holds an object with "text": a string, or an object mapping language codes to
+    strings (an aligned unit, as in swcm/resources/udhr/*.jsonl), whose every text is taken.
+    Blank lines are skipped. Raises ValueError naming file and line on non-UTF-8 bytes, bad JSON,
+    a missing or malformed "text", or a file without any text; FileNotFoundError if one is missing.
+    """
+    texts: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        jsonl = path.suffix == ".jsonl"
+        found = 0
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+                if not line.strip():
+                    continue
+                line_texts = _jsonl_texts(line, f"{path}:{lineno}") if jsonl else [line.strip()]
+                texts += line_texts
+                found += len(line_texts)
+        if not found:
+            raise ValueError(f"{path}:1: no text in the file")
+    return texts
+
+
+def _jsonl_texts(line: str, where: str) -> list[str]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: malformed JSON: {err.msg}") from None
+    if not isinstance(record, dict) or "text" not in record:
+        raise ValueError(f'{where}: missing field "text"')
+    text = record["text"]
+    texts = list(text.values()) if isinstance(text, dict) else [text]
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f'{where}: field "text" must be a string or an object of strings per language')
+    return [t for t in texts if t.strip()]
+
+
+@dataclass(frozen=True)
+class TinyEncoderSettings:
+    """Everything that determines a stand-in encoder, besides the corpus (stored beside it)."""
+
+    vocab_size: int = 8000
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    max_positions: int = 514  # XLM-R's: 512 tokens after the padding offset
+    max_length: int = 128  # training window in tokens, <s> and </s> included
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 30
+    mlm_probability: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden", "layers", "heads", "steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden size {self.hidden} is not a multiple of the {self.heads} attention heads")
+        if not 3 <= self.max_length <= self.max_positions - 2:
+            raise ValueError(f"max_length must be between 3 and max_positions - 2 = {self.max_positions - 2}")
+        if not 0 < self.mlm_probability < 1 or self.lr <= 0 or self.warmup < 0:
+            raise ValueError("need 0 < mlm_probability < 1, lr > 0 and warmup >= 0")
+
+
+SETTINGS_FILE = "tiny_encoder.json"
+
+
+def train_tiny_encoder(
+    texts: Iterable[str],
+    out_dir: str | os.PathLike,
+    settings: TinyEncoderSettings | None = None,
+    *,
+    progress: bool = True,
+    **overrides,
+) -> Path:
+    """Train a stand-in encoder on `texts` and save it as a Hugging Face directory in `out_dir`.
+
+    The tokenizer comes from `train_tokenizer`; the model is an `XLMRobertaForMaskedLM` (FFN 4×
+    hidden, type vocab 1) trained with masked-language modelling for `settings.steps` AdamW steps
+    (bf16 autocast on CPU, linear warm-up and decay). Settings are a `TinyEncoderSettings`, or its
+    fields as keyword overrides. The run is deterministic for a seed. `out_dir` receives
+    config.json, model.safetensors, the tokenizer files and `tiny_encoder.json` (settings, corpus
+    digest, parameter count, vocabulary size, first and last loss); it is written atomically, and if it already holds an encoder
+    trained with the same settings on the same texts it is reused without training.
+    Returns `out_dir`, loadable by `AutoModelForMaskedLM` and by `swcm build`.
+    """
+    settings = replace(settings or TinyEncoderSettings(), **overrides)
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("no text to train the encoder on")
+    out = Path(out_dir)
+    record = {"settings": asdict(settings), "corpus_sha256": _digest(texts)}
+    if _is_cached(out, record):
+        if progress:
+            tqdm.write(f"reusing the encoder in {out} (same settings, same corpus)", file=sys.stderr)
+        return out
+    with atomic_directory(out) as tmp:
+        tokenizer = train_tokenizer(texts, tmp, settings.vocab_size, model_max_length=settings.max_positions - 2)
+        model = _masked_lm(settings, tokenizer)
+        losses = _train_mlm(model, tokenizer, texts, settings, progress)
+        model.save_pretrained(tmp, safe_serialization=True)
+        record["parameters"] = sum(p.numel() for p in model.parameters())
+        record["vocab_size"] = len(tokenizer)
+        record["loss"] = {"first": losses[0], "last": sum(losses[-20:]) / len(losses[-20:])}
+        (tmp / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _is_cached(out: Path, record: dict) -> bool:
+    try:
+        stored = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    complete = all((out / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+    return complete and all(stored.get(key) == value for key, value in record.items())
+
+
+def _masked_lm(settings: TinyEncoderSettings, tokenizer) -> XLMRobertaForMaskedLM:
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden,
+        num_hidden_layers=settings.layers,
+        num_attention_heads=settings.heads,
+        intermediate_size=4 * settings.hidden,
+        max_position_embeddings=settings.max_positions,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(settings.seed)
+    return XLMRobertaForMaskedLM(config)
+
+
+def mlm_windows(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of `texts`, packed into `<s> ... </s>` windows of `max_length` tokens.
+
+    As in RoBERTa's pretraining, documents are concatenated (each ended by </s>) and cut into
+    full windows, so no step is spent on padding and no text is truncated away; only the last
+    window may be shorter.
+    """
+    stream = [i for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+              for i in (*ids, tokenizer.eos_token_id)]
+    body = max_length - 2
+    return [
+        [tokenizer.bos_token_id, *stream[start : start + body], tokenizer.eos_token_id]
+        for start in range(0, len(stream), body)
+    ]
+
+
+def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, progress: bool) -> list[float]:
+    windows = mlm_windows(tokenizer, texts, settings.max_length)
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=settings.seed)
+    sampler = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, min(settings.warmup, settings.steps // 2), settings.steps)
+    model.train()
+    losses = []
+    bar = tqdm(range(settings.steps), desc="tiny encoder (MLM)", unit="step", disable=not progress, leave=False)
+    for _ in bar:
+        picks = torch.randint(len(windows), (min(settings.batch_size, len(windows)),), generator=sampler)
+        batch = collate([{"input_ids": windows[i]} for i in picks.tolist()])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses

@@ -21,7 +21,8 @@ def tiny_encoder_dir(tmp_path_factory):
     AutoModelForMaskedLM.
     """
     out = tmp_path_factory.mktemp("tiny-encoder")
-    tokenizer = train_tokenizer((t for unit in udhr("train") for t in unit["text"].values()), out, vocab_size=1000)
+    texts = (t for unit in udhr("train") for t in unit["text"].values())
+    tokenizer = train_tokenizer(texts, out, vocab_size=1000, model_max_length=128)
     config = XLMRobertaConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=130, type_vocab_size=1,
