@@ -469,7 +469,17 @@ def _accelerator(config: TrainingConfig) -> Accelerator:
     if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
     log_with = "tensorboard" if is_tensorboard_available() else None
-    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+    # Without an accelerator device, accelerate treats a torchrun-style launch (what
+    # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
+    # then it is DDP over gloo, and a single process is unaffected.
+    on_cpu = not _has_accelerator_device()
+    return Accelerator(cpu=on_cpu, mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+
+
+def _has_accelerator_device() -> bool:
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def _rewrite_log(path: Path, upto_step: int) -> None:
