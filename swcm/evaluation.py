@@ -1,0 +1,336 @@
+"""Metrics that work for any script: ROUGE-L, chrF++, BLEU and script rate.
+
+Google's `rouge-score` tokenizer keeps only [a-z0-9], so Chinese, Tibetan, Uyghur, Kazakh
+and Mongolian text all score 0. Here the scoring is done by the same libraries
+(`rouge-score`, `sacrebleu`), fed with a tokenisation chosen by the Unicode script of the
+text itself, so a language the tool has never heard of still scores correctly:
+
+- Han (and kana) characters are one token each; Chinese has no word spacing and
+  character-level ROUGE is the field's usual choice for it.
+- Everything else is split into runs of letters, combining marks and digits, dropping
+  punctuation and symbols as `rouge-score` does. This is "whitespace words" for Arabic-script,
+  Cyrillic and Mongolian text (marks and the joiners ZWNJ/ZWJ and the Mongolian vowel
+  separator stay inside a word) and Tibetan syllables for Tibetan, whose syllable and
+  sentence delimiters, tsheg ་ and shad །, are Unicode punctuation.
+- Text is NFKC-normalised and lower-cased, so case, full-width forms and Arabic
+  presentation forms do not count as errors. On plain English the tokens are exactly
+  `rouge-score`'s own.
+
+All scores are on 0-100.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import regex
+from fontTools.unicodedata import script as _script_code
+from fontTools.unicodedata import script_name as _script_name
+
+# One token per character for scripts written without spaces between words.
+_CHARACTER_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}"
+# A character token, or a run of word characters (letters, marks, digits, joiners, and the
+# Mongolian vowel separator U+180E, which sits inside a word before its final vowel);
+# underscore and other connector punctuation split, as they do for rouge-score.
+_TOKEN_RE = regex.compile(
+    rf"[{_CHARACTER_SCRIPTS}]|[[\w\u180E]--[\p{{Pc}}{_CHARACTER_SCRIPTS}]]+", regex.V1
+)
+_LETTER_RE = regex.compile(r"\p{L}")
+
+# Scripts whose text has no usable word spacing: BLEU and chrF++ word n-grams are computed
+# on the metric tokens (Tibetan syllables, kana) joined by spaces. Han uses sacrebleu's own
+# "zh" tokenizer for BLEU, the standard for published Chinese BLEU.
+_UNSPACED_SCRIPTS = frozenset({"Han", "Tibetan", "Hiragana", "Katakana"})
+
+# Languages whose script is not in doubt. Kazakh (Cyrillic or Arabic) and Mongolian
+# (Cyrillic or traditional) are left to the text; a script subtag ("kk-Arab") decides too.
+_LANG_SCRIPTS = {"zh": "Han", "yue": "Han", "bo": "Tibetan", "dz": "Tibetan", "ug": "Arabic"}
+# ISO 15924 codes that Scripts.txt does not use but language tags do.
+_SCRIPT_SUBTAGS = {"hans": "Han", "hant": "Han"}
+
+NO_SCRIPT = "Common"  # what dominant_script returns for text without letters
+
+
+# --- scripts -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _char_script(ch: str) -> str:
+    return _script_name(_script_code(ch))
+
+
+def letter_scripts(text: str) -> Counter:
+    """Count the letters of `text` by Unicode script name ("Han", "Tibetan", ...).
+
+    Letters shared by several scripts (Common, Inherited) are not counted.
+    """
+    counts = Counter(_char_script(ch) for ch in _LETTER_RE.findall(text))
+    for neutral in ("Common", "Inherited", "Unknown"):
+        counts.pop(neutral, None)
+    return counts
+
+
+def dominant_script(text: str) -> str:
+    """The Unicode script most of the letters of `text` are written in.
+
+    Returns the Unicode script name: "Han", "Tibetan", "Arabic", "Cyrillic", "Mongolian",
+    "Latin", ... or "Common" when `text` has no letters. Ties go to the script met first.
+    """
+    counts = letter_scripts(text)
+    return counts.most_common(1)[0][0] if counts else NO_SCRIPT
+
+
+def script_for_lang(lang: str | None) -> str | None:
+    """The script a language code implies, or None when only the text can tell.
+
+    A script subtag wins ("kk-Arab", "mn_Mong", "zh-Hant"); otherwise a small map of
+    languages written in one script (zh, yue → Han; bo, dz → Tibetan; ug → Arabic).
+    """
+    if not lang:
+        return None
+    subtags = regex.split(r"[-_]", lang.strip())
+    for subtag in subtags[1:]:
+        if len(subtag) == 4 and subtag.isalpha():
+            name = _SCRIPT_SUBTAGS.get(subtag.lower()) or _script_name(subtag.title(), None)
+            if name is not None:
+                return name
+    return _LANG_SCRIPTS.get(subtags[0].lower())
+
+
+def target_script(references: Sequence[str], lang: str | None = None) -> str:
+    """The script a corpus is scored in: from `lang` when it says, else the references' text."""
+    return script_for_lang(lang) or dominant_script(" ".join(references))
+
+
+# --- tokenisation ------------------------------------------------------------------------
+
+
+def tokenize_for_metrics(text: str) -> list[str]:
+    """Split `text` into the tokens ROUGE-L is computed on (see the module docstring).
+
+    "人人生而自由" → ["人", "人", "生", "而", "自", "由"];
+    "དོན་ཚན་བདུན་པ།" → ["དོན", "ཚན", "བདུན", "པ"]; "All human beings." → ["all", "human", "beings"].
+    """
+    return _TOKEN_RE.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+class MetricTokenizer:
+    """The `tokenize(text)` object `rouge_score.rouge_scorer.RougeScorer` accepts."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokenize_for_metrics(text)
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("nothing to score: no segments")
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus ROUGE-L: the mean over segments of F, precision and recall, on 0-100.
+
+    Returns {"f": ..., "p": ..., "r": ...}. A segment whose prediction or reference has no
+    tokens scores 0, as in `rouge-score`.
+    """
+    from rouge_score.rouge_scorer import RougeScorer
+
+    _check_pairs(predictions, references)
+    scorer = RougeScorer(["rougeL"], tokenizer=MetricTokenizer())
+    totals = {"f": 0.0, "p": 0.0, "r": 0.0}
+    for prediction, reference in zip(predictions, references):
+        s = scorer.score(reference, prediction)["rougeL"]
+        totals["f"] += s.fmeasure
+        totals["p"] += s.precision
+        totals["r"] += s.recall
+    return {k: 100 * v / len(predictions) for k, v in totals.items()}
+
+
+def bleu_tokenize(script: str) -> str:
+    """The sacrebleu tokenizer BLEU uses for a script.
+
+    Han: "zh" (characters; sacrebleu's standard for Chinese). Other scripts without word
+    spacing (Tibetan, kana): "none", on text pre-split by `tokenize_for_metrics`. Latin or no
+    letters: "13a" (the WMT standard). Every other script: "intl", which also splits off
+    non-ASCII punctuation such as the Arabic comma ، that "13a" would glue to words.
+    """
+    if script == "Han":
+        return "zh"
+    if script in _UNSPACED_SCRIPTS:
+        return "none"
+    return "13a" if script in ("Latin", NO_SCRIPT) else "intl"
+
+
+def _words_for_sacrebleu(texts: Sequence[str], script: str) -> list[str]:
+    # chrF++ word n-grams and BLEU need words; for unspaced scripts they are the metric
+    # tokens (characters, syllables). chrF's character n-grams ignore spaces, so this only
+    # drops the punctuation from them.
+    if script in _UNSPACED_SCRIPTS:
+        return [" ".join(tokenize_for_metrics(t)) for t in texts]
+    return list(texts)
+
+
+def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str) -> dict[str, float]:
+    """Corpus chrF++ and BLEU (sacrebleu) for text in `script`: {"chrf": ..., "bleu": ...}."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    _check_pairs(predictions, references)
+    hyps = _words_for_sacrebleu(predictions, script)
+    refs = _words_for_sacrebleu(references, script)
+    tokenize = bleu_tokenize(script)
+    bleu_hyps, bleu_refs = (predictions, references) if tokenize == "zh" else (hyps, refs)
+    return {
+        "chrf": CHRF(word_order=2).corpus_score(hyps, [refs]).score,
+        # exp(log p) puts a perfect BLEU a rounding error above 100.
+        "bleu": min(100.0, BLEU(tokenize=tokenize).corpus_score(list(bleu_hyps), [list(bleu_refs)]).score),
+    }
+
+
+def script_rate(predictions: Sequence[str], references: Sequence[str], lang: str | None = None) -> float:
+    """How much of the output is in the target script, on 0-100 (mean over segments).
+
+    A segment's rate is the share of the prediction's letters written in the target
+    script: the script `lang` implies, else the reference's dominant script. A prediction
+    without letters scores 100 when its reference has none either, else 0 (an empty answer
+    is not an answer in the target language); with no `lang` and a reference without
+    letters, any letters are off-script.
+    """
+    _check_pairs(predictions, references)
+    fixed = script_for_lang(lang)
+    total = 0.0
+    for prediction, reference in zip(predictions, references):
+        letters = letter_scripts(prediction)
+        n = sum(letters.values())
+        if n == 0:
+            total += 0.0 if letter_scripts(reference) else 1.0
+        else:
+            total += letters[fixed or dominant_script(reference)] / n
+    return 100 * total / len(predictions)
+
+
+def score(predictions: Sequence[str], references: Sequence[str], lang: str | None = None) -> dict:
+    """Score predictions against references (one reference per segment).
+
+    `lang` (optional) fixes the target script where the code implies one (see
+    `script_for_lang`); otherwise it comes from the references. Returns
+    {"rougeL": {"f", "p", "r"}, "chrf", "bleu", "script_rate", "n"}, scores on 0-100.
+    Raises ValueError when the lists differ in length or are empty.
+    """
+    predictions, references = list(predictions), list(references)
+    _check_pairs(predictions, references)
+    return {
+        "rougeL": rouge_l(predictions, references),
+        **chrf_bleu(predictions, references, target_script(references, lang)),
+        "script_rate": script_rate(predictions, references, lang),
+        "n": len(predictions),
+    }
+
+
+# --- files, languages and tables ---------------------------------------------------------
+
+
+def read_segments(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file, one segment each, without line ends.
+
+    Only "\\n" (and a "\\r" before it) ends a line, so text holding U+2028 or NEL stays one
+    segment; a leading byte-order mark is dropped. Raises ValueError "FILE:LINE: not UTF-8"
+    on a bad byte.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    segments = []
+    for number, line in enumerate(lines, 1):
+        try:
+            # utf-8-sig on the first line drops a byte-order mark some editors write.
+            segments.append(line.decode("utf-8-sig" if number == 1 else "utf-8").removesuffix("\r"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{number}: not UTF-8") from None
+    return segments
+
+
+def flatten_scores(scores: dict) -> dict:
+    """`score()`'s result as one flat row: rougeL_f, rougeL_p, rougeL_r, chrf, bleu, script_rate, n."""
+    row = {f"rougeL_{k}": v for k, v in scores["rougeL"].items()}
+    row.update({k: v for k, v in scores.items() if k != "rougeL"})
+    return row
+
+
+def evaluate_predictions(
+    records: Iterable[dict],
+    *,
+    reference_field: str,
+    lang_field: str,
+    prediction_field: str = "prediction",
+    source: str | None = None,
+) -> list[dict]:
+    """Score generated records one language at a time.
+
+    `records` are dicts holding a prediction, a reference and a language code (e.g. the
+    `swcm generate` output of a task file). Returns one row per language, in order of first
+    appearance: {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu",
+    "script_rate", "n"}, where "script" is the script the language was scored in. A record
+    missing a field raises ValueError naming `source` (a file name) and its line.
+    """
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for number, record in enumerate(records, 1):
+        for field in (prediction_field, reference_field, lang_field):
+            if field not in record:
+                raise ValueError(f"{source or 'record'}:{number}: missing field \"{field}\"")
+        predictions, references = groups.setdefault(str(record[lang_field]), ([], []))
+        predictions.append(record[prediction_field])
+        references.append(record[reference_field])
+    if not groups:
+        raise ValueError(f"{source or 'records'}: nothing to evaluate")
+    return [
+        {"lang": lang, "script": target_script(refs, lang), **flatten_scores(score(preds, refs, lang))}
+        for lang, (preds, refs) in groups.items()
+    ]
+
+
+COLUMN_HEADERS = {
+    "lang": "language",
+    "script": "script",
+    "rougeL_f": "ROUGE-L F",
+    "rougeL_p": "ROUGE-L P",
+    "rougeL_r": "ROUGE-L R",
+    "chrf": "chrF++",
+    "bleu": "BLEU",
+    "script_rate": "script rate",
+    "n": "n",
+}
+# The paper's table shape: ROUGE-L F/P/R, then the translation metrics and script rate.
+METRIC_COLUMNS = tuple(COLUMN_HEADERS)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """Render rows as a markdown table with the given columns (keys of the rows).
+
+    Headers come from COLUMN_HEADERS (the key itself otherwise); numbers are right-aligned
+    with two decimals; a missing value is shown as "–".
+    """
+    numeric = [any(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
+    lines = [
+        "| " + " | ".join(COLUMN_HEADERS.get(c, c) for c in columns) + " |",
+        "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,260 @@
+"""Metrics on real UDHR text: script detection, script-aware ROUGE-L, chrF++/BLEU, script rate, `swcm score`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rouge_score import rouge_scorer
+from rouge_score import tokenize as rouge_tokenize
+
+from swcm.cli import main
+from swcm.evaluation import (
+    METRIC_COLUMNS,
+    dominant_script,
+    evaluate_predictions,
+    flatten_scores,
+    markdown_table,
+    read_segments,
+    rouge_l,
+    score,
+    script_for_lang,
+    script_rate,
+    target_script,
+    tokenize_for_metrics,
+)
+from swcm.resources import UDHR_LANGS, udhr
+
+UNITS = udhr("train") + udhr("valid") + udhr("test")
+BY_ID = {unit["id"]: unit["text"] for unit in UNITS}
+SCRIPTS = {"zh": "Han", "bo": "Tibetan", "ug": "Arabic", "kk": "Cyrillic", "mn": "Cyrillic", "en": "Latin"}
+
+
+def texts(lang: str, split: str = "test") -> list[str]:
+    return [unit["text"][lang] for unit in udhr(split)]
+
+
+# --- scripts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", UDHR_LANGS)
+def test_dominant_script_of_every_udhr_text(lang):
+    assert {dominant_script(unit["text"][lang]) for unit in UNITS} == {SCRIPTS[lang]}
+
+
+def test_dominant_script_of_other_scripts_and_of_text_without_letters():
+    assert dominant_script("ᠮᠣᠩᠭᠣᠯ ᠬᠡᠯᠡ") == "Mongolian"  # traditional Mongolian: "Mongolian language"
+    assert dominant_script("Ελληνικά") == "Greek"
+    assert dominant_script("第7条 Article 7") == "Latin"  # 7 Latin letters against 2 Han
+    assert dominant_script("1948. —") == "Common"
+
+
+@pytest.mark.parametrize(
+    "lang, script",
+    [("zh", "Han"), ("zh-Hant", "Han"), ("bo", "Tibetan"), ("ug", "Arabic"), ("kk-Arab", "Arabic"),
+     ("kk_Arab", "Arabic"), ("mn-Mong", "Mongolian"), ("uz-Latn", "Latin"), ("kk", None), ("mn", None),
+     ("xyz", None), (None, None)],
+)
+def test_script_for_lang(lang, script):
+    assert script_for_lang(lang) == script
+
+
+def test_target_script_reads_the_text_when_the_code_does_not_say():
+    kk = texts("kk")
+    assert target_script(kk, "kk") == "Cyrillic"
+    assert target_script(kk, "kk-Arab") == "Arabic"
+    assert target_script(texts("ug"), "never-heard-of") == "Arabic"
+
+
+# --- tokenisation and ROUGE-L ------------------------------------------------------------
+
+
+def test_tokens_per_script_on_udhr_titles():
+    title = BY_ID["article-07.0"]
+    assert tokenize_for_metrics(title["zh"]) == ["第", "七", "条"]
+    assert tokenize_for_metrics(title["bo"]) == ["དོན", "ཚན", "བདུན", "པ"]
+    assert tokenize_for_metrics(title["ug"]) == ["7", "ماددا"]
+    assert tokenize_for_metrics(title["kk"]) == ["7", "бап"]
+    assert tokenize_for_metrics(title["mn"]) == ["долдугаар", "зүйл"]
+    assert tokenize_for_metrics(title["en"]) == ["article", "7"]
+
+
+def test_words_keep_their_marks_joiners_and_vowel_separator():
+    # Tibetan vowel signs and subjoined letters are combining marks, not boundaries.
+    assert tokenize_for_metrics("སྐྱེ་བོ་རེ་རེར་") == ["སྐྱེ", "བོ", "རེ", "རེར"]
+    # Uyghur hyphenated compound, Arabic comma dropped.
+    assert tokenize_for_metrics("ئىززەت-ھۆرمەت ۋە ئەركىن،") == ["ئىززەت", "ھۆرمەت", "ۋە", "ئەركىن"]
+    # Mongolian vowel separator U+180E stays inside "qar-a" (black).
+    assert tokenize_for_metrics("ᠬᠠᠷ\u180eᠠ ᠮᠣᠷᠢ") == ["ᠬᠠᠷ\u180eᠠ", "ᠮᠣᠷᠢ"]
+    # Latin words inside a Chinese sentence stay words; full-width forms fold to ASCII.
+    assert tokenize_for_metrics("联合国UN大会，ＵＤＨＲ") == ["联", "合", "国", "un", "大", "会", "udhr"]
+
+
+def test_english_rouge_equals_rouge_scores_own():
+    english = [unit["text"]["en"] for unit in UNITS]
+    for text in english:
+        assert tokenize_for_metrics(text) == rouge_tokenize.tokenize(text, None)
+    predictions = english[1:] + english[:1]  # each reference against its neighbour: partial overlaps
+    predictions += [text[: len(text) // 2] for text in english]
+    references = english + english
+    default = rouge_scorer.RougeScorer(["rougeL"])
+    segments = [default.score(ref, pred)["rougeL"] for pred, ref in zip(predictions, references)]
+    expected = {
+        "f": 100 * sum(s.fmeasure for s in segments) / len(segments),
+        "p": 100 * sum(s.precision for s in segments) / len(segments),
+        "r": 100 * sum(s.recall for s in segments) / len(segments),
+    }
+    assert 0 < expected["f"] < 100
+    assert rouge_l(predictions, references) == expected
+
+
+def test_chinese_rouge_is_the_lcs_of_characters():
+    reference = BY_ID["article-03.1"]["zh"]  # 人人有权享有生命、自由和人身安全。
+    prediction = BY_ID["article-20.1"]["zh"]  # 人人有权享有和平集会和结社的自由。
+    assert tokenize_for_metrics(reference) == list("人人有权享有生命自由和人身安全")
+    assert tokenize_for_metrics(prediction) == list("人人有权享有和平集会和结社的自由")
+    # LCS: 人人有权享有 + 自由 = 8 (the later 和 of the reference comes after its 自由).
+    p, r = 8 / 16, 8 / 15
+    assert rouge_l([prediction], [reference]) == pytest.approx(
+        {"f": 100 * 2 * p * r / (p + r), "p": 100 * p, "r": 100 * r})
+    # The bug this fixes: rouge-score's own tokenizer sees no tokens in Chinese at all.
+    assert rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure == 0
+
+
+def test_tibetan_rouge_is_the_lcs_of_syllables():
+    reference = BY_ID["article-17.2"]["bo"]
+    prediction = BY_ID["article-20.2"]["bo"]
+    assert tokenize_for_metrics(reference) == [
+        "སུ", "གང", "གིས", "གང", "ཞིག", "གི", "མཁར", "དབང", "བཙན", "འཕྲོག", "བྱེད", "པའི", "རིགས", "མི", "ཆོག"]
+    assert tokenize_for_metrics(prediction) == [
+        "སུ", "ཡིན", "ཡང", "སྐྱིད", "སྡུག", "གཅིག", "ཏུ", "ཨུ", "ཚུགས", "མཐའ", "ནན", "གྱིས", "བདགཉར",
+        "བྱེད", "པའི", "རིགས", "མི", "ཆོག"]
+    # LCS: སུ + བྱེད པའི རིགས མི ཆོག = 6 of 18 predicted and 15 reference syllables.
+    p, r = 6 / 18, 6 / 15
+    assert rouge_l([prediction], [reference]) == pytest.approx(
+        {"f": 100 * 2 * p * r / (p + r), "p": 100 * p, "r": 100 * r})
+    assert rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_tokens_are_words_and_a_space_separates_them(a, b):
+    tokens = tokenize_for_metrics(a)
+    assert all(regex.fullmatch(r"[\w\u180E]+", t) and "_" not in t for t in tokens)
+    assert all(len(t) == 1 for t in tokens if regex.search(r"\p{Han}", t))
+    assert tokenize_for_metrics(a + " " + b) == tokens + tokenize_for_metrics(b)
+
+
+# --- chrF++, BLEU, script rate, score ----------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", UDHR_LANGS)
+def test_a_perfect_prediction_scores_100_on_every_metric(lang):
+    refs = texts(lang)
+    result = score(refs, refs, lang)
+    assert result["rougeL"] == {"f": 100.0, "p": 100.0, "r": 100.0}
+    assert result["chrf"] == pytest.approx(100.0)
+    assert result["bleu"] == pytest.approx(100.0)
+    assert result["script_rate"] == 100.0
+    assert result["n"] == len(refs)
+
+
+@pytest.mark.parametrize("lang", ["zh", "bo", "ug"])
+def test_a_wrong_prediction_scores_below_a_partly_right_one(lang):
+    refs = texts(lang)
+    shifted = refs[1:] + refs[:1]
+    halves = [ref[: len(ref) // 2] + shifted[i][len(shifted[i]) // 2:] for i, ref in enumerate(refs)]
+    wrong, partly = score(shifted, refs, lang), score(halves, refs, lang)
+    for metric in ("chrf", "bleu"):
+        assert 0 <= wrong[metric] < partly[metric] < 100
+    assert wrong["rougeL"]["f"] < partly["rougeL"]["f"] < 100
+
+
+def test_script_rate():
+    bo, zh = texts("bo"), texts("zh")
+    assert script_rate(bo, bo) == 100.0
+    assert script_rate(texts("bo", "train")[: len(bo)], bo) == 100.0  # other sentences, same script
+    assert script_rate(zh, bo) == 0.0  # answering in Chinese, the paper's LLM baseline failure
+    # Tibetan letters ད ན ཚ ན (the vowel ོ is a mark) against Han 第 七 条: 4 of 7.
+    assert script_rate(["དོན་ཚན་ 第七条"], [bo[0]]) == pytest.approx(100 * 4 / 7)
+    assert script_rate(["", "1948"], [bo[0], "1948"]) == 50.0  # empty answer 0; nothing to write 100
+    assert script_rate(texts("kk"), texts("mn"), lang="kk-Arab") == 0.0  # --lang fixes the target
+
+
+def test_mismatched_lengths_are_an_error():
+    with pytest.raises(ValueError, match="^2 predictions but 1 references$"):
+        score(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="no segments"):
+        score([], [])
+
+
+# --- per-language evaluation and tables --------------------------------------------------
+
+
+def test_evaluate_predictions_one_row_per_language_in_order():
+    records = []
+    for unit in udhr("test"):
+        for lang in ("bo", "zh", "kk"):
+            records.append({"tgt": unit["text"][lang], "tgt_lang": lang, "prediction": unit["text"]["zh"]})
+    rows = evaluate_predictions(records, reference_field="tgt", lang_field="tgt_lang")
+    assert [row["lang"] for row in rows] == ["bo", "zh", "kk"]
+    assert [row["script"] for row in rows] == ["Tibetan", "Han", "Cyrillic"]
+    for row in rows:
+        refs = texts(row["lang"])
+        assert row == {"lang": row["lang"], "script": row["script"], **flatten_scores(score(texts("zh"), refs, row["lang"]))}
+    assert rows[1]["rougeL_f"] == 100.0 and rows[0]["script_rate"] == 0.0
+
+    table = markdown_table(rows)
+    lines = table.splitlines()
+    assert lines[0] == "| language | script | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | script rate | n |"
+    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[3] == "| zh | Han | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 9 |"
+    assert len(lines) == 2 + len(rows) and len(METRIC_COLUMNS) == 9
+
+    with pytest.raises(ValueError, match='^test.jsonl:2: missing field "tgt_lang"$'):
+        evaluate_predictions([records[0], {"tgt": "x", "prediction": "y"}], reference_field="tgt",
+                             lang_field="tgt_lang", source="test.jsonl")
+
+
+# --- files and the CLI -------------------------------------------------------------------
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_read_segments_keeps_line_separators_inside_text(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes("\ufeffa\u2028b\r\nc\x85d\n\n".encode())
+    assert read_segments(path) == ["a\u2028b", "c\x85d", ""]
+
+
+def test_cli_score_json(tmp_path, capsys):
+    pred = write_lines(tmp_path / "pred.txt", texts("zh"))
+    ref = write_lines(tmp_path / "ref.txt", texts("bo"))
+    assert main(["score", "--pred", pred, "--ref", ref, "--lang", "bo", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1
+    printed = json.loads(out)
+    expected = score(texts("zh"), texts("bo"), "bo")
+    assert printed == {k: expected[k] for k in ("rougeL", "chrf", "bleu", "script_rate")}
+    assert printed["script_rate"] == 0.0
+
+    assert main(["score", "--pred", ref, "--ref", ref]) == 0
+    out = capsys.readouterr().out
+    assert "ROUGE-L F" in out and "100.00" in out and "script Tibetan" in out
+
+
+def test_cli_score_errors(tmp_path, capsys):
+    pred = write_lines(tmp_path / "pred.txt", texts("bo")[:3])
+    ref = write_lines(tmp_path / "ref.txt", texts("bo"))
+    assert main(["score", "--pred", pred, "--ref", ref]) == 2
+    assert capsys.readouterr().err.strip() == f"swcm score: error: {pred} has 3 lines but {ref} has 9"
+
+    (tmp_path / "bad.txt").write_bytes(b"fine\nbad \xff byte\n")
+    assert main(["score", "--pred", str(tmp_path / "bad.txt"), "--ref", ref]) == 2
+    assert capsys.readouterr().err.strip() == f"swcm score: error: {tmp_path / 'bad.txt'}:2: not UTF-8"
