@@ -141,7 +141,7 @@ def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
                 except UnicodeDecodeError as err:
                     raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
                 if not line.strip():
@@ -192,7 +192,7 @@ class TinyEncoderSettings:
         if self.hidden % self.heads:
             raise ValueError(f"hidden size {self.hidden} is not a multiple of the {self.heads} attention heads")
         if not 3 <= self.max_length <= self.max_positions - 2:
-            raise ValueError(f"max_length must be between 3 and max_positions - 2 = {self.max_positions - 2}")
+            raise ValueError(f"max_length {self.max_length} must be between 3 and max_positions - 2 = {self.max_positions - 2}")
         if not 0 < self.mlm_probability < 1 or self.lr <= 0 or self.warmup < 0:
             raise ValueError("need 0 < mlm_probability < 1, lr > 0 and warmup >= 0")
 

@@ -142,7 +142,7 @@ def test_a_failed_run_leaves_the_previous_directory_intact(trained_dir, tmp_path
 
 def test_read_corpus_takes_text_lines_and_jsonl_units(tmp_path):
     plain = tmp_path / "bo.txt"
-    plain.write_text("སྐྱེ་བོ་རེ་རེར།\n\n  ھەممە ئادەم  \n", encoding="utf-8")
+    plain.write_text("\ufeffསྐྱེ་བོ་རེ་རེར།\n\n  ھەممە ئادەم  \n", encoding="utf-8")
     assert read_corpus([plain]) == ["སྐྱེ་བོ་རེ་རེར།", "ھەممە ئادەم"]
     udhr_train = Path(swcm.resources.__file__).parent / "udhr" / "train.jsonl"
     assert read_corpus([udhr_train, plain]) == [t for t in _texts("train") if t.strip()] + read_corpus([plain])
