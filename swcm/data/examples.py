@@ -1,0 +1,68 @@
+"""Token-level training examples, the one format pretraining and fine-tuning both produce.
+
+    {"input_ids": <s> source </s>                    (the tokenizer's own format)
+     "labels":    [tag(target_lang)] target </s>}    (the tag is the forced first decoder token)
+
+Both are truncated to their maximum length keeping the closing </s>. The model shifts the
+labels right behind `decoder_start_token_id` to get the decoder inputs, as BART / mBART do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from ..tokenization import language_tag_id
+
+
+class ExampleEncoder:
+    """Builds `{"input_ids", "labels"}` examples with one tokenizer and fixed maximum lengths.
+
+    `encode(source_text, target_text, target_lang)` tokenises texts; `example(source_ids,
+    target_ids, target_lang)` takes token ids without special tokens (the DAE path, whose
+    source is noised ids). Language tag ids are looked up once (ValueError for a missing tag).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_length: int = 512, max_target_length: int = 512):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError("the tokenizer has no </s> (eos) token")
+        # Room for the content between the special tokens.
+        self.max_source_ids = max_source_length - tokenizer.num_special_tokens_to_add(pair=False)
+        self.max_target_ids = max_target_length - 2  # the tag and </s>
+        if self.max_source_ids < 1 or self.max_target_ids < 1:
+            raise ValueError(f"max lengths {max_source_length}/{max_target_length} leave no room for text")
+        self._tags: dict[str, int] = {}
+
+    def tag_id(self, lang: str) -> int:
+        """The id of `lang`'s language tag (cached)."""
+        if lang not in self._tags:
+            self._tags[lang] = language_tag_id(self.tokenizer, lang)
+        return self._tags[lang]
+
+    def token_ids(self, text: str) -> list[int]:
+        """`text` as token ids, without special tokens and untruncated."""
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def example(self, source_ids: Sequence[int], target_ids: Sequence[int], target_lang: str) -> dict[str, list[int]]:
+        """The example for content ids `source_ids` → `target_ids` in `target_lang`."""
+        return {
+            "input_ids": self.tokenizer.build_inputs_with_special_tokens(list(source_ids[: self.max_source_ids])),
+            "labels": [self.tag_id(target_lang), *target_ids[: self.max_target_ids], self.eos_id],
+        }
+
+    def encode(self, source_text: str, target_text: str, target_lang: str) -> dict[str, list[int]]:
+        """The example for a text pair (translation, summarisation, reading comprehension)."""
+        return self.example(self.token_ids(source_text), self.token_ids(target_text), target_lang)
+
+
+def pair_separator(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The special tokens the tokenizer puts between the two texts of a pair, as text.
+
+    "</s></s>" for XLM-R / RoBERTa, "[SEP]" for BERT: joining question and context with it
+    makes the single-text encoding equal the tokenizer's own pair encoding.
+    """
+    ids = tokenizer.build_inputs_with_special_tokens([-1], [-2])  # placeholders for the two texts
+    return "".join(tokenizer.convert_ids_to_tokens(ids[ids.index(-1) + 1 : ids.index(-2)]))

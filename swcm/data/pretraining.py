@@ -1,0 +1,235 @@
+"""The pretraining example stream: DAE on monolingual text and MT on parallel pairs, mixed.
+
+Each example starts with a draw of (objective, language) from `ObjectiveSampler`: the
+objective by the DAE / MT mix, the language by p_i ∝ q_i^α over that objective's data. Then:
+
+- DAE, language L: the next chunk of L's next document (documents longer than the maximum
+  length are cut into chunks, at a sentence end when one is near) → input = the chunk noised
+  by `add_noise`, labels = [tag(L)] + the chunk + </s>.
+- MT, language pair {A, B}: each pair read gives two examples, on consecutive draws of the
+  pair: A → B (labels start with tag(B)), then B → A (tag(A)). With zh–x pairs these are the
+  paper's zh→x and x→zh directions.
+
+Every (objective, language) stream reads its own files lazily through a `datasets`
+IterableDataset, so corpora of many GB are fine, and restarts (a new epoch) when exhausted.
+Ranks read disjoint records (`split_dataset_by_node`: whole files when the file count allows,
+every world_size-th record otherwise). `state_dict()` captures every stream's position, the
+chunks and reverse directions still pending, and the random generator, so that a stream
+restored with `load_state_dict()` yields exactly the examples the original would have yielded
+next. The state holds only plain Python values (it loads with `torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Iterator, Sequence
+
+import numpy as np
+import torch
+from datasets.distributed import split_dataset_by_node
+from transformers import PreTrainedTokenizerBase
+
+from .examples import ExampleEncoder
+from .noise import NoiseConfig, add_noise, sentence_end_ids
+from .readers import Problems, Source, census, parse_source_spec, streaming_dataset
+from .sampling import ObjectiveSampler
+
+
+class _RecordStream:
+    """One (objective, language) stream: records from a datasets IterableDataset, cycling forever.
+
+    `pending` holds work from the last record not yet turned into examples (DAE chunks, the
+    reverse MT direction); it is part of the position.
+    """
+
+    def __init__(self, dataset, name: str):
+        self.dataset, self.name = dataset, name
+        self._start = dataset.state_dict()  # the position at the start of an epoch
+        self._position = self._start  # where a new iterator starts
+        self._iterator: Iterator[dict] | None = None
+        self.epoch, self.read, self.pending = 0, 0, []
+
+    def next_record(self) -> dict:
+        while True:
+            if self._iterator is None:
+                self.dataset.load_state_dict(copy.deepcopy(self._position))
+                self._iterator = iter(self.dataset)
+            try:
+                record = next(self._iterator)
+            except StopIteration:
+                if self.read == 0:
+                    raise ValueError(f"{self.name}: no records to read on this rank") from None
+                self.epoch, self.read, self._position, self._iterator = self.epoch + 1, 0, self._start, None
+                continue
+            self.read += 1
+            return record
+
+    def state_dict(self) -> dict:
+        position = self._position if self._iterator is None else self.dataset.state_dict()
+        return {"data": copy.deepcopy(position), "epoch": self.epoch, "read": self.read, "pending": copy.deepcopy(self.pending)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._position, self._iterator = copy.deepcopy(state["data"]), None
+        self.epoch, self.read, self.pending = state["epoch"], state["read"], copy.deepcopy(state["pending"])
+
+
+def _stream_name(objective: str, key: tuple[str, ...]) -> str:
+    return f"{objective}:{'+'.join(key)}"
+
+
+class PretrainingStream(torch.utils.data.IterableDataset):
+    """An endless stream of pretraining examples `{"input_ids", "labels"}` (see the module doc).
+
+    tokenizer: the model's tokenizer, with a language tag for every language of the data and a
+        mask token. mono / parallel: sources as `Source`s or spec strings ("bo=bo.txt",
+        "mono.jsonl", "zh-bo=pairs.tsv", "pairs.jsonl"; see `swcm.data.readers`).
+    noise: the DAE noise. alpha: the language sampling exponent. mt_fraction: the share of MT
+        examples (0 without parallel data, 1 without monolingual data).
+    max_source_length / max_target_length: in tokens, special tokens included.
+    seed: the sampling and noise seed (combined with `rank`). rank / world_size: this process's
+        share of the data. langs: the allowed language codes (all when None).
+    on_bad_record: "error" raises on the first bad record, "skip" drops bad records; all of
+        them are counted once, up front, in `problems` (a `Problems`; report `problems.summary()`).
+
+    Reading every record once at construction gives the exact per-language counts that the
+    sampling needs and surfaces bad records before training starts. After that, documents are
+    read and tokenised one at a time, as examples are drawn.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        mono: Sequence[Source | str] = (),
+        parallel: Sequence[Source | str] = (),
+        *,
+        noise: NoiseConfig | None = None,
+        alpha: float = 0.3,
+        mt_fraction: float = 0.1,
+        max_source_length: int = 512,
+        max_target_length: int = 512,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        langs: Collection[str] | None = None,
+        on_bad_record: str = "error",
+    ):
+        if not 0.0 <= mt_fraction <= 1.0:
+            raise ValueError(f"mt_fraction must be in [0, 1], got {mt_fraction}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.noise = noise or NoiseConfig()
+        self.encoder = ExampleEncoder(tokenizer, max_source_length, max_target_length)
+        self.mask_id = tokenizer.mask_token_id
+        if self.mask_id is None and self.noise.mask_ratio > 0:
+            raise ValueError("the tokenizer has no mask token, which text infilling needs")
+        self.special_ids = frozenset(tokenizer.all_special_ids)
+        # A DAE chunk is both the target and (noised) the source: it must fit either way.
+        self.chunk_length = min(self.encoder.max_source_ids, self.encoder.max_target_ids)
+
+        sources = {
+            "dae": [s if isinstance(s, Source) else parse_source_spec(s, "mono", langs) for s in mono],
+            "mt": [s if isinstance(s, Source) else parse_source_spec(s, "parallel", langs) for s in parallel],
+        }
+        for objective, kind in (("dae", "mono"), ("mt", "parallel")):
+            wrong = [s.spec for s in sources[objective] if s.kind != kind]
+            if wrong:
+                raise ValueError(f"not {kind} sources: {', '.join(wrong)}")
+        self.problems = Problems()
+        found = {o: census(s, langs=langs, on_bad_record=on_bad_record, problems=self.problems) for o, s in sources.items()}
+        self.counts = {o: {key: sum(files.values()) for key, files in f.items()} for o, f in found.items()}
+        if not any(self.counts.values()):
+            raise ValueError("no pretraining data: give monolingual and/or parallel sources with valid records")
+        self.sampler = ObjectiveSampler(self.counts, {"dae": 1.0 - mt_fraction, "mt": mt_fraction}, alpha)
+
+        missing = []
+        for lang in sorted({lang for (_, key) in self.sampler.probs for lang in key}):
+            try:
+                self.encoder.tag_id(lang)
+            except ValueError:
+                missing.append(lang)
+        if missing:
+            raise ValueError(f"the tokenizer has no language tag for {', '.join(missing)}; "
+                             "build the model with these languages (swcm build --langs)")
+
+        self._sentence_ends = {
+            key[0]: sentence_end_ids(tokenizer, key[0]) for (objective, key) in self.sampler.probs if objective == "dae"
+        }
+        self._streams: dict[tuple[str, tuple[str, ...]], _RecordStream] = {}
+        for objective, key in self.sampler.probs:
+            dataset = streaming_dataset(list(found[objective][key]), langs=langs, on_bad_record=on_bad_record, key=key)
+            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+            self._streams[objective, key] = _RecordStream(dataset, _stream_name(objective, key))
+        self._rng = np.random.default_rng([seed, rank])
+        self.examples = 0  # produced so far
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """The sampling probability of every stream, e.g. {"dae:bo": 0.31, "mt:bo+zh": 0.02}."""
+        return {_stream_name(o, key): p for (o, key), p in self.sampler.probs.items()}
+
+    def __iter__(self) -> Iterator[dict[str, list[int]]]:
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("PretrainingStream keeps its position in one process: use DataLoader(num_workers=0)")
+        while True:
+            yield self.next_example()
+
+    def next_example(self) -> dict[str, list[int]]:
+        """Draw (objective, language) and produce that stream's next example."""
+        objective, key = self.sampler.draw(self._rng)
+        stream = self._streams[objective, key]
+        example = self._dae(stream, key[0]) if objective == "dae" else self._mt(stream)
+        self.examples += 1
+        return example
+
+    def _dae(self, stream: _RecordStream, lang: str) -> dict[str, list[int]]:
+        if not stream.pending:
+            stream.pending = self._chunks(self.encoder.token_ids(stream.next_record()["text"]), self._sentence_ends[lang])
+        chunk = stream.pending.pop(0)
+        noised = add_noise(
+            chunk, self.noise, self._rng, mask_id=self.mask_id, sentence_end_ids=self._sentence_ends[lang],
+            special_ids=self.special_ids, max_length=self.encoder.max_source_ids,
+        )
+        return self.encoder.example(noised, chunk, lang)
+
+    def _chunks(self, ids: list[int], ends: frozenset[int]) -> list[list[int]]:
+        """Cut a document into pieces of at most `chunk_length` tokens, after a sentence end in
+        the second half of the window when there is one (a hard cut otherwise)."""
+        chunks, start, size = [], 0, self.chunk_length
+        while len(ids) - start > size:
+            cut = start + size
+            for i in range(start + size - 1, start + size // 2 - 1, -1):
+                if ids[i] in ends:
+                    cut = i + 1
+                    break
+            chunks.append(ids[start:cut])
+            start = cut
+        chunks.append(ids[start:])
+        return chunks
+
+    def _mt(self, stream: _RecordStream) -> dict[str, list[int]]:
+        if stream.pending:
+            src, tgt, tgt_lang = stream.pending.pop()
+        else:
+            r = stream.next_record()
+            src, tgt, tgt_lang = r["src"], r["tgt"], r["tgt_lang"]
+            stream.pending = [[r["tgt"], r["src"], r["src_lang"]]]  # the reverse direction, next time
+        return self.encoder.encode(src, tgt, tgt_lang)
+
+    def state_dict(self) -> dict:
+        """The position: every stream's data position and pending work, the RNG, the count."""
+        return {
+            "rng": copy.deepcopy(self._rng.bit_generator.state),
+            "streams": {stream.name: stream.state_dict() for stream in self._streams.values()},
+            "examples": self.examples,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()` of a stream over the same data and settings."""
+        names = {stream.name for stream in self._streams.values()}
+        if set(state["streams"]) != names:
+            raise ValueError(f"the saved data position is for streams {sorted(state['streams'])}, "
+                             f"but this data has {sorted(names)}")
+        for stream in self._streams.values():
+            stream.load_state_dict(state["streams"][stream.name])
+        self._rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.examples = state["examples"]

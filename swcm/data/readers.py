@@ -1,0 +1,437 @@
+"""Reading and validating the user's corpora: monolingual text, parallel pairs and task files.
+
+Source specs (the `--mono` / `--parallel` flags):
+
+    mono      LANG=PATH      plain text, one document per line, all in LANG
+              PATH           JSONL, one {"text": ..., "lang": ...} per line
+    parallel  SRC-TGT=PATH   TSV, one "source<TAB>target" per line
+              PATH           JSONL, one {"src", "tgt", "src_lang", "tgt_lang"} per line
+
+PATH is a file, a glob or a directory (every non-hidden file below it, sorted); files ending
+in .gz, .bz2 or .xz are decompressed on the fly. Language codes are free-form BCP-47-like
+strings ("bo", "zh-Hans", "kk_Arab"); codes containing "-" can be written with "_" when the
+SRC-TGT split would be ambiguous.
+
+Every record is validated; a bad one is a `BadRecord`, a ValueError whose message is one line,
+`path:line: problem`. With `on_bad_record="skip"` bad records are dropped and counted in a
+`Problems`, which the caller reports. Blank lines of a JSONL file hold no record and are
+ignored; a blank line of a plain-text or TSV file is an empty record.
+
+Task files (fine-tuning) are JSONL with overridable field names and come out as `TextPair`s.
+Large corpora are read lazily, line by line; `streaming_dataset` wraps them in a `datasets`
+IterableDataset (one shard per file) for sharding across ranks and exact resumption.
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import json
+import lzma
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import datasets
+
+_LANGUAGE_CODE = re.compile(r"(?:[A-Za-z]{2,3}|[A-Za-z]{5,8})(?:[-_][A-Za-z0-9]{1,8})*")
+
+MONO_FIELDS = {"text": "text", "lang": "lang"}
+PARALLEL_FIELDS = {"src": "src", "tgt": "tgt", "src_lang": "src_lang", "tgt_lang": "tgt_lang"}
+TASK_FIELDS = {
+    "sum": {"document": "document", "summary": "summary", "lang": "lang"},
+    "mrc": {"question": "question", "context": "context", "answer": "answer", "lang": "lang"},
+    "mt": PARALLEL_FIELDS,
+}
+ON_BAD_RECORD = ("error", "skip")
+# Reading comprehension joins question and context with the XLM-R pair separator, so that the
+# tokenizer reads "<s> question </s></s> context </s>", exactly its own encoding of a text pair.
+MRC_SEPARATOR = "</s></s>"
+
+
+def is_language_code(code: str) -> bool:
+    """Whether `code` looks like a language code: "bo", "zh-Hans", "kk_Arab", "yue", "zh-Hant-TW"."""
+    return isinstance(code, str) and _LANGUAGE_CODE.fullmatch(code) is not None
+
+
+def check_language(code: str, langs: Collection[str] | None = None) -> str:
+    """Return `code`, or raise a one-line ValueError when it is malformed or not in `langs`."""
+    if not is_language_code(code):
+        raise ValueError(f'bad language code "{code}"')
+    if langs is not None and code not in langs:
+        raise ValueError(f'language "{code}" is not in the allowed languages ({", ".join(langs)})')
+    return code
+
+
+class BadRecord(ValueError):
+    """A malformed input record. str() is one line, `path:line: problem`; `kind` names the problem."""
+
+    def __init__(self, where: str, kind: str, detail: str):
+        super().__init__(f"{where}: {detail}")
+        self.where, self.kind = where, kind
+
+
+class Problems:
+    """Skipped bad records: a count per kind of problem and where each kind was first seen."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+
+    def add(self, err: BadRecord) -> None:
+        self.counts[err.kind] += 1
+        self.first.setdefault(err.kind, err.where)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """One line, e.g. "skipped 3 bad records: 2 empty text (first at a.txt:4), 1 malformed JSON (…)"."""
+        if not self.counts:
+            return "no bad records"
+        parts = [f"{n} {kind} (first at {self.first[kind]})" for kind, n in self.counts.most_common()]
+        return f"skipped {self.total} bad record{'s' * (self.total != 1)}: " + ", ".join(parts)
+
+
+class TextPair(NamedTuple):
+    """One seq2seq record: the source and target texts and their languages."""
+
+    source_text: str
+    target_text: str
+    source_lang: str
+    target_lang: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """Parsed source spec: which files, in which format, with which fixed languages.
+
+    kind: "mono" or "parallel". langs: (LANG,) for plain text, (SRC, TGT) for TSV, None for
+    JSONL (the languages are in the records). spec: as the user wrote it, for messages.
+    """
+
+    kind: str
+    files: tuple[str, ...]
+    langs: tuple[str, ...] | None
+    spec: str
+
+    @property
+    def format(self) -> str:
+        if self.langs is None:
+            return "jsonl"
+        return "text" if self.kind == "mono" else "tsv"
+
+
+# --- specs and paths ---------------------------------------------------------------------
+
+
+def resolve_files(path: str) -> tuple[str, ...]:
+    """The files PATH names: itself, a glob's matches, or every non-hidden file below a directory."""
+    if glob.has_magic(path):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise FileNotFoundError(f"{path}: no files match")
+        return tuple(files)
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(
+            str(f) for f in p.rglob("*")
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
+        if not files:
+            raise FileNotFoundError(f"{path}: directory holds no files")
+        return tuple(files)
+    if p.is_file():
+        return (path,)
+    raise FileNotFoundError(f"{path}: no such file or directory")
+
+
+def _split_pair(pair: str, langs: Collection[str] | None) -> tuple[str, str]:
+    """"zh-bo" → ("zh", "bo"); codes may contain "-" as long as only one split is plausible."""
+    pieces = pair.split("-")
+    splits = [("-".join(pieces[:i]), "-".join(pieces[i:])) for i in range(1, len(pieces))]
+    splits = [(s, t) for s, t in splits if is_language_code(s) and is_language_code(t)]
+    if langs is not None and len(splits) > 1:
+        splits = [(s, t) for s, t in splits if s in langs and t in langs] or splits
+    if not splits:
+        raise ValueError(f'"{pair}" is not a language pair SRC-TGT such as zh-bo')
+    if len(splits) > 1:
+        options = " or ".join(f"{s.replace('-', '_')}-{t.replace('-', '_')}" for s, t in splits)
+        raise ValueError(f'language pair "{pair}" is ambiguous; write it as {options}')
+    return splits[0]
+
+
+def parse_source_spec(spec: str, kind: str, langs: Collection[str] | None = None) -> Source:
+    """Parse a `--mono` (kind "mono") or `--parallel` (kind "parallel") spec into a `Source`.
+
+    "LANG=PATH" / "SRC-TGT=PATH" name plain text / TSV in fixed languages; a bare PATH is JSONL.
+    The languages are checked against the code pattern and `langs` when given; PATH is resolved
+    now. Raises ValueError or FileNotFoundError with a one-line message.
+    """
+    if kind not in ("mono", "parallel"):
+        raise ValueError(f'source kind must be "mono" or "parallel", got "{kind}"')
+    head, sep, path = spec.partition("=")
+    if not sep or "/" in head or os.sep in head or Path(spec).exists():
+        return Source(kind, resolve_files(spec), None, spec)
+    try:
+        if kind == "mono":
+            fixed = (check_language(head, langs),)
+        else:
+            fixed = _split_pair(head, langs)
+            for code in fixed:
+                check_language(code, langs)
+            if fixed[0] == fixed[1]:
+                raise ValueError(f'source and target language are both "{fixed[0]}"')
+    except ValueError as err:
+        raise ValueError(f"{spec}: {err}") from None
+    return Source(kind, resolve_files(path), fixed, spec)
+
+
+# --- records -----------------------------------------------------------------------------
+
+
+def _open(path: str):
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(Path(path).suffix, open)
+    return opener(path, "rb")
+
+
+def _lines(path: str) -> Iterator[tuple[str, str | BadRecord]]:
+    """(where, line) for every line of `path`, without its line break; a BadRecord for bad UTF-8."""
+    with _open(path) as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield where, BadRecord(
+                    where, "not UTF-8", f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)"
+                )
+                continue
+            if n == 1:
+                line = line.removeprefix("\ufeff")
+            yield where, line.rstrip("\r\n")
+
+
+def _json_object(line: str, where: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadRecord(where, "malformed JSON", f"malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(where, "malformed JSON", f"expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def _text_field(obj: dict, name: str, where: str) -> str:
+    if name not in obj:
+        raise BadRecord(where, "missing field", f'missing field "{name}"')
+    value = obj[name]
+    if not isinstance(value, str):
+        raise BadRecord(where, "wrong type", f'field "{name}" must be a string, found {type(value).__name__}')
+    if not value.strip():
+        raise BadRecord(where, "empty text", f'empty "{name}"')
+    return value.strip()
+
+
+def _language(code: str, where: str, langs: Collection[str] | None, field: str | None = None) -> str:
+    try:
+        return check_language(code, langs)
+    except ValueError as err:
+        kind = "bad language code" if not is_language_code(code) else "language not allowed"
+        raise BadRecord(where, kind, f'{err} in field "{field}"' if field else str(err)) from None
+
+
+def _json_fields(line: str, where: str, fields: Mapping[str, str], lang_fields: Sequence[str],
+                 langs: Collection[str] | None, defaults: Mapping[str, str] = {}) -> dict[str, str]:
+    """The named fields of one JSONL record, {canonical name: value}; language fields checked."""
+    obj = _json_object(line, where)
+    record = {}
+    for name, actual in fields.items():
+        if name in defaults and actual not in obj:
+            record[name] = defaults[name]
+            continue
+        record[name] = _text_field(obj, actual, where)
+        if name in lang_fields:
+            _language(record[name], where, langs, actual)
+    return record
+
+
+def _parse(source: Source, line: str, where: str, langs: Collection[str] | None) -> dict[str, str]:
+    if source.format == "text":
+        if not line.strip():
+            raise BadRecord(where, "empty text", "empty text")
+        return {"text": line.strip(), "lang": source.langs[0]}
+    if source.format == "tsv":
+        columns = line.split("\t")
+        if len(columns) != 2:
+            raise BadRecord(where, "malformed TSV", f"expected 2 tab-separated columns (source, target), found {len(columns)}")
+        for name, column in zip(("source", "target"), columns):
+            if not column.strip():
+                raise BadRecord(where, "empty text", f"empty {name}")
+        return {"src": columns[0].strip(), "tgt": columns[1].strip(), "src_lang": source.langs[0], "tgt_lang": source.langs[1]}
+    if source.kind == "mono":
+        return _json_fields(line, where, MONO_FIELDS, ("lang",), langs)
+    record = _json_fields(line, where, PARALLEL_FIELDS, ("src_lang", "tgt_lang"), langs)
+    if record["src_lang"] == record["tgt_lang"]:
+        raise BadRecord(where, "same language", f'src_lang and tgt_lang are both "{record["src_lang"]}"')
+    return record
+
+
+def _parsed(files: Iterable[str], parse: Callable[[str, str], object], skip_blank: bool) -> Iterator:
+    """parse(line, where) for every line of `files`, or the line's BadRecord; blank lines optional."""
+    for path in files:
+        for where, line in _lines(path):
+            if isinstance(line, BadRecord):
+                yield line
+            elif not (skip_blank and not line.strip()):
+                try:
+                    yield parse(line, where)
+                except BadRecord as err:
+                    yield err
+
+
+def _check_on_bad_record(on_bad_record: str) -> None:
+    if on_bad_record not in ON_BAD_RECORD:
+        raise ValueError(f'on_bad_record must be "error" or "skip", got "{on_bad_record}"')
+
+
+def _handle(items: Iterable[dict | BadRecord], on_bad_record: str, problems: Problems | None) -> Iterator:
+    _check_on_bad_record(on_bad_record)
+    for item in items:
+        if isinstance(item, BadRecord):
+            if on_bad_record == "error":
+                raise item
+            if problems is not None:
+                problems.add(item)
+        else:
+            yield item
+
+
+def read_records(
+    source: Source,
+    *,
+    langs: Collection[str] | None = None,
+    on_bad_record: str = "error",
+    problems: Problems | None = None,
+    files: Sequence[str] | None = None,
+) -> Iterator[dict[str, str]]:
+    """The valid records of `source`, lazily, in file and line order.
+
+    Mono records are {"text", "lang"}, parallel ones {"src", "tgt", "src_lang", "tgt_lang"}.
+    A bad record raises its `BadRecord` (on_bad_record="error") or is counted in `problems`
+    and dropped ("skip"). `files` restricts reading to some of the source's files.
+    """
+    def parse(line: str, where: str) -> dict[str, str]:
+        return _parse(source, line, where, langs)
+
+    return _handle(_parsed(files or source.files, parse, source.format == "jsonl"), on_bad_record, problems)
+
+
+def _generate(shards: list[tuple[Source, str]], langs: tuple[str, ...] | None, on_bad_record: str,
+              key: tuple[str, ...] | None) -> Iterator[dict[str, str]]:
+    # datasets splits list-valued gen_kwargs into shards: here, one (source, file) per shard.
+    for source, path in shards:
+        for record in read_records(source, langs=langs, on_bad_record=on_bad_record, files=[path]):
+            if key is None or stream_key(record) == key:
+                yield record
+
+
+def stream_key(record: Mapping[str, str]) -> tuple[str, ...]:
+    """Which stream a record belongs to: (lang,) for mono, the sorted language pair for parallel."""
+    if "text" in record:
+        return (record["lang"],)
+    return tuple(sorted((record["src_lang"], record["tgt_lang"])))
+
+
+def streaming_dataset(
+    sources: Sequence[Source] | Sequence[tuple[Source, str]],
+    *,
+    langs: Collection[str] | None = None,
+    on_bad_record: str = "error",
+    key: tuple[str, ...] | None = None,
+) -> datasets.IterableDataset:
+    """A streaming `datasets.IterableDataset` over the records of `sources`, one shard per file.
+
+    `sources` are `Source`s (all their files) or (source, file) pairs. Records are read lazily
+    as `read_records` reads them; bad ones raise or are silently dropped (count them beforehand
+    with `census`). `key` keeps one stream's records (see `stream_key`). The dataset works with
+    `datasets.distributed.split_dataset_by_node` and `state_dict()` / `load_state_dict()`.
+    """
+    _check_on_bad_record(on_bad_record)
+    shards = [pair for s in sources for pair in ([s] if isinstance(s, tuple) else [(s, f) for f in s.files])]
+    return datasets.IterableDataset.from_generator(
+        _generate,
+        gen_kwargs={"shards": shards, "langs": tuple(langs) if langs is not None else None,
+                    "on_bad_record": on_bad_record, "key": key},
+    )
+
+
+def census(
+    sources: Sequence[Source], *, langs: Collection[str] | None = None, on_bad_record: str = "error",
+    problems: Problems | None = None,
+) -> dict[tuple[str, ...], dict[tuple[Source, str], int]]:
+    """Read every record once: {stream key: {(source, file): number of valid records}}.
+
+    The counts drive language-balanced sampling and tell each stream which files hold its
+    records. Bad records raise (on_bad_record="error"), so a run fails before it starts, or
+    are counted in `problems` ("skip"), so the counts are exact.
+    """
+    found: dict[tuple[str, ...], dict[tuple[Source, str], int]] = {}
+    for source in sources:
+        for path in source.files:
+            for record in read_records(source, langs=langs, on_bad_record=on_bad_record, problems=problems, files=[path]):
+                per_file = found.setdefault(stream_key(record), {})
+                per_file[source, path] = per_file.get((source, path), 0) + 1
+    return found
+
+
+# --- task files --------------------------------------------------------------------------
+
+
+def read_task(
+    paths: str | Sequence[str],
+    task: str,
+    *,
+    fields: Mapping[str, str] | None = None,
+    lang: str | None = None,
+    langs: Collection[str] | None = None,
+    separator: str = MRC_SEPARATOR,
+    on_bad_record: str = "error",
+    problems: Problems | None = None,
+) -> Iterator[TextPair]:
+    """The records of fine-tuning files for `task` ("sum", "mrc" or "mt") as `TextPair`s.
+
+    Formats (JSONL): sum {"document", "summary", "lang"} → (document, summary, lang, lang);
+    mrc {"question", "context", "answer", "lang"} → (question + separator + context, answer,
+    lang, lang); mt {"src", "tgt", "src_lang", "tgt_lang"} → as is. `fields` renames fields,
+    e.g. {"document": "article"}. `lang` is used for records without a language field (sum,
+    mrc). `separator` defaults to XLM-R's pair separator "</s></s>"; for other tokenizers pass
+    `swcm.data.examples.pair_separator(tokenizer)`. Each path is a file, glob or directory.
+    Validation and `on_bad_record` / `problems` are as in `read_records`.
+    """
+    if task not in TASK_FIELDS:
+        raise ValueError(f'unknown task "{task}"; expected one of {", ".join(TASK_FIELDS)}')
+    unknown = set(fields or {}) - set(TASK_FIELDS[task])
+    if unknown:
+        raise ValueError(f"unknown field(s) for task {task}: {', '.join(sorted(unknown))}; "
+                         f"expected {', '.join(TASK_FIELDS[task])}")
+    names = {**TASK_FIELDS[task], **(fields or {})}
+    lang_fields = ("src_lang", "tgt_lang") if task == "mt" else ("lang",)
+    defaults = {"lang": check_language(lang, langs)} if lang is not None and task != "mt" else {}
+    files = [f for p in ([paths] if isinstance(paths, str) else paths) for f in resolve_files(p)]
+
+    def parse(line: str, where: str) -> TextPair:
+        r = _json_fields(line, where, names, lang_fields, langs, defaults)
+        if task == "sum":
+            return TextPair(r["document"], r["summary"], r["lang"], r["lang"])
+        if task == "mrc":
+            return TextPair(r["question"] + separator + r["context"], r["answer"], r["lang"], r["lang"])
+        return TextPair(r["src"], r["tgt"], r["src_lang"], r["tgt_lang"])
+
+    return _handle(_parsed(files, parse, skip_blank=True), on_bad_record, problems)

@@ -1,0 +1,61 @@
+"""Language-balanced sampling (XLM, XLM-R, mBART) and the DAE / MT mixture of pretraining."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+
+
+def language_sampling_probs(counts: Mapping[Hashable, int], alpha: float = 0.3) -> dict:
+    """Sampling probabilities p_i ∝ q_i^α, where q_i = n_i / Σ_j n_j is language i's share.
+
+    `counts` maps a language (or any key, e.g. a language pair) to its amount of data.
+    α = 1 samples in proportion to the data, α = 0 uniformly; α < 1 up-samples the
+    low-resource languages. Keys with a count of 0 get probability 0. Returns {key: p_i}
+    in the order of `counts`; ValueError when there is no data at all.
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if any(n < 0 for n in counts.values()):
+        raise ValueError(f"counts must be >= 0, got {dict(counts)}")
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError("no data to sample from: every count is 0")
+    weights = {k: (n / total) ** alpha if n > 0 else 0.0 for k, n in counts.items()}
+    norm = sum(weights.values())
+    return {k: w / norm for k, w in weights.items()}
+
+
+class ObjectiveSampler:
+    """Draws (objective, language) pairs for pretraining.
+
+    The objective is drawn by `objective_weights` (e.g. {"dae": 0.9, "mt": 0.1}), then the
+    language within it by `language_sampling_probs(counts[objective], alpha)`. An objective
+    with no data is never drawn (the weights of the others are renormalised); so is a language
+    with no data for an objective. One uniform number from the generator per draw.
+    """
+
+    def __init__(self, counts: Mapping[str, Mapping[Hashable, int]], objective_weights: Mapping[str, float], alpha: float = 0.3):
+        if any(w < 0 for w in objective_weights.values()):
+            raise ValueError(f"objective weights must be >= 0, got {dict(objective_weights)}")
+        unknown = set(objective_weights) - set(counts)
+        if unknown:
+            raise ValueError(f"objective weights for objectives without counts: {sorted(unknown)}")
+        available = {o: w for o, w in objective_weights.items() if w > 0 and sum(counts[o].values()) > 0}
+        if not available:
+            raise ValueError("nothing to sample: no objective with a positive weight has data")
+        norm = sum(available.values())
+        self.probs: dict[tuple[str, Hashable], float] = {}
+        for objective, weight in available.items():
+            for key, p in language_sampling_probs(counts[objective], alpha).items():
+                if p > 0:
+                    self.probs[(objective, key)] = weight / norm * p
+        self._keys = list(self.probs)
+        self._cumulative = np.cumsum(list(self.probs.values())).tolist()
+
+    def draw(self, rng: np.random.Generator) -> tuple[str, Hashable]:
+        """One (objective, language) pair."""
+        i = bisect.bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
+        return self._keys[min(i, len(self._keys) - 1)]

@@ -1,0 +1,74 @@
+"""Language-balanced sampling: the formula, and empirical frequencies of the objective sampler."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from swcm.data.sampling import ObjectiveSampler, language_sampling_probs
+
+# data sizes shaped like the paper's: Chinese far ahead of the minority languages
+COUNTS = {"zh": 1_000_000, "bo": 60_000, "ug": 30_000, "kk": 10_000, "mn": 2_000}
+
+
+def test_probs_follow_the_formula():
+    total = sum(COUNTS.values())
+    expected = {k: (n / total) ** 0.3 for k, n in COUNTS.items()}
+    norm = sum(expected.values())
+    probs = language_sampling_probs(COUNTS, alpha=0.3)
+    assert list(probs) == list(COUNTS)
+    for lang in COUNTS:
+        assert probs[lang] == pytest.approx(expected[lang] / norm, rel=1e-12)
+    assert sum(probs.values()) == pytest.approx(1.0)
+    # α < 1 moves mass from the big language to the small ones
+    assert probs["zh"] < COUNTS["zh"] / total and probs["mn"] > COUNTS["mn"] / total
+
+
+def test_alpha_extremes_and_empty_languages():
+    assert language_sampling_probs({"a": 3, "b": 1}, alpha=1.0) == pytest.approx({"a": 0.75, "b": 0.25})
+    assert language_sampling_probs({"a": 3, "b": 1}, alpha=0.0) == pytest.approx({"a": 0.5, "b": 0.5})
+    assert language_sampling_probs({"a": 3, "b": 0}, alpha=0.3) == {"a": 1.0, "b": 0.0}
+    small = [language_sampling_probs(COUNTS, alpha)["mn"] for alpha in (1.0, 0.7, 0.3, 0.0)]
+    assert small == sorted(small)
+    with pytest.raises(ValueError):
+        language_sampling_probs({"a": 0})
+    with pytest.raises(ValueError):
+        language_sampling_probs({"a": 1}, alpha=-1)
+
+
+def assert_frequencies(draws, expected):
+    """Each frequency within 4.5 binomial standard deviations of its probability (and nothing else drawn)."""
+    n = len(draws)
+    seen = Counter(draws)
+    assert set(seen) <= {k for k, p in expected.items() if p > 0}
+    for key, p in expected.items():
+        assert abs(seen[key] / n - p) <= 4.5 * np.sqrt(p * (1 - p) / n), (key, seen[key] / n, p)
+
+
+def test_sampler_frequencies_match_the_formula():
+    mt_counts = {("bo", "zh"): 2000, ("ug", "zh"): 2000, ("kk", "zh"): 500}
+    sampler = ObjectiveSampler({"dae": COUNTS, "mt": mt_counts}, {"dae": 0.8, "mt": 0.2}, alpha=0.3)
+    rng = np.random.default_rng(0)
+    draws = [sampler.draw(rng) for _ in range(40_000)]
+    dae, mt = language_sampling_probs(COUNTS, 0.3), language_sampling_probs(mt_counts, 0.3)
+    expected = {**{("dae", k): 0.8 * p for k, p in dae.items()}, **{("mt", k): 0.2 * p for k, p in mt.items()}}
+    assert sampler.probs == pytest.approx(expected)
+    assert_frequencies(draws, expected)
+    assert Counter(o for o, _ in draws)["mt"] / len(draws) == pytest.approx(0.2, abs=0.01)
+
+
+def test_sampler_skips_what_has_no_data():
+    # no parallel data: everything is DAE; a language with no text is never drawn
+    sampler = ObjectiveSampler({"dae": {"zh": 50, "bo": 0, "kk": 5}, "mt": {}}, {"dae": 0.5, "mt": 0.5}, alpha=0.5)
+    rng = np.random.default_rng(1)
+    draws = [sampler.draw(rng) for _ in range(20_000)]
+    p = language_sampling_probs({"zh": 50, "kk": 5}, 0.5)
+    assert_frequencies(draws, {("dae", "zh"): p["zh"], ("dae", "kk"): p["kk"]})
+    with pytest.raises(ValueError):
+        ObjectiveSampler({"dae": {}, "mt": {("bo", "zh"): 3}}, {"dae": 1.0, "mt": 0.0})
+
+
+def test_sampler_is_deterministic_for_a_seed():
+    sampler = ObjectiveSampler({"dae": COUNTS}, {"dae": 1.0})
+    rng1, rng2 = np.random.default_rng(7), np.random.default_rng(7)
+    assert [sampler.draw(rng1) for _ in range(200)] == [sampler.draw(rng2) for _ in range(200)]
