@@ -146,8 +146,90 @@ def _score(args) -> int:
     return 0
 
 
+def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None:
+    """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune."""
+    g = p.add_argument_group("training")
+    g.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="examples per process per micro-batch")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--schedule", default="linear", help="learning-rate decay after warm-up: linear | cosine | constant")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--mixed-precision", default="no", help="no | bf16 | fp16 (fp16 on GPU only)")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--scheduled-sampling", default=None, help="constant | linear | inverse_sigmoid (off when absent)")
+    g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
+    g.add_argument("--keep-last", type=int, default=2, help="checkpoints kept")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _training_config(args, **extra):
+    from .training import TrainingConfig
+
+    return TrainingConfig(
+        out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        scheduled_sampling=args.scheduled_sampling, ss_floor=args.ss_floor, seed=args.seed,
+        log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
+        progress=not args.no_progress, **extra,
+    )
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune for summarisation (sum), reading comprehension (mrc) or translation (mt)")
+    p.add_argument("--task", required=True, choices=["sum", "mrc", "mt"])
+    p.add_argument("--model", required=True, help="a built or pretrained SWCM model directory")
+    p.add_argument("--train", required=True, help="training JSONL (file, glob or directory)")
+    p.add_argument("--valid", help="validation JSONL: scored every --eval-every steps, keeps OUT/best")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--field", action="append", default=[], metavar="NAME=FIELD",
+                   help="read a task field from another JSON key, e.g. --field document=article")
+    p.add_argument("--train-size", type=int, help="use only the first N training records")
+    p.add_argument("--max-source-length", type=int, default=256)
+    p.add_argument("--max-target-length", type=int, default=128)
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.add_argument("--eval-every", type=int, default=200, help="validate every N steps")
+    p.add_argument("--metric", default="rougeL_f", choices=["rougeL_f", "loss"], help="selects OUT/best")
+    p.add_argument("--patience", type=int, help="stop after N validations without improvement")
+    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for (0: all)")
+    p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="for validation generation")
+    _add_training_args(p, max_steps=2000, lr=1e-4, batch_size=16)
+    p.set_defaults(func=_finetune)
+
+
+def _finetune(args) -> int:
+    from .finetuning import FinetuneSettings, finetune
+
+    fields = {}
+    for item in args.field:
+        name, sep, key = item.partition("=")
+        if not sep or not name or not key:
+            raise UsageError(f"--field {item!r}: expected NAME=FIELD, e.g. document=article")
+        fields[name] = key
+    settings = FinetuneSettings(
+        task=args.task, max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+        field_map=fields, on_bad_record=args.on_bad_record, max_valid_examples=args.max_valid or None,
+        generation={"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens},
+    )
+    config = _training_config(args, eval_every=args.eval_every, metric=args.metric, patience=args.patience)
+    result = finetune(args.model, args.train, args.valid, config, settings, train_size=args.train_size)
+    best = f"; best {config.metric} {result.best_metric:.4g} at step {result.best_step} in {result.best_dir}" if result.best_dir else ""
+    print(f"fine-tuned {result.step} steps; final model in {result.final_dir}{best}")
+    return 0
+
+
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_score]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_finetune, _add_score]
 
 if __name__ == "__main__":
     sys.exit(main())

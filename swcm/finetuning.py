@@ -1,0 +1,129 @@
+"""Fine-tuning for summarisation, reading comprehension and translation — the shared loop.
+
+Task files are read and validated by `swcm.data.readers`; each record becomes one
+token-level example (source → target, the target language's tag first). Training is
+`swcm.training.train`; every `eval_every` steps the validation hook generates for the
+validation set and scores it (ROUGE-L F averaged over languages, and the validation loss),
+which selects the best checkpoint (OUT/best) and drives early stopping.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoTokenizer
+
+from .data.collate import Seq2SeqCollator
+from .data.examples import ExampleEncoder, pair_separator
+from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
+from .evaluation import score
+from .generation import generate_texts
+from .modeling import SWCMForConditionalGeneration
+from .tokenization import add_language_tags
+from .training import TrainingConfig, TrainingResult, train
+
+EVAL_METRICS = ("rougeL_f", "loss")
+
+
+@dataclass
+class FinetuneSettings:
+    """What fine-tuning adds to the training loop's settings."""
+
+    task: str = "mt"
+    max_source_length: int = 256
+    max_target_length: int = 128
+    field_map: dict[str, str] = field(default_factory=dict)
+    on_bad_record: str = "error"
+    max_valid_examples: int | None = 200  # validation generation is the slow part
+    generation: dict = field(default_factory=lambda: {"num_beams": 1, "max_new_tokens": 128})
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_FIELDS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASK_FIELDS)}")
+
+
+def read_task_records(path, tokenizer, settings: FinetuneSettings, problems: Problems | None = None) -> list[TextPair]:
+    """The validated records of a task file (reading comprehension joins question and
+    context with the tokenizer's own pair separator)."""
+    return list(read_task(
+        str(path), settings.task, fields=settings.field_map, separator=pair_separator(tokenizer),
+        on_bad_record=settings.on_bad_record, problems=problems,
+    ))
+
+
+def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings) -> list[dict]:
+    """Token-level examples {"input_ids", "labels"} for task records."""
+    encoder = ExampleEncoder(tokenizer, settings.max_source_length, settings.max_target_length)
+    return [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
+
+
+def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, batch_size: int = 16):
+    """An `evaluate(model) -> {"rougeL_f", "loss"}` hook over validation records.
+
+    ROUGE-L F is scored per target language and averaged over languages, so a large
+    language does not drown the others; the loss is the mean token cross-entropy.
+    """
+    records = list(records)[: settings.max_valid_examples]
+    examples = encode_records(tokenizer, records, settings)
+    collate = Seq2SeqCollator(tokenizer)
+
+    def evaluate(model) -> dict:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+            n = int((batch["labels"] != -100).sum())
+            total += model(**batch).loss.item() * n
+            count += n
+        predictions = generate_texts(
+            model, tokenizer, [r.source_text for r in records], [r.target_lang for r in records],
+            batch_size=batch_size, max_source_length=settings.max_source_length, progress=False,
+            **settings.generation,
+        )
+        by_lang: dict[str, tuple[list[str], list[str]]] = {}
+        for record, prediction in zip(records, predictions):
+            preds, refs = by_lang.setdefault(record.target_lang, ([], []))
+            preds.append(prediction)
+            refs.append(record.target_text)
+        rouge = [score(p, r, lang)["rougeL"]["f"] for lang, (p, r) in by_lang.items()]
+        return {"rougeL_f": sum(rouge) / len(rouge), "loss": total / max(count, 1)}
+
+    return evaluate
+
+
+def finetune(
+    model_dir: str | os.PathLike,
+    train_file: str | os.PathLike,
+    valid_file: str | os.PathLike | None,
+    config: TrainingConfig,
+    settings: FinetuneSettings,
+    *,
+    train_size: int | None = None,
+) -> TrainingResult:
+    """Fine-tune the model in `model_dir` on a task file; OUT/best (by `config.metric`) and
+    OUT/final load with `from_pretrained`. `train_size` keeps the first N training records."""
+    if config.metric not in EVAL_METRICS:
+        raise ValueError(f"unknown metric {config.metric!r}; expected one of {', '.join(EVAL_METRICS)}")
+    model = SWCMForConditionalGeneration.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    problems = Problems()
+    train_records = read_task_records(train_file, tokenizer, settings, problems)
+    if train_size is not None:
+        train_records = train_records[:train_size]
+    valid_records = read_task_records(valid_file, tokenizer, settings, problems) if valid_file else []
+    if problems.total:
+        print(problems.summary(), file=sys.stderr)
+    if not train_records:
+        raise ValueError(f"{train_file}: no training records")
+    add_language_tags(model, tokenizer, sorted({r.target_lang for r in train_records + valid_records}))
+    evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size) if valid_records else None
+    if evaluate is None:
+        config.eval_every = config.patience = None
+    examples = encode_records(tokenizer, train_records, settings)
+    torch.manual_seed(config.seed)
+    return train(model, tokenizer, examples, config, Seq2SeqCollator(tokenizer), evaluate=evaluate)
+
