@@ -210,12 +210,7 @@ def _add_finetune(sub) -> None:
 def _finetune(args) -> int:
     from .finetuning import FinetuneSettings, finetune
 
-    fields = {}
-    for item in args.field:
-        name, sep, key = item.partition("=")
-        if not sep or not name or not key:
-            raise UsageError(f"--field {item!r}: expected NAME=FIELD, e.g. document=article")
-        fields[name] = key
+    fields = _fields(args.field)
     settings = FinetuneSettings(
         task=args.task, max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         field_map=fields, on_bad_record=args.on_bad_record, max_valid_examples=args.max_valid or None,
@@ -228,8 +223,145 @@ def _finetune(args) -> int:
     return 0
 
 
+def _fields(items: list[str]) -> dict[str, str]:
+    """--field NAME=FIELD flags as {task field: JSON key}."""
+    fields = {}
+    for item in items:
+        name, sep, key = item.partition("=")
+        if not sep or not name or not key:
+            raise UsageError(f"--field {item!r}: expected NAME=FIELD, e.g. document=article")
+        fields[name] = key
+    return fields
+
+
+def _add_task_input_args(p, *, task_required: bool) -> None:
+    """How task files are read, and the device: shared by generate and evaluate."""
+    p.add_argument("--task", choices=["sum", "mrc", "mt"], required=task_required,
+                   help="sum {document, summary, lang} | mrc {question, context, answer, lang} | mt {src, tgt, "
+                   "src_lang, tgt_lang}" + ("" if task_required else "; default: from each record's fields"))
+    p.add_argument("--field", action="append", default=[], metavar="NAME=FIELD",
+                   help="read a task field from another JSON key, e.g. --field document=article")
+    p.add_argument("--tgt-lang", metavar="L", help="output language for records without a lang / tgt_lang field")
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_generation_args(p) -> None:
+    """Decoding flags, mapped onto transformers' generate(); unset ones keep the model's defaults."""
+    g = p.add_argument_group("generation")
+    g.add_argument("--batch-size", type=int, metavar="N", default=16, help="sources per generate() call (default 16)")
+    g.add_argument("--max-source-length", type=int, metavar="N", default=256, help="source tokens kept (default 256)")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", default=128, help="output tokens at most (default 128)")
+    g.add_argument("--num-beams", type=int, metavar="N", help="beam search with N beams (default 1: greedy)")
+    g.add_argument("--num-return-sequences", type=int, metavar="N",
+                   help='outputs per input: "prediction" is the first (best beam), "predictions" holds all')
+    g.add_argument("--length-penalty", type=float, metavar="F", help="beam search: >1 favours longer outputs, <1 shorter")
+    g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="never repeat an n-gram of this size")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search")
+    g.add_argument("--top-k", type=int, metavar="K", help="sampling: keep the K most likely tokens")
+    g.add_argument("--top-p", type=float, metavar="P", help="sampling: nucleus probability mass")
+    g.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    g.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (sampling)")
+
+
+def _generation_options(args) -> dict:
+    """The generation flags as keyword arguments of swcm.generation.generate_sequences."""
+    sampling = {k: getattr(args, k) for k in ("top_k", "top_p", "temperature") if getattr(args, k) is not None}
+    if sampling and not args.do_sample:
+        raise UsageError("--top-k, --top-p and --temperature need --do-sample")
+    options = {"batch_size": args.batch_size, "max_source_length": args.max_source_length,
+               "max_new_tokens": args.max_new_tokens, "progress": not args.no_progress, **sampling}
+    for key in ("num_beams", "num_return_sequences", "length_penalty", "no_repeat_ngram_size"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.do_sample:
+        options["do_sample"] = True
+    return options
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate for a task file: JSONL in, the same records with a \"prediction\" field out",
+        description="Generate with a fine-tuned model for every record of a task file (JSONL). Each output line "
+        "is the input record, every field kept, with \"prediction\" added; the order is kept. The output "
+        "language is the record's lang (sum, mrc) or tgt_lang (mt), else --tgt-lang; its tag is forced as "
+        "the first decoder token. The output is written atomically: a failed run leaves an existing file as it was.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
+    p.add_argument("--input", required=True, metavar="FILE", help="task JSONL (file, glob or directory)")
+    p.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
+    p.add_argument("--keep-special-tokens", action="store_true",
+                   help="keep <s>, the language tag and </s> in the predictions (to inspect the forced tag)")
+    _add_task_input_args(p, task_required=False)
+    _add_generation_args(p)
+    p.set_defaults(func=_generate)
+
+
+def _generate(args) -> int:
+    import time
+    from collections import Counter
+
+    from transformers import set_seed
+
+    from .data.readers import Problems
+    from .generation import generate_file, load_generator
+
+    options = _generation_options(args)
+    fields = _fields(args.field)
+    start = time.perf_counter()
+    model, tokenizer = load_generator(args.model, args.device)
+    set_seed(args.seed)
+    problems = Problems()
+    inputs = generate_file(
+        model, tokenizer, args.input, args.output, args.task, fields=fields, tgt_lang=args.tgt_lang,
+        on_bad_record=args.on_bad_record, problems=problems, skip_special_tokens=not args.keep_special_tokens, **options,
+    )
+    if problems.total:
+        print(f"{args.input}: {problems.summary()}", file=sys.stderr)
+    langs = ", ".join(f"{lang} {n}" for lang, n in Counter(i.target_lang for i in inputs).items())
+    print(f"wrote {len(inputs)} predictions to {args.output} ({langs}) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="generate for test files and score them per language: ROUGE-L F/P/R, chrF++, BLEU, script rate",
+        description="Generate for every test file (task JSONL with references), score one language at a time "
+        "and write OUT/predictions/<stem>.jsonl, OUT/results.json and OUT/results.md (a markdown table, also "
+        "printed). For cross-lingual transfer, pass the fine-tuning language with --transfer-from.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
+    p.add_argument("--test", required=True, action="append", metavar="FILE",
+                   help="test JSONL with references; repeat for several files (one or more languages each)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--transfer-from", metavar="L",
+                   help="the language the model was fine-tuned on: titles the table as cross-lingual transfer")
+    _add_task_input_args(p, task_required=True)
+    _add_generation_args(p)
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from transformers import set_seed
+
+    from .evaluating import evaluate_model, results_markdown
+
+    options = _generation_options(args)
+    set_seed(args.seed)
+    rows = evaluate_model(
+        args.model, args.task, args.test, args.out, fields=_fields(args.field), tgt_lang=args.tgt_lang,
+        transfer_from=args.transfer_from, device=args.device, on_bad_record=args.on_bad_record, **options,
+    )
+    print(results_markdown(rows, args.task, args.transfer_from), end="")
+    print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")
+    return 0
+
+
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_finetune, _add_score]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_finetune, _add_generate, _add_evaluate, _add_score]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,17 +1,39 @@
-"""Batched generation over many inputs, each with its own target language."""
+"""Generation: batched `generate()` over many inputs, and task files in, predictions out.
+
+`generate_texts` / `generate_sequences` run the model over a list of source texts, each with
+its own target language (whose tag is the forced first decoder token). `generate_file` reads a
+task file (summarisation, reading comprehension or translation JSONL), generates for every
+record and writes the records back with a `prediction` field added — atomically, so a crash
+never leaves a half-written file or clobbers an older one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple, TextIO
 
 import torch
 from tqdm.auto import tqdm
 
-from .tokenization import generation_kwargs
+from .data.examples import pair_separator
+from .data.readers import MRC_SEPARATOR, TASK_FIELDS, BadRecord, Problems, _handle, _json_object, _language, _parsed, _text_field, resolve_files
+from .tokenization import generation_kwargs, language_tag_id
+
+# The field of each task that holds the text to produce (the reference, when the file has it),
+# and the field that names the output language.
+TARGET_FIELD = {"sum": "summary", "mrc": "answer", "mt": "tgt"}
+TARGET_LANG_FIELD = {"sum": "lang", "mrc": "lang", "mt": "tgt_lang"}
+# The fields the model reads, in the order they are joined into the source text.
+SOURCE_FIELDS = {"sum": ("document",), "mrc": ("question", "context"), "mt": ("src",)}
 
 
 @torch.no_grad()
-def generate_texts(
+def generate_sequences(
     model,
     tokenizer,
     sources: Sequence[str],
@@ -21,20 +43,27 @@ def generate_texts(
     max_source_length: int = 256,
     max_new_tokens: int = 128,
     progress: bool = True,
+    skip_special_tokens: bool = True,
     **generate_kwargs,
-) -> list[str]:
-    """Generate one output per source with `model.generate()`, returned in input order.
+) -> list[list[str]]:
+    """Generate for every source with `model.generate()`; returns, in input order, the list of
+    `num_return_sequences` outputs of each source (best first for beam search).
 
     `target_langs` (one code for all, or one per source) selects the forced first token
     (the language tag). Inputs are grouped by target language and sorted by length so
-    that batches carry little padding. Extra keyword arguments go to `generate()`
-    (num_beams, do_sample, top_k, top_p, temperature, length_penalty, no_repeat_ngram_size…).
+    that batches carry little padding; sources are truncated to `max_source_length` tokens
+    (and never beyond the tokenizer's `model_max_length`). Extra keyword arguments go to
+    `generate()` (num_beams, num_return_sequences, do_sample, top_k, top_p, temperature,
+    length_penalty, no_repeat_ngram_size…). With `skip_special_tokens=False` the outputs keep
+    their start token, language tag and </s> (padding is always dropped).
     """
     if target_langs is None or isinstance(target_langs, str):
         target_langs = [target_langs] * len(sources)
     if len(target_langs) != len(sources):
         raise ValueError(f"{len(sources)} sources but {len(target_langs)} target languages")
-    lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in sources]
+    # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512).
+    max_source_length = min(max_source_length, tokenizer.model_max_length)
+    lengths = [len(tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"]) for s in sources]
     order = sorted(range(len(sources)), key=lambda i: (target_langs[i] or "", -lengths[i]))
     batches: list[list[int]] = []
     for i in order:
@@ -46,7 +75,7 @@ def generate_texts(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    outputs: list[str] = [""] * len(sources)
+    outputs: list[list[str]] = [[] for _ in sources]
     bar = tqdm(total=len(sources), desc="generate", unit="seq", disable=not progress)
     try:
         for batch in batches:
@@ -61,12 +90,202 @@ def generate_texts(
                 **generation_kwargs(tokenizer, target_langs[batch[0]]),
                 **generate_kwargs,
             )
-            if out.shape[0] != len(batch):  # num_return_sequences > 1: keep the best of each
-                out = out.view(len(batch), -1, out.shape[-1])[:, 0]
-            for i, text in zip(batch, tokenizer.batch_decode(out, skip_special_tokens=True)):
-                outputs[i] = text.strip()
+            rows = [[t for t in row if t != tokenizer.pad_token_id] for row in out.tolist()]
+            texts = [t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)]
+            per_source = len(texts) // len(batch)  # num_return_sequences, consecutive per source
+            for k, i in enumerate(batch):
+                outputs[i] = texts[k * per_source : (k + 1) * per_source]
             bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
     return outputs
+
+
+def generate_texts(model, tokenizer, sources: Sequence[str], target_langs: Sequence[str | None] | str | None = None,
+                   **kwargs) -> list[str]:
+    """One output per source, in input order: the first (for beam search the best) of
+    `generate_sequences`, which takes the same arguments."""
+    return [seqs[0] for seqs in generate_sequences(model, tokenizer, sources, target_langs, **kwargs)]
+
+
+def load_generator(model_dir: str | os.PathLike, device: str | None = None):
+    """Load a saved model directory for generation: (model in eval mode on `device`, tokenizer).
+
+    `device` defaults to "cuda" when a GPU is visible, else "cpu". Any transformers seq2seq
+    model directory works; SWCM models load through the Auto classes `swcm` registers.
+    """
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from . import modeling  # noqa: F401  (importing swcm registers SWCM with the Auto classes)
+
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model directory")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(device).eval()
+    return model, tokenizer
+
+
+# --- task files ----------------------------------------------------------------------------
+
+
+class TaskInput(NamedTuple):
+    """One record of a task file, ready for generation.
+
+    record: the JSON object as read (every field kept); where: "path:line"; task: "sum",
+    "mrc" or "mt"; source_text: what the encoder reads; target_lang: the output language;
+    reference: the target text when the record has one, else None.
+    """
+
+    record: dict
+    where: str
+    task: str
+    source_text: str
+    target_lang: str
+    reference: str | None
+
+
+def _task_of(obj: dict, names: Mapping[str, Mapping[str, str]], where: str) -> str:
+    """The task whose source fields `obj` holds; BadRecord when none or several do."""
+    found = [task for task, fields in SOURCE_FIELDS.items() if all(names[task][f] in obj for f in fields)]
+    if len(found) == 1:
+        return found[0]
+    wanted = " or ".join(
+        f"{' and '.join(repr(names[t][f]) for f in fields)} ({t})" for t, fields in SOURCE_FIELDS.items()
+    )
+    detail = f"fields of several tasks ({', '.join(found)})" if found else f"no source field: expected {wanted}"
+    raise BadRecord(where, "unknown task", f"{detail}; name the task with --task")
+
+
+def read_task_inputs(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    task: str | None = None,
+    *,
+    fields: Mapping[str, str] | None = None,
+    tgt_lang: str | None = None,
+    separator: str = MRC_SEPARATOR,
+    require_reference: bool = False,
+    on_bad_record: str = "error",
+    problems: Problems | None = None,
+) -> list[TaskInput]:
+    """The records of task files as `TaskInput`s, in file and line order.
+
+    The formats are those of fine-tuning (`swcm.data.readers.read_task`): sum {"document",
+    "summary", "lang"}, mrc {"question", "context", "answer", "lang"}, mt {"src", "tgt",
+    "src_lang", "tgt_lang"}; `fields` renames them ({"document": "article"}). Unlike
+    training, the target text is optional (`require_reference=True` demands it) and so is the
+    target language field when `tgt_lang` supplies it for records without one. The source
+    text is built as in training: mrc joins question and context with `separator` (the
+    tokenizer's pair separator). `task=None` takes each record's task from the source fields it
+    holds. A bad record raises a one-line `BadRecord` ("path:line: problem") or, with
+    on_bad_record="skip", is dropped and counted in `problems`.
+    """
+    tasks = [task] if task is not None else list(TASK_FIELDS)
+    for t in tasks:
+        if t not in TASK_FIELDS:
+            raise ValueError(f'unknown task "{t}"; expected one of {", ".join(TASK_FIELDS)}')
+    known = {name for t in tasks for name in TASK_FIELDS[t]}
+    unknown = set(fields or {}) - known
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
+    names = {t: {name: (fields or {}).get(name, name) for name in TASK_FIELDS[t]} for t in TASK_FIELDS}
+    if tgt_lang is not None:
+        _language(tgt_lang, "--tgt-lang", None)
+    files = [f for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths) for f in resolve_files(str(p))]
+
+    def parse(line: str, where: str) -> TaskInput:
+        obj = _json_object(line, where)
+        t = task or _task_of(obj, names, where)
+        field = names[t]
+        source_text = separator.join(_text_field(obj, field[f], where) for f in SOURCE_FIELDS[t])
+        lang_field = field[TARGET_LANG_FIELD[t]]
+        if lang_field in obj or tgt_lang is None:
+            lang = _language(_text_field(obj, lang_field, where), where, None, lang_field)
+        else:
+            lang = tgt_lang
+        has_reference = require_reference or field[TARGET_FIELD[t]] in obj
+        reference = _text_field(obj, field[TARGET_FIELD[t]], where) if has_reference else None
+        return TaskInput(obj, where, t, source_text, lang, reference)
+
+    return list(_handle(_parsed(files, parse, skip_blank=True), on_bad_record, problems))
+
+
+def check_language_tags(tokenizer, inputs: Sequence[TaskInput]) -> None:
+    """Raise a one-line ValueError naming the first record whose target language has no tag."""
+    seen: set[str] = set()
+    for item in inputs:
+        if item.target_lang not in seen:
+            try:
+                language_tag_id(tokenizer, item.target_lang)
+            except ValueError as err:
+                raise ValueError(f"{item.where}: {err}") from None
+            seen.add(item.target_lang)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[TextIO]:
+    """Open a temporary UTF-8 text file beside `path`; on success it replaces `path`.
+
+    The data is flushed to disk before the rename, so `path` always holds either its old
+    complete content or the new complete content; on error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def generate_file(
+    model,
+    tokenizer,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    task: str | None = None,
+    *,
+    fields: Mapping[str, str] | None = None,
+    tgt_lang: str | None = None,
+    require_reference: bool = False,
+    on_bad_record: str = "error",
+    problems: Problems | None = None,
+    prediction_field: str = "prediction",
+    **generate_options,
+) -> list[TaskInput]:
+    """Generate for every record of a task file and write them to `output_path` as JSONL.
+
+    Each output line is the input record with `prediction_field` added (every original field
+    kept, input order kept); with `num_return_sequences` > 1 a "predictions" list holds all
+    outputs too. Records are read by `read_task_inputs` (`task`, `fields`, `tgt_lang`,
+    `require_reference`, `on_bad_record`, `problems` as there) and all of them are validated,
+    language tags included, before anything is generated; the output is written atomically.
+    `generate_options` go to `generate_sequences` (batch_size, max_new_tokens, num_beams, …).
+    Returns the inputs, whose `record`s now hold the predictions.
+    """
+    inputs = read_task_inputs(
+        input_path, task, fields=fields, tgt_lang=tgt_lang, separator=pair_separator(tokenizer),
+        require_reference=require_reference, on_bad_record=on_bad_record, problems=problems,
+    )
+    if not inputs:
+        raise ValueError(f"{input_path}: no records")
+    check_language_tags(tokenizer, inputs)
+    outputs = generate_sequences(
+        model, tokenizer, [i.source_text for i in inputs], [i.target_lang for i in inputs], **generate_options
+    )
+    with atomic_output(output_path) as f:
+        for item, sequences in zip(inputs, outputs):
+            item.record[prediction_field] = sequences[0]
+            if len(sequences) > 1:
+                item.record["predictions"] = sequences
+            f.write(json.dumps(item.record, ensure_ascii=False) + "\n")
+    return inputs

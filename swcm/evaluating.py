@@ -1,0 +1,104 @@
+"""Evaluating a fine-tuned model on test files: generate, score per language, write the tables.
+
+`evaluate_model` is `swcm evaluate`: for every test file it writes the predictions
+(OUT/predictions/<file stem>.jsonl, the input records with a "prediction" field), scores all
+of them one language at a time (`swcm.evaluation.evaluate_predictions`: ROUGE-L F/P/R, chrF++,
+BLEU, script rate) and writes OUT/results.json and OUT/results.md, a table shaped like the
+paper's Tables 1 and 2. For cross-lingual transfer (Table 2: fine-tuned on Chinese, evaluated on
+Tibetan, Uyghur, Kazakh and Mongolian) `transfer_from` records the fine-tuning language and
+titles the table accordingly; the script rate shows how much of each output is in the target
+language's script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .evaluation import evaluate_predictions, markdown_table
+from .generation import atomic_output, generate_file, load_generator
+
+# The paper's table shape: language, ROUGE-L F/P/R, then chrF++, BLEU, script rate and size.
+RESULT_COLUMNS = ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n")
+TASK_NAMES = {"sum": "summarisation", "mrc": "reading comprehension", "mt": "translation"}
+
+
+def prediction_paths(test_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """OUT/predictions/<stem>.jsonl for each test file; ValueError when two files share a stem."""
+    paths = [Path(out_dir) / "predictions" / f"{Path(f).name.removesuffix('.jsonl')}.jsonl" for f in test_files]
+    seen: dict[Path, str] = {}
+    for test_file, path in zip(test_files, paths):
+        if path in seen:
+            raise ValueError(f"{seen[path]} and {test_file} would both write {path}; rename one of them")
+        seen[path] = str(test_file)
+    return paths
+
+
+def results_markdown(rows: Sequence[Mapping], task: str, transfer_from: str | None = None) -> str:
+    """The results table as markdown under a title naming the task (and the transfer source)."""
+    name = TASK_NAMES.get(task, task)
+    if transfer_from is None:
+        head = f"## {name.capitalize()}\n"
+    else:
+        others = ", ".join(r["lang"] for r in rows if r["lang"] != transfer_from)
+        head = (
+            f"## Cross-lingual transfer ({name}): fine-tuned on {transfer_from}, evaluated on {others or transfer_from}\n\n"
+            f"Rows other than {transfer_from} are zero-shot: the model was fine-tuned on {transfer_from} data only. "
+            "Script rate is the share of output letters in the target language's script.\n"
+        )
+    return f"{head}\n{markdown_table(rows, RESULT_COLUMNS)}"
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike,
+    task: str,
+    test_files: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    fields: Mapping[str, str] | None = None,
+    tgt_lang: str | None = None,
+    transfer_from: str | None = None,
+    device: str | None = None,
+    on_bad_record: str = "error",
+    **generate_options,
+) -> list[dict]:
+    """Generate for every test file with the model in `model_dir` and score one language at a time.
+
+    `task` is "sum", "mrc" or "mt"; the test files are in that task's format with the reference
+    (summary / answer / tgt) present, `fields` renaming fields and `tgt_lang` standing in for a
+    missing language field. A file may hold several languages and several files one each: the
+    rows are per language over all files, in order of first appearance. `transfer_from` names
+    the language the model was fine-tuned on (cross-lingual transfer). `generate_options` go to
+    `swcm.generation.generate_sequences` (batch_size, max_new_tokens, num_beams, …).
+
+    Writes OUT/predictions/<stem>.jsonl, OUT/results.json ({"model", "task", "transfer_from",
+    "test_files", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows:
+    {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n"}.
+    """
+    if not test_files:
+        raise ValueError("no test files")
+    out = Path(out_dir)
+    outputs = prediction_paths(test_files, out)
+    model, tokenizer = load_generator(model_dir, device)
+    scored: list[dict] = []
+    files = []
+    for test_file, output in zip(test_files, outputs):
+        inputs = generate_file(
+            model, tokenizer, test_file, output, task, fields=fields, tgt_lang=tgt_lang, require_reference=True,
+            on_bad_record=on_bad_record, **generate_options,
+        )
+        scored += [{"prediction": i.record["prediction"], "reference": i.reference, "lang": i.target_lang} for i in inputs]
+        files.append({"file": str(test_file), "predictions": str(output), "n": len(inputs),
+                      "langs": list(dict.fromkeys(i.target_lang for i in inputs))})
+    rows = evaluate_predictions(scored, reference_field="reference", lang_field="lang")
+    results = {
+        "model": str(model_dir), "task": task, "transfer_from": transfer_from, "test_files": files,
+        "generation": {k: v for k, v in generate_options.items() if k != "progress"}, "rows": rows,
+    }
+    with atomic_output(out / "results.json") as f:
+        f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    with atomic_output(out / "results.md") as f:
+        f.write(results_markdown(rows, task, transfer_from))
+    return rows
