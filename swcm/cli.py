@@ -162,6 +162,7 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--scheduled-sampling", default=None, help="constant | linear | inverse_sigmoid (off when absent)")
     g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
+    g.add_argument("--ss-k", type=float, default=10.0, help="inverse_sigmoid steepness")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
@@ -178,10 +179,63 @@ def _training_config(args, **extra):
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        scheduled_sampling=args.scheduled_sampling, ss_floor=args.ss_floor, seed=args.seed,
+        scheduled_sampling=args.scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
         log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
         progress=not args.no_progress, **extra,
     )
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a built model: denoising (DAE) on monolingual text + translation (MT) on parallel pairs",
+        description="Pretrain with DAE on every language's monolingual text (mBART noise) and MT in both "
+        "directions on parallel pairs, languages sampled with p ∝ q^alpha. A language tag is added for every "
+        "language in the data. Writes OUT/log.jsonl, OUT/checkpoints/step-N/ and OUT/final/. Runs unchanged "
+        "under `accelerate launch -m swcm.cli pretrain ...`, each process reading its own part of the data.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="a built SWCM model directory (swcm build)")
+    p.add_argument("--mono", action="append", default=[], metavar="LANG=PATH|PATH",
+                   help="monolingual text: plain text in LANG (one document a line) or JSONL {text, lang}; repeat")
+    p.add_argument("--parallel", action="append", default=[], metavar="SRC-TGT=PATH|PATH",
+                   help="parallel pairs: TSV src<TAB>tgt or JSONL {src, tgt, src_lang, tgt_lang}; repeat")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--langs", help="comma-separated language codes the data may use (others are errors)")
+    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
+    p.add_argument("--mt-ratio", type=float, default=0.1, help="share of MT examples when there are parallel data (default 0.1)")
+    # Noise flags left unset keep swcm.data.NoiseConfig's defaults (mBART's), named in the help only.
+    p.add_argument("--mask-ratio", type=float, help="text infilling: share of tokens masked (default 0.35)")
+    p.add_argument("--poisson-lambda", type=float, help="text infilling: mean span length (default 3.5)")
+    p.add_argument("--deletion-ratio", type=float, help="token deletion: share of tokens deleted (default 0)")
+    p.add_argument("--no-sentence-permutation", action="store_true", help="do not shuffle sentences before infilling")
+    p.add_argument("--max-source-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
+    p.add_argument("--max-target-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    _add_training_args(p, max_steps=10000, lr=1e-4, batch_size=8)
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args) -> int:
+    from .data.noise import NoiseConfig
+    from .data.readers import check_language
+    from .pretraining import PretrainSettings, pretrain
+    from .training import distributed_state
+
+    if not args.mono and not args.parallel:
+        raise UsageError("pretrain needs data: --mono and/or --parallel")
+    langs = [check_language(code) for code in (args.langs or "").split(",") if code] or None
+    noise = {k: getattr(args, k) for k in ("mask_ratio", "poisson_lambda", "deletion_ratio") if getattr(args, k) is not None}
+    settings = PretrainSettings(
+        mono=args.mono, parallel=args.parallel, langs=langs, alpha=args.alpha, mt_ratio=args.mt_ratio,
+        noise=NoiseConfig(permute_sentences=not args.no_sentence_permutation, **noise),
+        max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+        on_bad_record=args.on_bad_record,
+    )
+    result = pretrain(args.model, _training_config(args), settings)
+    if distributed_state().is_main_process:
+        last = f"; loss {result.history[-1]['loss']:.3f}" if result.history else ""
+        print(f"pretrained {result.step} steps{last}; final model in {result.final_dir}")
+    return 0
 
 
 def _add_finetune(sub) -> None:
@@ -361,7 +415,7 @@ def _evaluate(args) -> int:
 
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_finetune, _add_generate, _add_evaluate, _add_score]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -314,13 +314,17 @@ class _DataCursor:
             self.epoch, self.consumed, self.stream_state = self.epoch + 1, 0, None
 
 
-def _local_batches(cursor: _DataCursor, collator: Callable, batch_size: int, accelerator: Accelerator) -> Iterator[dict]:
-    """Collated batches for this rank: its strided slice of each global batch, on device.
+def _local_batches(
+    cursor: _DataCursor, collator: Callable, batch_size: int, accelerator: Accelerator, sharded: bool
+) -> Iterator[dict]:
+    """Collated batches for this rank, on device.
 
-    A short global batch at the end of an epoch is used when every rank gets at least one
-    example, and skipped otherwise (all ranks see the same global batch, so they agree).
+    Shared data (every rank reads the same examples): this rank's strided slice of each global
+    batch; a short global batch at the end of an epoch is used when every rank gets at least
+    one example, and skipped otherwise (all ranks see the same global batch, so they agree).
+    Sharded data (each rank reads its own share): whole batches of this rank's examples.
     """
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, rank = (1, 0) if sharded else (accelerator.num_processes, accelerator.process_index)
     for examples in cursor.batches(batch_size * world):
         if len(examples) < world:
             continue
@@ -424,7 +428,10 @@ class _Run:
         self.accelerator.wait_for_everyone()
 
     def save_checkpoint(self) -> Path:
-        rng = gather_object([_rng_state()])  # one entry per rank, in rank order
+        # One entry per rank, in rank order: RNG streams differ, and so does the data position
+        # when each rank reads its own shard.
+        rng = gather_object([_rng_state()])
+        data = gather_object([self.cursor.state_dict()])
 
         def training_files(tmp: Path) -> None:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -432,7 +439,7 @@ class _Run:
             if self.accelerator.scaler is not None:
                 torch.save(self.accelerator.scaler.state_dict(), tmp / "scaler.pt")
             torch.save(rng, tmp / "rng.pt")
-            torch.save(self.cursor.state_dict(), tmp / "data.pt")
+            torch.save(data, tmp / "data.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(asdict(self.state)), encoding="utf-8")
 
         directory = self.out / "checkpoints" / f"step-{self.state.step}"
@@ -449,12 +456,12 @@ class _Run:
         self.scheduler.load_state_dict(_load(directory / "scheduler.pt"))
         if self.accelerator.scaler is not None and (directory / "scaler.pt").exists():
             self.accelerator.scaler.load_state_dict(_load(directory / "scaler.pt"))
-        self.cursor.load_state_dict(_load(directory / "data.pt"))
         self.state = _TrainerState(**json.loads((directory / "trainer_state.json").read_text(encoding="utf-8")))
-        rng = _load(directory / "rng.pt")
+        rng, data = _load(directory / "rng.pt"), _load(directory / "data.pt")
         if len(rng) != self.accelerator.num_processes:
             raise ValueError(f"{directory}: saved by {len(rng)} processes, resumed on {self.accelerator.num_processes}")
         _set_rng_state(rng[self.accelerator.process_index])
+        self.cursor.load_state_dict(data[self.accelerator.process_index])
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -474,6 +481,13 @@ def _accelerator(config: TrainingConfig) -> Accelerator:
     # then it is DDP over gloo, and a single process is unaffected.
     on_cpu = not _has_accelerator_device()
     return Accelerator(cpu=on_cpu, mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+
+
+def distributed_state() -> PartialState:
+    """This process's place in the launch (`.process_index`, `.num_processes`), set up as
+    `train()` sets it up. Call this, not a bare `PartialState()`, before `train()` when you
+    need the rank (e.g. to build a sharded stream): accelerate fixes its state on first use."""
+    return PartialState(cpu=not _has_accelerator_device())
 
 
 def _has_accelerator_device() -> bool:
@@ -497,6 +511,8 @@ def train(
     config: TrainingConfig,
     collator: Callable[[list[dict]], dict],
     evaluate: Callable[[nn.Module], dict] | None = None,
+    *,
+    sharded: bool = False,
 ) -> TrainingResult:
     """Train `model` in place on `examples` for `config.max_steps` optimizer steps.
 
@@ -508,6 +524,11 @@ def train(
     starts fresh when there is none); without it, an OUT that already holds checkpoints is an
     error. Training also ends early when one-shot data runs out. Returns a `TrainingResult`;
     the final weights are in OUT/final (model + tokenizer).
+
+    Under several processes, by default every rank reads the same `examples` and keeps its
+    slice of each global batch. `sharded=True` says that `examples` is already this process's
+    own share (e.g. a `PretrainingStream` built with this rank and world size): each rank then
+    uses all of its examples, and its own data position is checkpointed.
     """
     out = Path(config.out_dir)
     resume_from = latest_checkpoint(out) if config.resume else None
@@ -579,7 +600,7 @@ def train(
             state.evals_without_improvement += 1
         return config.patience is not None and state.evals_without_improvement >= config.patience
 
-    batches = _local_batches(cursor, collator, config.batch_size, accelerator)
+    batches = _local_batches(cursor, collator, config.batch_size, accelerator, sharded)
     bar = tqdm(total=config.max_steps, initial=state.step, desc="train", unit="step",
                disable=not (config.progress and accelerator.is_main_process))
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -593,7 +614,11 @@ def train(
         if config.scheduled_sampling is not None:
             ratio = teacher_forcing_ratio(state.step, config.max_steps, config.scheduled_sampling, config.ss_floor, config.ss_k)
         micro_batches = list(islice(batches, config.grad_accum))
-        if len(micro_batches) < config.grad_accum:
+        have_data = len(micro_batches) == config.grad_accum
+        if sharded and accelerator.num_processes > 1:
+            # Ranks reading their own shards may run out at different steps: stop together.
+            have_data = accelerator.reduce(torch.tensor(int(have_data), device=accelerator.device), "sum").item() == accelerator.num_processes
+        if not have_data:
             result.data_exhausted = True
             break
         for i, batch in enumerate(micro_batches):
@@ -653,7 +678,10 @@ def train(
             run.save_checkpoint()
     run.save_model(result.final_dir)
     result.step = state.step
-    accelerator.end_training()
+    for tracker in accelerator.trackers:
+        # Not accelerator.end_training(): it also destroys the process group, and a launched
+        # process may train again (pretrain, then fine-tune).
+        tracker.finish()
     # Hand the caller its model as it came: no mixed-precision forward wrapper, no checkpointing.
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if config.gradient_checkpointing:

@@ -1,0 +1,100 @@
+"""Pretraining: DAE on monolingual text + MT on parallel pairs, through the shared loop.
+
+`pretrain()` is what `swcm pretrain` runs: load a built model, add a language tag for every
+language in the data, build this process's share of the pretraining stream
+(`swcm.data.PretrainingStream`: language-balanced sampling, mBART noise, both MT directions)
+and train with `swcm.training.train`. Under `accelerate launch` every rank builds its own
+stream over a disjoint part of the data, and its data position goes into each checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .data.collate import Seq2SeqCollator
+from .data.noise import NoiseConfig
+from .data.pretraining import PretrainingStream
+from .data.readers import Problems, parse_source_spec, read_records, stream_key
+from .modeling import SWCMForConditionalGeneration
+from .tokenization import add_language_tags
+from .training import TrainingConfig, TrainingResult, distributed_state, train
+
+MAX_LENGTH = 512
+
+
+@dataclass
+class PretrainSettings:
+    """What pretraining adds to the training loop's settings.
+
+    mono / parallel: source specs as `--mono` / `--parallel` take them ("bo=bo.txt",
+    "mono.jsonl", "zh-bo=pairs.tsv", "pairs.jsonl"; files, globs or directories).
+    langs: the allowed language codes (None: any well-formed code). alpha: the language
+    sampling exponent. mt_ratio: the share of MT examples when there are parallel data.
+    max_source_length / max_target_length: tokens, special tokens included (None: the
+    tokenizer's limit, at most 512).
+    """
+
+    mono: Sequence[str] = ()
+    parallel: Sequence[str] = ()
+    langs: Sequence[str] | None = None
+    alpha: float = 0.3
+    mt_ratio: float = 0.1
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    max_source_length: int | None = None
+    max_target_length: int | None = None
+    on_bad_record: str = "error"
+
+
+def data_languages(settings: PretrainSettings) -> list[str]:
+    """Every language code in the data, sorted: from LANG=PATH / SRC-TGT=PATH specs directly,
+    by reading the records of JSONL sources (bad records are left to the stream to report)."""
+    found: set[str] = set()
+    for specs, kind in ((settings.mono, "mono"), (settings.parallel, "parallel")):
+        for spec in specs:
+            source = parse_source_spec(spec, kind, settings.langs)
+            if source.langs is not None:
+                found.update(source.langs)
+                continue
+            for record in read_records(source, langs=settings.langs, on_bad_record="skip", problems=Problems()):
+                found.update(stream_key(record))
+    return sorted(found)
+
+
+def pretraining_stream(tokenizer: PreTrainedTokenizerBase, settings: PretrainSettings, seed: int = 0) -> PretrainingStream:
+    """This process's `PretrainingStream` (its rank's share of the data) for `settings`."""
+    state = distributed_state()
+    limit = min(tokenizer.model_max_length, MAX_LENGTH)
+    return PretrainingStream(
+        tokenizer, settings.mono, settings.parallel, noise=settings.noise, alpha=settings.alpha,
+        mt_fraction=settings.mt_ratio if settings.parallel else 0.0,
+        max_source_length=settings.max_source_length or limit, max_target_length=settings.max_target_length or limit,
+        seed=seed, rank=state.process_index, world_size=state.num_processes, langs=settings.langs,
+        on_bad_record=settings.on_bad_record,
+    )
+
+
+def pretrain(model_dir: str | os.PathLike, config: TrainingConfig, settings: PretrainSettings) -> TrainingResult:
+    """Pretrain the model in `model_dir` on `settings`' data; OUT/final loads with `from_pretrained`.
+
+    Adds the missing language tags to model and tokenizer first (in sorted order, so that a
+    resumed run gets the same ids). Reports the sampling probabilities and, with
+    on_bad_record="skip", what was skipped, on stderr (main process).
+    """
+    if not settings.mono and not settings.parallel:
+        raise ValueError("no pretraining data: give monolingual (--mono) and/or parallel (--parallel) sources")
+    model = SWCMForConditionalGeneration.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    add_language_tags(model, tokenizer, data_languages(settings))
+    stream = pretraining_stream(tokenizer, settings, config.seed)
+    main = distributed_state().is_main_process
+    if main:
+        probs = ", ".join(f"{name} {p:.3f}" for name, p in sorted(stream.probabilities.items()))
+        print(f"sampling: {probs}", file=sys.stderr)
+        if stream.problems.total:
+            print(stream.problems.summary(), file=sys.stderr)
+    return train(model, tokenizer, stream, config, Seq2SeqCollator(tokenizer), sharded=True)
