@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .data.examples import pair_separator
 from .data.readers import MRC_SEPARATOR, TASK_FIELDS, BadRecord, Problems, _handle, _json_object, _language, _parsed, _text_field, resolve_files
-from .tokenization import generation_kwargs, language_tag_id
+from .tokenization import generation_kwargs, language_tag, language_tag_id
 
 # The field of each task that holds the text to produce (the reference, when the file has it),
 # and the field that names the output language.
@@ -220,8 +220,12 @@ def check_language_tags(tokenizer, inputs: Sequence[TaskInput]) -> None:
         if item.target_lang not in seen:
             try:
                 language_tag_id(tokenizer, item.target_lang)
-            except ValueError as err:
-                raise ValueError(f"{item.where}: {err}") from None
+            except ValueError:
+                tags = [t for t in tokenizer.additional_special_tokens if language_tag(t[2:-2]) == t]
+                raise ValueError(
+                    f"{item.where}: the model has no language tag {language_tag(item.target_lang)} for "
+                    f"{item.target_lang!r}; it has {', '.join(tags) or 'none'}"
+                ) from None
             seen.add(item.target_lang)
 
 

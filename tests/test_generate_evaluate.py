@@ -18,7 +18,7 @@ from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag
 
 LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
-FAST = ["--max-new-tokens", "6", "--no-progress"]
+FAST = ["--max-new-tokens", "6", "--no-progress", "--device", "cpu"]  # cpu: compared with in-process runs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,10 +129,17 @@ def test_generate_bad_line_is_one_line_error_and_leaves_output_untouched(model_d
     assert out.read_text(encoding="utf-8") == "an older result\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left
 
+    # --on-bad-record skip: the bad record is left out and counted, the others are generated.
+    assert main(["generate", "--model", str(model_dir), "--input", str(src), "--output", str(out), *FAST,
+                 "--on-bad-record", "skip"]) == 0
+    assert f"{src}: skipped 1 bad record: 1 malformed JSON (first at {src}:3)" in capsys.readouterr().err
+    assert [r["id"] for r in read_jsonl(out)] == [r["id"] for i, r in enumerate(records) if i != 2]
+
+    out.write_text("an older result\n", encoding="utf-8")
     lines[2] = json.dumps({"src": "人人", "tgt_lang": "xx"})  # a language the model has no tag for
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["generate", "--model", str(model_dir), "--input", str(src), "--output", str(out), *FAST]) == 2
-    assert f"{src}:3: no language tag __xx__" in capsys.readouterr().err
+    assert f"{src}:3: the model has no language tag __xx__ for 'xx'; it has __zh__, __bo__" in capsys.readouterr().err
     assert out.read_text(encoding="utf-8") == "an older result\n"
 
 
