@@ -4,10 +4,17 @@
 token-level examples `{"input_ids", "labels"}` and a collator that pads a list of them into
 a batch. Pretraining passes the DAE + MT example stream; fine-tuning passes task examples
 and an `evaluate(model) -> dict` hook, which enables best-checkpoint selection and early
-stopping. The same code runs in one process and under `accelerate launch` (DDP): every rank
-reads the same example sequence and keeps its own slice of each global batch, so ranks see
-different data, the data position is identical on all of them, and a run on W processes
-with batch size B sees the same examples as one process with batch size W·B.
+stopping. The same code runs in one process and under `accelerate launch` (DDP). Data reach
+the ranks in one of two ways:
+
+- shared (the default; fine-tuning lists): every rank reads the same example sequence and
+  keeps its own slice of each global batch, so a run on W processes with batch size B sees
+  the examples one process with batch size W·B would;
+- sharded (`sharded=True`; the pretraining stream): each rank reads its own share of the
+  data, and each rank's data position is checkpointed.
+
+On a machine without GPUs, `accelerate launch --multi_gpu --num_processes N` (accelerate's
+torchrun launcher) runs DDP over gloo; `--cpu` alone would start a single process.
 
 Layout of `config.out_dir` (only the main process writes):
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM
 
-STEPS, BATCH = 4, 3
+STEPS, BATCH, ACCUM = 4, 3, 2
 LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
 
 
@@ -64,7 +64,7 @@ def run_rank(encoder_dir: str, out_dir: str) -> None:
             settings = PretrainSettings(mono=[f"{lang}={text / f'{lang}.txt'}" for lang in LANGS],
                                         max_source_length=48, max_target_length=48)
             examples = pretraining_stream(tokenizer, settings)
-        config = TrainingConfig(out_dir=out / mode.removesuffix("-resumed"), max_steps=STEPS, batch_size=BATCH, lr=1e-3,
+        config = TrainingConfig(out_dir=out / mode.removesuffix("-resumed"), max_steps=STEPS, batch_size=BATCH, grad_accum=ACCUM, lr=1e-3,
                                 scheduled_sampling="linear", log_every=2, save_every=2, progress=False,
                                 resume=mode == "sharded-resumed")
         train(model, tokenizer, examples, config, recording_collator, sharded=mode != "shared")
@@ -88,7 +88,7 @@ def test_two_processes_read_different_data_and_agree_on_weights(tmp_path, tiny_e
     launch(__file__, str(tiny_encoder_dir), str(tmp_path))
     for mode in ("shared", "sharded"):
         seen = [json.loads((tmp_path / f"{mode}-rank-{r}.json").read_text()) for r in range(2)]
-        assert len(seen[0]) == len(seen[1]) == STEPS * BATCH
+        assert len(seen[0]) == len(seen[1]) == STEPS * ACCUM * BATCH
         assert seen[0] != seen[1]  # each rank trained on its own examples
         if mode == "shared":  # slices of the same global batches: disjoint
             assert {tuple(ids) for ids in seen[0]}.isdisjoint({tuple(ids) for ids in seen[1]})
@@ -112,7 +112,7 @@ def test_two_processes_read_different_data_and_agree_on_weights(tmp_path, tiny_e
     uninterrupted = load_file(tmp_path / "sharded-rank-0.safetensors")
     assert all(torch.equal(resumed[r][k], uninterrupted[k]) for r in range(2) for k in uninterrupted)
     seen = [json.loads((tmp_path / f"sharded{part}-rank-0.json").read_text()) for part in ("", "-resumed")]
-    assert seen[1] == seen[0][STEPS // 2 * BATCH:]  # it read on exactly where the checkpoint was taken
+    assert seen[1] == seen[0][STEPS // 2 * ACCUM * BATCH:]  # it read on exactly where the checkpoint was taken
 
 
 def test_pretrain_cli_under_accelerate_launch(tmp_path, tiny_encoder_dir):
