@@ -29,8 +29,11 @@ class ExampleEncoder:
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             raise ValueError("the tokenizer has no </s> (eos) token")
-        # Room for the content between the special tokens.
-        self.max_source_ids = max_source_length - tokenizer.num_special_tokens_to_add(pair=False)
+        # The tokenizer's own single-text format, e.g. <s> … </s>, found once (a placeholder id
+        # marks where the text goes): asking the tokenizer per example costs more than the noise.
+        template = tokenizer.build_inputs_with_special_tokens([-1])
+        self._prefix, self._suffix = template[: template.index(-1)], template[template.index(-1) + 1 :]
+        self.max_source_ids = max_source_length - len(template) + 1  # room for the text
         self.max_target_ids = max_target_length - 2  # the tag and </s>
         if self.max_source_ids < 1 or self.max_target_ids < 1:
             raise ValueError(f"max lengths {max_source_length}/{max_target_length} leave no room for text")
@@ -42,14 +45,15 @@ class ExampleEncoder:
             self._tags[lang] = language_tag_id(self.tokenizer, lang)
         return self._tags[lang]
 
-    def token_ids(self, text: str) -> list[int]:
-        """`text` as token ids, without special tokens and untruncated."""
+    def token_ids(self, text: str | list[str]) -> list[int] | list[list[int]]:
+        """`text` (or each of a list of texts, in one batched call) as token ids, without
+        special tokens and untruncated."""
         return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def example(self, source_ids: Sequence[int], target_ids: Sequence[int], target_lang: str) -> dict[str, list[int]]:
         """The example for content ids `source_ids` → `target_ids` in `target_lang`."""
         return {
-            "input_ids": self.tokenizer.build_inputs_with_special_tokens(list(source_ids[: self.max_source_ids])),
+            "input_ids": [*self._prefix, *source_ids[: self.max_source_ids], *self._suffix],
             "labels": [self.tag_id(target_lang), *target_ids[: self.max_target_ids], self.eos_id],
         }
 

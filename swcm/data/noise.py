@@ -173,12 +173,15 @@ def text_infilling(
         p += length
 
     out: list[int] = []
-    for i, token in enumerate(ids):
-        out.extend([mask_id] * inserts.get(i, 0))
-        if span_of[i] < 0:
+    previous = -1
+    for i, (token, span) in enumerate(zip(ids, span_of)):
+        if i in inserts:
+            out.extend([mask_id] * inserts[i])
+        if span < 0:
             out.append(token)
-        elif i == 0 or span_of[i - 1] != span_of[i]:
+        elif span != previous:  # one mask for each span (or each part of a span split by a special)
             out.append(mask_id)
+        previous = span
     out.extend([mask_id] * inserts.get(len(ids), 0))
     return out
 

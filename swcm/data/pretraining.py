@@ -16,7 +16,8 @@ Ranks read disjoint records (`split_dataset_by_node`: whole files when the file 
 every world_size-th record otherwise). `state_dict()` captures every stream's position, the
 chunks and reverse directions still pending, and the random generator, so that a stream
 restored with `load_state_dict()` yields exactly the examples the original would have yielded
-next. The state holds only plain Python values (it loads with `torch.load(weights_only=True)`).
+next. The state holds only plain Python values (it loads with `torch.load(weights_only=True)`)
+and stays small: pending documents are kept as text, their token ids are recomputed on restore.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from .sampling import ObjectiveSampler
 class _RecordStream:
     """One (objective, language) stream: records from a datasets IterableDataset, cycling forever.
 
-    `pending` holds work from the last record not yet turned into examples (DAE chunks, the
-    reverse MT direction); it is part of the position.
+    `pending` holds records already read but not yet used up (DAE documents whose chunks are
+    still to come, from chunk number `chunk` of the first; the reverse MT direction); it is part
+    of the position. `cache` holds their tokenised chunks: derived data, recomputed after a
+    restore, so that the position stays small and cheap to copy after every batch.
     """
 
     def __init__(self, dataset, name: str):
@@ -47,7 +50,10 @@ class _RecordStream:
         self._start = dataset.state_dict()  # the position at the start of an epoch
         self._position = self._start  # where a new iterator starts
         self._iterator: Iterator[dict] | None = None
-        self.epoch, self.read, self.pending = 0, 0, []
+        self.epoch, self.read = 0, 0
+        self.pending: list = []
+        self.chunk = 0
+        self.cache: list[list[list[int]]] = []
 
     def next_record(self) -> dict:
         while True:
@@ -66,11 +72,18 @@ class _RecordStream:
 
     def state_dict(self) -> dict:
         position = self._position if self._iterator is None else self.dataset.state_dict()
-        return {"data": copy.deepcopy(position), "epoch": self.epoch, "read": self.read, "pending": copy.deepcopy(self.pending)}
+        return {"data": copy.deepcopy(position), "epoch": self.epoch, "read": self.read,
+                "pending": copy.deepcopy(self.pending), "chunk": self.chunk}
 
     def load_state_dict(self, state: dict) -> None:
         self._position, self._iterator = copy.deepcopy(state["data"]), None
-        self.epoch, self.read, self.pending = state["epoch"], state["read"], copy.deepcopy(state["pending"])
+        self.epoch, self.read = state["epoch"], state["read"]
+        self.pending, self.chunk, self.cache = copy.deepcopy(state["pending"]), state["chunk"], []
+
+
+# DAE documents are read and tokenised this many at a time: one batched call to a fast
+# tokenizer encodes them in parallel (Rust threads), well ahead of the model.
+_READ_AHEAD = 8
 
 
 def _stream_name(objective: str, key: tuple[str, ...]) -> str:
@@ -183,8 +196,16 @@ class PretrainingStream(torch.utils.data.IterableDataset):
 
     def _dae(self, stream: _RecordStream, lang: str) -> dict[str, list[int]]:
         if not stream.pending:
-            stream.pending = self._chunks(self.encoder.token_ids(stream.next_record()["text"]), self._sentence_ends[lang])
-        chunk = stream.pending.pop(0)
+            stream.pending, stream.chunk = [stream.next_record()["text"] for _ in range(_READ_AHEAD)], 0
+        if not stream.cache:
+            ends = self._sentence_ends[lang]
+            stream.cache = [self._chunks(ids, ends) for ids in self.encoder.token_ids(stream.pending)]
+        chunks = stream.cache[0]
+        chunk = chunks[stream.chunk]
+        stream.chunk += 1
+        if stream.chunk == len(chunks):
+            del stream.pending[0], stream.cache[0]
+            stream.chunk = 0
         noised = add_noise(
             chunk, self.noise, self._rng, mask_id=self.mask_id, sentence_end_ids=self._sentence_ends[lang],
             special_ids=self.special_ids, max_length=self.encoder.max_source_ids,
