@@ -414,8 +414,42 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="run an ablation grid (paper Tables 3-5, Figure 4) from a YAML file")
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--out", help="output directory (default: runs/<name>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_experiment)
+
+
+def _experiment(args) -> int:
+    from .experiments import load_experiment, run_experiment
+
+    config = load_experiment(args.config)
+    outcome = run_experiment(config, args.out or f"runs/{config.name}", progress=not args.no_progress)
+    print(open(outcome["report"], encoding="utf-8").read())
+    print(f"report: {outcome['report']}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole method on the vendored UDHR corpus: ws beside random")
+    p.add_argument("--out", default="swcm-demo", help="output directory (re-runs reuse finished stages)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from .experiments import run_demo
+
+    table = run_demo(args.out, progress=not args.no_progress)
+    print(table)
+    print(f"report with training curves: {args.out}/report.md")
+    return 0
+
+
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
 
 if __name__ == "__main__":
     sys.exit(main())

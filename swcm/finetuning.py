@@ -57,7 +57,9 @@ def read_task_records(path, tokenizer, settings: FinetuneSettings, problems: Pro
 
 def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings) -> list[dict]:
     """Token-level examples {"input_ids", "labels"} for task records."""
-    encoder = ExampleEncoder(tokenizer, settings.max_source_length, settings.max_target_length)
+    # The position table bounds the source: never ask for more than the tokenizer allows.
+    max_source = min(settings.max_source_length, tokenizer.model_max_length)
+    encoder = ExampleEncoder(tokenizer, max_source, settings.max_target_length)
     return [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
 
 
