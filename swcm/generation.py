@@ -21,15 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.examples import pair_separator
-from .data.readers import MRC_SEPARATOR, TASK_FIELDS, BadRecord, Problems, _handle, _json_object, _language, _parsed, _text_field, resolve_files
+from .data.readers import MRC_SEPARATOR, Problems, check_language, read_task_records
 from .tokenization import generation_kwargs, language_tag, language_tag_id
-
-# The field of each task that holds the text to produce (the reference, when the file has it),
-# and the field that names the output language.
-TARGET_FIELD = {"sum": "summary", "mrc": "answer", "mt": "tgt"}
-TARGET_LANG_FIELD = {"sum": "lang", "mrc": "lang", "mt": "tgt_lang"}
-# The fields the model reads, in the order they are joined into the source text.
-SOURCE_FIELDS = {"sum": ("document",), "mrc": ("question", "context"), "mt": ("src",)}
 
 
 @torch.no_grad()
@@ -148,18 +141,6 @@ class TaskInput(NamedTuple):
     reference: str | None
 
 
-def _task_of(obj: dict, names: Mapping[str, Mapping[str, str]], where: str) -> str:
-    """The task whose source fields `obj` holds; BadRecord when none or several do."""
-    found = [task for task, fields in SOURCE_FIELDS.items() if all(names[task][f] in obj for f in fields)]
-    if len(found) == 1:
-        return found[0]
-    wanted = " or ".join(
-        f"{' and '.join(repr(names[t][f]) for f in fields)} ({t})" for t, fields in SOURCE_FIELDS.items()
-    )
-    detail = f"fields of several tasks ({', '.join(found)})" if found else f"no source field: expected {wanted}"
-    raise BadRecord(where, "unknown task", f"{detail}; name the task with --task")
-
-
 def read_task_inputs(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     task: str | None = None,
@@ -173,9 +154,9 @@ def read_task_inputs(
 ) -> list[TaskInput]:
     """The records of task files as `TaskInput`s, in file and line order.
 
-    The formats are those of fine-tuning (`swcm.data.readers.read_task`): sum {"document",
-    "summary", "lang"}, mrc {"question", "context", "answer", "lang"}, mt {"src", "tgt",
-    "src_lang", "tgt_lang"}; `fields` renames them ({"document": "article"}). Unlike
+    The formats are those of fine-tuning (read by `swcm.data.readers.read_task_records`): sum
+    {"document", "summary", "lang"}, mrc {"question", "context", "answer", "lang"}, mt {"src",
+    "tgt", "src_lang", "tgt_lang"}; `fields` renames them ({"document": "article"}). Unlike
     training, the target text is optional (`require_reference=True` demands it) and so is the
     target language field when `tgt_lang` supplies it for records without one. The source
     text is built as in training: mrc joins question and context with `separator` (the
@@ -183,34 +164,17 @@ def read_task_inputs(
     holds. A bad record raises a one-line `BadRecord` ("path:line: problem") or, with
     on_bad_record="skip", is dropped and counted in `problems`.
     """
-    tasks = [task] if task is not None else list(TASK_FIELDS)
-    for t in tasks:
-        if t not in TASK_FIELDS:
-            raise ValueError(f'unknown task "{t}"; expected one of {", ".join(TASK_FIELDS)}')
-    known = {name for t in tasks for name in TASK_FIELDS[t]}
-    unknown = set(fields or {}) - known
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
-    names = {t: {name: (fields or {}).get(name, name) for name in TASK_FIELDS[t]} for t in TASK_FIELDS}
-    if tgt_lang is not None:
-        _language(tgt_lang, "--tgt-lang", None)
-    files = [f for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths) for f in resolve_files(str(p))]
-
-    def parse(line: str, where: str) -> TaskInput:
-        obj = _json_object(line, where)
-        t = task or _task_of(obj, names, where)
-        field = names[t]
-        source_text = separator.join(_text_field(obj, field[f], where) for f in SOURCE_FIELDS[t])
-        lang_field = field[TARGET_LANG_FIELD[t]]
-        if lang_field in obj or tgt_lang is None:
-            lang = _language(_text_field(obj, lang_field, where), where, None, lang_field)
-        else:
-            lang = tgt_lang
-        has_reference = require_reference or field[TARGET_FIELD[t]] in obj
-        reference = _text_field(obj, field[TARGET_FIELD[t]], where) if has_reference else None
-        return TaskInput(obj, where, t, source_text, lang, reference)
-
-    return list(_handle(_parsed(files, parse, skip_blank=True), on_bad_record, problems))
+    if tgt_lang is not None:  # checked here to name the flag it comes from
+        try:
+            check_language(tgt_lang)
+        except ValueError as err:
+            raise ValueError(f"--tgt-lang: {err}") from None
+    records = read_task_records(
+        paths, task, fields=fields, tgt_lang=tgt_lang, separator=separator, require_target=require_reference,
+        read_source_lang=False, on_bad_record=on_bad_record, problems=problems,
+    )
+    return [TaskInput(r.record, r.where, r.task, r.pair.source_text, r.pair.target_lang, r.pair.target_text)
+            for r in records]
 
 
 def check_language_tags(tokenizer, inputs: Sequence[TaskInput]) -> None:

@@ -5,12 +5,14 @@ from .collate import Seq2SeqCollator
 from .examples import ExampleEncoder, pair_separator
 from .noise import NoiseConfig, add_noise, sentence_end_ids, sentence_permutation, text_infilling, token_deletion
 from .pretraining import PretrainingStream
-from .readers import BadRecord, Problems, Source, TextPair, parse_source_spec, read_records, read_task, streaming_dataset
+from .readers import (
+    BadRecord, Problems, Source, TextPair, parse_source_spec, read_records, read_task, read_task_records, streaming_dataset,
+)
 from .sampling import ObjectiveSampler, language_sampling_probs
 
 __all__ = [
     "BadRecord", "ExampleEncoder", "NoiseConfig", "ObjectiveSampler", "PretrainingStream", "Problems",
     "Seq2SeqCollator", "Source", "TextPair", "add_noise", "language_sampling_probs", "pair_separator",
-    "parse_source_spec", "read_records", "read_task", "sentence_end_ids", "sentence_permutation",
-    "streaming_dataset", "text_infilling", "token_deletion",
+    "parse_source_spec", "read_records", "read_task", "read_task_records", "sentence_end_ids",
+    "sentence_permutation", "streaming_dataset", "text_infilling", "token_deletion",
 ]

@@ -17,7 +17,9 @@ Every record is validated; a bad one is a `BadRecord`, a ValueError whose messag
 `Problems`, which the caller reports. Blank lines of a JSONL file hold no record and are
 ignored; a blank line of a plain-text or TSV file is an empty record.
 
-Task files (fine-tuning) are JSONL with overridable field names and come out as `TextPair`s.
+Task files (fine-tuning, generation) are JSONL with overridable field names; `read_task_records`
+reads them for both uses (the target optional where generation needs none) and `read_task`
+gives the complete `TextPair`s that training needs.
 Large corpora are read lazily, line by line; `streaming_dataset` wraps them in a `datasets`
 IterableDataset (one shard per file) for sharding across ranks and exact resumption.
 """
@@ -100,11 +102,13 @@ class Problems:
 
 
 class TextPair(NamedTuple):
-    """One seq2seq record: the source and target texts and their languages."""
+    """One seq2seq record: the source and target texts and their languages. Only records read
+    for generation (`read_task_records` with require_target / read_source_lang off) may lack
+    a target text or source language (None)."""
 
     source_text: str
-    target_text: str
-    source_lang: str
+    target_text: str | None
+    source_lang: str | None
     target_lang: str
 
 
@@ -247,14 +251,17 @@ def _language(code: str, where: str, langs: Collection[str] | None, field: str |
         raise BadRecord(where, kind, f'{err} in field "{field}"' if field else str(err)) from None
 
 
-def _json_fields(line: str, where: str, fields: Mapping[str, str], lang_fields: Sequence[str],
-                 langs: Collection[str] | None, defaults: Mapping[str, str] = {}) -> dict[str, str]:
-    """The named fields of one JSONL record, {canonical name: value}; language fields checked."""
-    obj = _json_object(line, where)
+def _json_fields(obj: dict, where: str, fields: Mapping[str, str], lang_fields: Collection[str],
+                 langs: Collection[str] | None, defaults: Mapping[str, str] = {},
+                 optional: Collection[str] = ()) -> dict[str, str | None]:
+    """The named fields of one JSON record, {canonical name: value}; language fields checked.
+
+    A missing field takes its value from `defaults`, or is None when `optional` names it.
+    """
     record = {}
     for name, actual in fields.items():
-        if name in defaults and actual not in obj:
-            record[name] = defaults[name]
+        if actual not in obj and (name in defaults or name in optional):
+            record[name] = defaults.get(name)
             continue
         record[name] = _text_field(obj, actual, where)
         if name in lang_fields:
@@ -275,9 +282,10 @@ def _parse(source: Source, line: str, where: str, langs: Collection[str] | None)
             if not column.strip():
                 raise BadRecord(where, "empty text", f"empty {name}")
         return {"src": columns[0].strip(), "tgt": columns[1].strip(), "src_lang": source.langs[0], "tgt_lang": source.langs[1]}
+    obj = _json_object(line, where)
     if source.kind == "mono":
-        return _json_fields(line, where, MONO_FIELDS, ("lang",), langs)
-    record = _json_fields(line, where, PARALLEL_FIELDS, ("src_lang", "tgt_lang"), langs)
+        return _json_fields(obj, where, MONO_FIELDS, ("lang",), langs)
+    record = _json_fields(obj, where, PARALLEL_FIELDS, ("src_lang", "tgt_lang"), langs)
     if record["src_lang"] == record["tgt_lang"]:
         raise BadRecord(where, "same language", f'src_lang and tgt_lang are both "{record["src_lang"]}"')
     return record
@@ -394,6 +402,112 @@ def census(
 # --- task files --------------------------------------------------------------------------
 
 
+class TaskRoles(NamedTuple):
+    """Which fields of a task's records make up a `TextPair`."""
+
+    source: tuple[str, ...]  # what the encoder reads, joined with the pair separator in this order
+    target: str
+    source_lang: str
+    target_lang: str
+
+
+TASK_ROLES = {
+    "sum": TaskRoles(("document",), "summary", "lang", "lang"),
+    "mrc": TaskRoles(("question", "context"), "answer", "lang", "lang"),
+    "mt": TaskRoles(("src",), "tgt", "src_lang", "tgt_lang"),
+}
+
+
+class TaskRecord(NamedTuple):
+    """One record of a task file: `record` the JSON object as read (every field kept), `where`
+    "path:line", `task` "sum", "mrc" or "mt", and `pair` its texts and languages."""
+
+    record: dict
+    where: str
+    task: str
+    pair: TextPair
+
+
+def _check_task(task: str) -> None:
+    if task not in TASK_FIELDS:
+        raise ValueError(f'unknown task "{task}"; expected one of {", ".join(TASK_FIELDS)}')
+
+
+def _task_of(obj: dict, names: Mapping[str, Mapping[str, str]], where: str) -> str:
+    """The task whose source fields `obj` holds; BadRecord when none or several do."""
+    found = [task for task, roles in TASK_ROLES.items() if all(names[task][f] in obj for f in roles.source)]
+    if len(found) == 1:
+        return found[0]
+    wanted = " or ".join(
+        f"{' and '.join(repr(names[t][f]) for f in roles.source)} ({t})" for t, roles in TASK_ROLES.items()
+    )
+    detail = f"fields of several tasks ({', '.join(found)})" if found else f"no source field: expected {wanted}"
+    raise BadRecord(where, "unknown task", f"{detail}; name the task with --task")
+
+
+def read_task_records(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    task: str | None = None,
+    *,
+    fields: Mapping[str, str] | None = None,
+    tgt_lang: str | None = None,
+    langs: Collection[str] | None = None,
+    separator: str = MRC_SEPARATOR,
+    require_target: bool = True,
+    read_source_lang: bool = True,
+    on_bad_record: str = "error",
+    problems: Problems | None = None,
+) -> Iterator[TaskRecord]:
+    """The records of task files as `TaskRecord`s, lazily, in file and line order.
+
+    Formats (JSONL): sum {"document", "summary", "lang"}, mrc {"question", "context", "answer",
+    "lang"}, mt {"src", "tgt", "src_lang", "tgt_lang"}; `fields` renames fields, e.g.
+    {"document": "article"}. Each record's pair is: sum (document, summary, lang, lang); mrc
+    (question + separator + context, answer, lang, lang); mt (src, tgt, src_lang, tgt_lang).
+    `task=None` takes each record's task from the source fields it holds. `tgt_lang` is the
+    target language of records without one (lang for sum and mrc, tgt_lang for mt).
+    `require_target=False` lets the target text be missing (the pair's target_text is then
+    None); `read_source_lang=False` leaves mt's src_lang unread (source_lang None), for
+    generation, which needs neither. Language fields are checked against `langs` when given.
+    `separator` defaults to XLM-R's pair separator "</s></s>"; for other tokenizers pass
+    `swcm.data.examples.pair_separator(tokenizer)`. Each path is a file, glob or directory.
+    Validation and `on_bad_record` / `problems` are as in `read_records`; a bad task, field
+    name or `tgt_lang` raises a one-line ValueError at once.
+    """
+    if task is not None:
+        _check_task(task)
+        unknown = set(fields or {}) - set(TASK_FIELDS[task])
+        if unknown:
+            raise ValueError(f"unknown field(s) for task {task}: {', '.join(sorted(unknown))}; "
+                             f"expected {', '.join(TASK_FIELDS[task])}")
+    else:
+        known = {name for names in TASK_FIELDS.values() for name in names}
+        unknown = set(fields or {}) - known
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
+    if tgt_lang is not None:
+        check_language(tgt_lang, langs)
+    names = {t: {name: (fields or {}).get(name, name) for name in TASK_FIELDS[t]} for t in TASK_FIELDS}
+    read = {t: {name: actual for name, actual in names[t].items() if read_source_lang or name != "src_lang"}
+            for t in TASK_FIELDS}
+    files = [f for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths) for f in resolve_files(str(p))]
+
+    def parse(line: str, where: str) -> TaskRecord:
+        obj = _json_object(line, where)
+        t = task or _task_of(obj, names, where)
+        roles = TASK_ROLES[t]
+        r = _json_fields(
+            obj, where, read[t], (roles.source_lang, roles.target_lang), langs,
+            defaults={roles.target_lang: tgt_lang} if tgt_lang is not None else {},
+            optional=() if require_target else (roles.target,),
+        )
+        pair = TextPair(separator.join(r[f] for f in roles.source), r[roles.target], r.get(roles.source_lang),
+                        r[roles.target_lang])
+        return TaskRecord(obj, where, t, pair)
+
+    return _handle(_parsed(files, parse, skip_blank=True), on_bad_record, problems)
+
+
 def read_task(
     paths: str | Sequence[str],
     task: str,
@@ -405,33 +519,14 @@ def read_task(
     on_bad_record: str = "error",
     problems: Problems | None = None,
 ) -> Iterator[TextPair]:
-    """The records of fine-tuning files for `task` ("sum", "mrc" or "mt") as `TextPair`s.
+    """The records of fine-tuning files for `task` ("sum", "mrc" or "mt") as complete `TextPair`s.
 
-    Formats (JSONL): sum {"document", "summary", "lang"} → (document, summary, lang, lang);
-    mrc {"question", "context", "answer", "lang"} → (question + separator + context, answer,
-    lang, lang); mt {"src", "tgt", "src_lang", "tgt_lang"} → as is. `fields` renames fields,
-    e.g. {"document": "article"}. `lang` is used for records without a language field (sum,
-    mrc). `separator` defaults to XLM-R's pair separator "</s></s>"; for other tokenizers pass
-    `swcm.data.examples.pair_separator(tokenizer)`. Each path is a file, glob or directory.
-    Validation and `on_bad_record` / `problems` are as in `read_records`.
+    Formats, `fields`, `langs`, `separator`, `on_bad_record` and `problems` are as in
+    `read_task_records`, which reads them; every field is required. `lang` is used for records
+    without a language field (sum, mrc).
     """
-    if task not in TASK_FIELDS:
-        raise ValueError(f'unknown task "{task}"; expected one of {", ".join(TASK_FIELDS)}')
-    unknown = set(fields or {}) - set(TASK_FIELDS[task])
-    if unknown:
-        raise ValueError(f"unknown field(s) for task {task}: {', '.join(sorted(unknown))}; "
-                         f"expected {', '.join(TASK_FIELDS[task])}")
-    names = {**TASK_FIELDS[task], **(fields or {})}
-    lang_fields = ("src_lang", "tgt_lang") if task == "mt" else ("lang",)
-    defaults = {"lang": check_language(lang, langs)} if lang is not None and task != "mt" else {}
-    files = [f for p in ([paths] if isinstance(paths, str) else paths) for f in resolve_files(p)]
-
-    def parse(line: str, where: str) -> TextPair:
-        r = _json_fields(line, where, names, lang_fields, langs, defaults)
-        if task == "sum":
-            return TextPair(r["document"], r["summary"], r["lang"], r["lang"])
-        if task == "mrc":
-            return TextPair(r["question"] + separator + r["context"], r["answer"], r["lang"], r["lang"])
-        return TextPair(r["src"], r["tgt"], r["src_lang"], r["tgt_lang"])
-
-    return _handle(_parsed(files, parse, skip_blank=True), on_bad_record, problems)
+    _check_task(task)  # read_task_records takes None to mean "each record's own task"
+    # An mt record has two languages: one default would only half fill it, so none applies.
+    records = read_task_records(paths, task, fields=fields, tgt_lang=lang if task != "mt" else None, langs=langs,
+                                separator=separator, on_bad_record=on_bad_record, problems=problems)
+    return (r.pair for r in records)
