@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real XLM-R encoder with a SentencePiece tokenizer trained on UDHR text."""
+"""Shared fixtures: one torch thread, and a tiny real XLM-R encoder with a SentencePiece tokenizer
+trained on UDHR text."""
 
 import os
 
@@ -10,6 +11,17 @@ from swcm.resources import udhr
 from swcm.tiny_encoder import train_tokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test runs torch on one thread: the models are tiny, so intra-op threads only
+    contend with each other (and, on a shared machine, with every other process), which made
+    training and generation tests up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

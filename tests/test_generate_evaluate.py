@@ -21,16 +21,6 @@ LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
 FAST = ["--max-new-tokens", "6", "--no-progress", "--device", "cpu"]  # cpu: compared with in-process runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The model is tiny: intra-op threads only contend with each other (and, on a shared
-    # machine, with every other process), which made these tests 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_encoder_dir, tmp_path_factory):
     """A tiny SWCM model taught for a few steps to echo the start of UDHR sentences in every

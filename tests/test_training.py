@@ -29,15 +29,6 @@ from swcm.training import (
 LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine's cores are shared; one thread is also fastest for a model this small.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_encoder_dir):
     tok = AutoTokenizer.from_pretrained(tiny_encoder_dir)
