@@ -29,6 +29,14 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from .configuration import SWCMConfig, check_encoder_config
 
 
+@torch.no_grad()
+def _copy_weights(*pairs: tuple[nn.Module, nn.Module]) -> None:
+    """Copy the weight and bias of each (ours, the encoder's) pair of Linear / LayerNorm modules."""
+    for mine, theirs in pairs:
+        mine.weight.copy_(theirs.weight)
+        mine.bias.copy_(theirs.bias)
+
+
 class SWCMAttention(nn.Module):
     """Multi-head attention with BERT's parameter names (query, key, value, output)."""
 
@@ -79,16 +87,13 @@ class SWCMAttention(nn.Module):
         context = context.transpose(1, 2).reshape(hidden_states.shape)
         return self.output(context)
 
-    @torch.no_grad()
     def copy_from(self, bert_self_attention: nn.Module, bert_output_dense: nn.Linear) -> None:
-        for mine, theirs in (
+        _copy_weights(
             (self.query, bert_self_attention.query),
             (self.key, bert_self_attention.key),
             (self.value, bert_self_attention.value),
             (self.output, bert_output_dense),
-        ):
-            mine.weight.copy_(theirs.weight)
-            mine.bias.copy_(theirs.bias)
+        )
 
 
 class FeedForward(nn.Module):
@@ -104,17 +109,8 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.act(self.intermediate(x)))
 
-    @torch.no_grad()
     def copy_from(self, intermediate_dense: nn.Linear, output_dense: nn.Linear) -> None:
-        for mine, theirs in ((self.intermediate, intermediate_dense), (self.output, output_dense)):
-            mine.weight.copy_(theirs.weight)
-            mine.bias.copy_(theirs.bias)
-
-
-def _copy_layer_norm(mine: nn.LayerNorm, theirs: nn.LayerNorm) -> None:
-    with torch.no_grad():
-        mine.weight.copy_(theirs.weight)
-        mine.bias.copy_(theirs.bias)
+        _copy_weights((self.intermediate, intermediate_dense), (self.output, output_dense))
 
 
 class _PostLNDecoderLayer(GradientCheckpointingLayer):
@@ -170,9 +166,9 @@ class CustomDecoderLayer(_PostLNDecoderLayer):
         for ffn in (self.ffn_a, self.ffn_b):
             ffn.copy_from(layer.intermediate.dense, layer.output.dense)
         for name in ("self_attn", "cross_attn"):
-            _copy_layer_norm(getattr(self, f"{name}_layer_norm"), layer.attention.output.LayerNorm)
+            _copy_weights((getattr(self, f"{name}_layer_norm"), layer.attention.output.LayerNorm))
         for name in ("ffn_a", "ffn_b"):
-            _copy_layer_norm(getattr(self, f"{name}_layer_norm"), layer.output.LayerNorm)
+            _copy_weights((getattr(self, f"{name}_layer_norm"), layer.output.LayerNorm))
 
 
 class NormalDecoderLayer(_PostLNDecoderLayer):
@@ -251,9 +247,7 @@ class MLMHead(nn.Module):
             head = masked_lm.cls.predictions
             dense, norm = head.transform.dense, head.transform.LayerNorm
             decoder, bias = head.decoder, head.bias
-        for mine, theirs in ((self.dense, dense), (self.layer_norm, norm)):
-            mine.weight.copy_(theirs.weight)
-            mine.bias.copy_(theirs.bias)
+        _copy_weights((self.dense, dense), (self.layer_norm, norm))
         self.decoder.weight.copy_(decoder.weight)
         self.decoder.bias.copy_(bias)
 
