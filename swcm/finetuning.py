@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from .data.collate import Seq2SeqCollator
 from .data.examples import ExampleEncoder, pair_separator
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
-from .evaluation import score
+from .evaluation import evaluate_predictions
 from .generation import generate_texts
 from .modeling import SWCMForConditionalGeneration
 from .tokenization import add_language_tags
@@ -86,13 +86,11 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
             batch_size=batch_size, max_source_length=settings.max_source_length, progress=False,
             **settings.generation,
         )
-        by_lang: dict[str, tuple[list[str], list[str]]] = {}
-        for record, prediction in zip(records, predictions):
-            preds, refs = by_lang.setdefault(record.target_lang, ([], []))
-            preds.append(prediction)
-            refs.append(record.target_text)
-        rouge = [score(p, r, lang)["rougeL"]["f"] for lang, (p, r) in by_lang.items()]
-        return {"rougeL_f": sum(rouge) / len(rouge), "loss": total / max(count, 1)}
+        rows = evaluate_predictions(
+            [{"prediction": p, "reference": r.target_text, "lang": r.target_lang} for r, p in zip(records, predictions)],
+            reference_field="reference", lang_field="lang",
+        )
+        return {"rougeL_f": sum(row["rougeL_f"] for row in rows) / len(rows), "loss": total / max(count, 1)}
 
     return evaluate
 
