@@ -46,7 +46,7 @@ class FinetuneSettings:
             raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASK_FIELDS)}")
 
 
-def read_task_records(path, tokenizer, settings: FinetuneSettings, problems: Problems | None = None) -> list[TextPair]:
+def read_task_pairs(path, tokenizer, settings: FinetuneSettings, problems: Problems | None = None) -> list[TextPair]:
     """The validated records of a task file (reading comprehension joins question and
     context with the tokenizer's own pair separator)."""
     return list(read_task(
@@ -111,10 +111,10 @@ def finetune(
     model = SWCMForConditionalGeneration.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     problems = Problems()
-    train_records = read_task_records(train_file, tokenizer, settings, problems)
+    train_records = read_task_pairs(train_file, tokenizer, settings, problems)
     if train_size is not None:
         train_records = train_records[:train_size]
-    valid_records = read_task_records(valid_file, tokenizer, settings, problems) if valid_file else []
+    valid_records = read_task_pairs(valid_file, tokenizer, settings, problems) if valid_file else []
     if problems.total:
         print(problems.summary(), file=sys.stderr)
     if not train_records:
