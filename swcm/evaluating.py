@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .evaluation import evaluate_predictions, markdown_table
-from .generation import atomic_output, generate_file, load_generator
+from .generation import generate_file, load_generator
+from .io import atomic_text_file
 
 # The paper's table shape: language, ROUGE-L F/P/R, then chrF++, BLEU, script rate and size.
 RESULT_COLUMNS = ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n")
@@ -97,8 +98,8 @@ def evaluate_model(
         "model": str(model_dir), "task": task, "transfer_from": transfer_from, "test_files": files,
         "generation": {k: v for k, v in generate_options.items() if k != "progress"}, "rows": rows,
     }
-    with atomic_output(out / "results.json") as f:
+    with atomic_text_file(out / "results.json") as f:
         f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
-    with atomic_output(out / "results.md") as f:
+    with atomic_text_file(out / "results.md") as f:
         f.write(results_markdown(rows, task, transfer_from))
     return rows

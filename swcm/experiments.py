@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from .io import atomic_text_file
+
 GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 
@@ -254,10 +256,8 @@ def plot_figure4(agg: dict, out_png: str | os.PathLike, variant: str = "ws") -> 
 
 def write_json(path: str | os.PathLike, data) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_text_file(path) as f:
+        f.write(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 # --- running a grid ----------------------------------------------------------------------
@@ -476,9 +476,8 @@ def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: 
         parts += [f"### {RunSpec(**result['spec']).run_id}", "",
                   markdown_table(result["rows"], ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n"))]
     path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_text_file(path) as f:
+        f.write("\n".join(parts))
     write_json(out / "results.json", results)
     return path
 
@@ -521,7 +520,6 @@ def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True) ->
              "not the paper's results.\n\n")
     text = report.read_text(encoding="utf-8")
     title, _, rest = text.partition("\n")
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text(f"{title}\n\n{intro}{table}\n{rest}", encoding="utf-8")
-    os.replace(tmp, report)
+    with atomic_text_file(report) as f:
+        f.write(f"{title}\n\n{intro}{table}\n{rest}")
     return table

@@ -9,19 +9,18 @@ never leaves a half-written file or clobbers an older one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from .data.examples import pair_separator
 from .data.readers import MRC_SEPARATOR, Problems, check_language, read_task_records
+from .io import atomic_text_file
 from .tokenization import generation_kwargs, language_tag, language_tag_id
 
 
@@ -193,28 +192,6 @@ def check_language_tags(tokenizer, inputs: Sequence[TaskInput]) -> None:
             seen.add(item.target_lang)
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[TextIO]:
-    """Open a temporary UTF-8 text file beside `path`; on success it replaces `path`.
-
-    The data is flushed to disk before the rename, so `path` always holds either its old
-    complete content or the new complete content; on error the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def generate_file(
     model,
     tokenizer,
@@ -250,7 +227,7 @@ def generate_file(
     outputs = generate_sequences(
         model, tokenizer, [i.source_text for i in inputs], [i.target_lang for i in inputs], **generate_options
     )
-    with atomic_output(output_path) as f:
+    with atomic_text_file(output_path) as f:
         for item, sequences in zip(inputs, outputs):
             item.record[prediction_field] = sequences[0]
             if len(sequences) > 1:

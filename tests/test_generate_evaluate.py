@@ -1,6 +1,7 @@
 """`swcm generate` and `swcm evaluate` end to end on real UDHR text with a tiny built SWCM model."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ from swcm.data.collate import Seq2SeqCollator
 from swcm.data.examples import ExampleEncoder, pair_separator
 from swcm.data.readers import read_task
 from swcm.evaluation import score
-from swcm.generation import atomic_output, generate_sequences, generate_texts, load_generator, read_task_inputs
-from swcm.io import save_model_dir
+from swcm.generation import generate_sequences, generate_texts, load_generator, read_task_inputs
+from swcm.io import atomic_text_file, save_model_dir
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag
@@ -172,17 +173,20 @@ def test_generate_texts_is_the_first_of_each_source_s_sequences(model_dir):
     assert best == [b[0] for b in beams]
 
 
-def test_atomic_output_keeps_the_old_file_on_error(tmp_path):
+def test_atomic_text_file_keeps_the_old_file_on_error(tmp_path):
     path = tmp_path / "out.jsonl"
     path.write_text("old\n", encoding="utf-8")
     with pytest.raises(RuntimeError):
-        with atomic_output(path) as f:
+        with atomic_text_file(path) as f:
             f.write("half")
             raise RuntimeError("crash")
     assert path.read_text(encoding="utf-8") == "old\n" and len(list(tmp_path.iterdir())) == 1
-    with atomic_output(path) as f:
+    with atomic_text_file(path) as f:
         f.write("new\n")
     assert path.read_text(encoding="utf-8") == "new\n" and len(list(tmp_path.iterdir())) == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private one
 
 
 def sum_records(lang):
