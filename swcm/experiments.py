@@ -117,7 +117,12 @@ def _resolve(value, base: Path):
         return {k: _resolve(v, base) for k, v in value.items()}
     if isinstance(value, list):
         return [_resolve(v, base) for v in value]
-    if isinstance(value, str) and ("/" in value or value.endswith((".jsonl", ".txt", ".tsv"))) and not os.path.isabs(value):
+    if not isinstance(value, str):
+        return value
+    head, sep, path = value.partition("=")
+    if sep and "/" not in head:  # a source spec, LANG=PATH or SRC-TGT=PATH: resolve its path
+        return f"{head}={_resolve(path, base)}"
+    if ("/" in value or value.endswith((".jsonl", ".txt", ".tsv"))) and not os.path.isabs(value):
         return str(base / value)
     return value
 
@@ -380,7 +385,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     model_dir = best if _done(best) else ft_dir / "final"
 
     rows = evaluate_model(model_dir, data["task"], data["test"], run_dir / "eval", progress=progress,
-                          **{k: v for k, v in config.generate.items()})
+                          **config.generate)
     result = {"spec": spec.__dict__, "rows": rows, "logs": logs, "model": str(model_dir)}
     write_json(run_dir / "result.json", result)
     return result

@@ -74,3 +74,16 @@ def test_experiment_files_are_validated(tmp_path):
     objective.write_text("encoder: x\ndata: udhr\ngrid:\n  objectives: [dae, cloze]\n")
     with pytest.raises(ValueError, match="unknown 'cloze'"):
         load_experiment(objective)
+
+
+def test_data_paths_are_resolved_against_the_experiment_file(tmp_path):
+    path = tmp_path / "sub" / "exp.yaml"
+    path.parent.mkdir()
+    path.write_text("encoder: /models/cino\ndata:\n  mono: [bo=mc2/bo.txt, zh=/data/zh.txt, mono.jsonl]\n"
+                    "  parallel: [zh-bo=/data/zh-bo.tsv]\n  task: mt\n  train: mt/train.jsonl\n")
+    config = load_experiment(path)
+    base = str(path.parent.resolve())
+    assert config.data["mono"] == [f"bo={base}/mc2/bo.txt", "zh=/data/zh.txt", f"{base}/mono.jsonl"]
+    assert config.data["parallel"] == ["zh-bo=/data/zh-bo.tsv"]
+    assert config.data["train"] == f"{base}/mt/train.jsonl" and config.data["task"] == "mt"
+    assert config.encoder == "/models/cino"
