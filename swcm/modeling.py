@@ -423,13 +423,21 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+            loss = seq2seq_loss(logits, labels)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
             past_key_values=past_key_values,
             encoder_last_hidden_state=encoder_hidden_states,
         )
+
+
+def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean token cross-entropy over labels != −100, optionally label-smoothed (in float32)."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+        ignore_index=-100, label_smoothing=label_smoothing,
+    )
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:

@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import broadcast_object_list, gather_object, is_tensorboard_available, set_seed
@@ -58,6 +57,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .io import atomic_directory
+from .modeling import seq2seq_loss
 
 SCHEDULES = ("linear", "cosine", "constant")
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
@@ -207,14 +207,6 @@ def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> to
     replace[:, 0] = False
     replace[:, 1:] &= labels[:, :-1] != -100
     return torch.where(replace, predicted, gold)
-
-
-def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean token cross-entropy over labels != −100, optionally label-smoothed (in float32)."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-        ignore_index=-100, label_smoothing=label_smoothing,
-    )
 
 
 def training_loss(
