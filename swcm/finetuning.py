@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import AutoTokenizer
@@ -121,8 +121,8 @@ def finetune(
         raise ValueError(f"{train_file}: no training records")
     add_language_tags(model, tokenizer, sorted({r.target_lang for r in train_records + valid_records}))
     evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size) if valid_records else None
-    if evaluate is None:
-        config.eval_every = config.patience = None
+    if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
+        config = replace(config, eval_every=None, patience=None)
     examples = encode_records(tokenizer, train_records, settings)
     torch.manual_seed(config.seed)
     return train(model, tokenizer, examples, config, Seq2SeqCollator(tokenizer), evaluate=evaluate)
