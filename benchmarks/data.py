@@ -26,7 +26,7 @@ from transformers import XLMRobertaConfig
 from swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.data import PretrainingStream, Seq2SeqCollator
 from swcm.resources import UDHR_LANGS, udhr
-from swcm.tiny_encoder import train_tokenizer
+from swcm.encoders.tiny_encoder import train_tokenizer
 from swcm.tokenization import add_language_tags
 
 PIVOT = "zh"

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_tiny_encoder(sub) -> None:
     # The defaults live in one place, the library's settings; importing it costs ~60 ms on top of `swcm`.
-    from .tiny_encoder import TinyEncoderSettings as S
+    from .encoders.tiny_encoder import TinyEncoderSettings as S
 
     p = sub.add_parser(
         "tiny-encoder",
@@ -54,7 +54,7 @@ def _tiny_encoder(args) -> int:
     import json
 
     from .resources import udhr
-    from .tiny_encoder import SETTINGS_FILE, read_corpus, train_tiny_encoder
+    from .encoders.tiny_encoder import SETTINGS_FILE, read_corpus, train_tiny_encoder
 
     if args.corpus:
         texts = read_corpus(args.corpus)
@@ -127,7 +127,7 @@ def _add_score(sub) -> None:
 def _score(args) -> int:
     import json
 
-    from .evaluation import COLUMN_HEADERS, bleu_tokenize, flatten_scores, read_segments, score, target_script
+    from .metrics import COLUMN_HEADERS, bleu_tokenize, flatten_scores, read_segments, score, target_script
 
     predictions, references = read_segments(args.pred), read_segments(args.ref)
     if len(predictions) != len(references):

@@ -2,7 +2,7 @@
 
 `evaluate_model` is `swcm evaluate`: for every test file it writes the predictions
 (OUT/predictions/<file stem>.jsonl, the input records with a "prediction" field), scores all
-of them one language at a time (`swcm.evaluation.evaluate_predictions`: ROUGE-L F/P/R, chrF++,
+of them one language at a time (`swcm.metrics.evaluate_predictions`: ROUGE-L F/P/R, chrF++,
 BLEU, script rate) and writes OUT/results.json and OUT/results.md, a table shaped like the
 paper's Tables 1 and 2. For cross-lingual transfer (Table 2: fine-tuned on Chinese, evaluated on
 Tibetan, Uyghur, Kazakh and Mongolian) `transfer_from` records the fine-tuning language and
@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .evaluation import evaluate_predictions, markdown_table
+from .metrics import evaluate_predictions, markdown_table
 from .generation import generate_file, load_generator
 from .io import atomic_text_file
 

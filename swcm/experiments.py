@@ -277,7 +277,7 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
     if encoder != TINY_UDHR:
         return encoder
     from .resources import udhr
-    from .tiny_encoder import train_tiny_encoder
+    from .encoders.tiny_encoder import train_tiny_encoder
 
     texts = [text for unit in udhr("train") for text in unit["text"].values()]
     return str(train_tiny_encoder(texts, Path(cache_dir) / "encoder", progress=progress))
@@ -465,7 +465,7 @@ def plot_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
 
 def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: Path) -> Path:
     """OUT/report.md: per-run results, the paper-shaped tables, Figure 4 and training curves."""
-    from .evaluation import markdown_table
+    from .metrics import markdown_table
 
     parts = [f"# {config.name}", "",
              f"Encoder: `{config.encoder}`. Data: `{config.data if isinstance(config.data, str) else 'see config'}`. "

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from .data.collate import Seq2SeqCollator
 from .data.examples import ExampleEncoder, pair_separator
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
-from .evaluation import evaluate_predictions
+from .metrics import evaluate_predictions
 from .generation import generate_texts
 from .modeling import SWCMForConditionalGeneration
 from .tokenization import add_language_tags

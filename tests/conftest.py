@@ -8,7 +8,7 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from swcm.resources import udhr
-from swcm.tiny_encoder import train_tokenizer
+from swcm.encoders.tiny_encoder import train_tokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

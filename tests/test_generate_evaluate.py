@@ -11,7 +11,7 @@ from swcm.cli import main
 from swcm.data.collate import Seq2SeqCollator
 from swcm.data.examples import ExampleEncoder, pair_separator
 from swcm.data.readers import read_task
-from swcm.evaluation import score
+from swcm.metrics import score
 from swcm.generation import generate_sequences, generate_texts, load_generator, read_task_inputs
 from swcm.io import atomic_text_file, save_model_dir
 from swcm.modeling import SWCMForConditionalGeneration

