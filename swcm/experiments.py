@@ -284,43 +284,58 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
 
 
 def prepare_udhr_data(out_dir: str | os.PathLike, pivot: str = PIVOT) -> dict:
-    """Write the vendored corpus as the tool's own input files and return the data section.
+    """`prepare_vendored_data` for the vendored UDHR."""
+    return prepare_vendored_data(UDHR, out_dir, pivot)
+
+
+def prepare_vendored_data(corpus: str, out_dir: str | os.PathLike, pivot: str = PIVOT) -> dict:
+    """Write a vendored corpus (a name in swcm.resources.CORPORA: `udhr`, `libreoffice`) as the
+    tool's own input files and return the data section.
 
     Monolingual text (train split, every language), parallel pairs pivot↔x (train split),
     and translation task files pivot → x: train, valid, and one test file per language.
+    A record missing a language (LibreOffice strings are not all translated) is left out of
+    that language's files only.
     """
-    from .resources import UDHR_LANGS, udhr
+    from .resources import CORPORA
 
+    langs, read = CORPORA[corpus]
     out = Path(out_dir)
     (out / "mono").mkdir(parents=True, exist_ok=True)
     (out / "parallel").mkdir(exist_ok=True)
     (out / "mt").mkdir(exist_ok=True)
-    targets = [lang for lang in UDHR_LANGS if lang != pivot]
-    units = {split: udhr(split) for split in ("train", "valid", "test")}
+    targets = [lang for lang in langs if lang != pivot]
+    units = {split: read(split) for split in ("train", "valid", "test")}
 
     def write(path: Path, lines: list[str]) -> str:
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         return str(path)
 
+    def having(split: str, *need: str) -> list[dict]:
+        return [u for u in units[split] if all(lang in u["text"] for lang in need)]
+
     def mt(unit: dict, tgt: str) -> str:
         return json.dumps({"src": unit["text"][pivot], "tgt": unit["text"][tgt], "src_lang": pivot, "tgt_lang": tgt},
                           ensure_ascii=False)
 
-    mono = [f"{lang}={write(out / 'mono' / f'{lang}.txt', [u['text'][lang] for u in units['train']])}"
-            for lang in UDHR_LANGS]
+    def tasks(split: str) -> list[str]:  # unit by unit, each into every target it has
+        return [mt(u, t) for u in having(split, pivot) for t in targets if t in u["text"]]
+
+    mono = [f"{lang}={write(out / 'mono' / f'{lang}.txt', [u['text'][lang] for u in having('train', lang)])}"
+            for lang in langs]
     parallel = [
         f"{pivot}-{tgt}=" + write(out / "parallel" / f"{pivot}-{tgt}.tsv",
-                                  [f"{u['text'][pivot]}\t{u['text'][tgt]}" for u in units["train"]])
+                                  [f"{u['text'][pivot]}\t{u['text'][tgt]}" for u in having("train", pivot, tgt)])
         for tgt in targets
     ]
     return {
         "mono": mono,
         "parallel": parallel,
         "task": "mt",
-        "train": write(out / "mt" / "train.jsonl", [mt(u, t) for u in units["train"] for t in targets]),
-        "valid": write(out / "mt" / "valid.jsonl", [mt(u, t) for u in units["valid"] for t in targets]),
-        "test": [write(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in units["test"]]) for t in targets],
-        "langs": list(UDHR_LANGS),
+        "train": write(out / "mt" / "train.jsonl", tasks("train")),
+        "valid": write(out / "mt" / "valid.jsonl", tasks("valid")),
+        "test": [write(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in having("test", pivot, t)]) for t in targets],
+        "langs": list(langs),
     }
 
 
@@ -399,7 +414,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder_dir = prepare_encoder(config.encoder, out, progress)
-    data = prepare_udhr_data(out / "data") if config.data == UDHR else dict(config.data)
+    from .resources import CORPORA
+
+    data = prepare_vendored_data(config.data, out / "data") if config.data in CORPORA else dict(config.data)
     if isinstance(data.get("test"), str):
         data["test"] = [data["test"]]
     for key in ("mono", "parallel", "task", "train", "test"):

@@ -1,6 +1,8 @@
-"""The vendored corpus: aligned, complete, and split with no overlap."""
+"""The vendored corpora: aligned, complete, and split with no overlap."""
 
-from swcm.resources import SPLITS, UDHR_LANGS, udhr
+import pytest
+
+from swcm.resources import CORPORA, SPLITS, UDHR_LANGS, udhr
 
 
 def test_every_unit_is_aligned_across_all_languages():
@@ -23,3 +25,13 @@ def test_splits_do_not_overlap_by_unit_or_by_text():
     # a section is split into paragraphs; no paragraph id repeats inside a split either
     for units in splits.values():
         assert len({u["id"] for u in units}) == len(units)
+
+
+@pytest.mark.parametrize("name", sorted(CORPORA))
+def test_every_vendored_corpus_reads_its_splits_in_its_languages(name):
+    langs, read = CORPORA[name]
+    for split in SPLITS:
+        units = read(split)
+        assert units and all(set(u["text"]) <= set(langs) and u["id"] for u in units)
+    with pytest.raises(ValueError, match=f"unknown {name} split 'dev'"):
+        read("dev")
