@@ -174,10 +174,15 @@ def test_mlm_loss_falls_on_real_text(tiny_encoder_dir, tmp_path):
 
 def test_adapted_encoder_builds_pretrains_and_generates(zh_en_encoder, udhr_mono, tmp_path, capsys):
     out = tmp_path / "adapted"
-    assert cli(["adapt", "--encoder", str(zh_en_encoder), "--mono", f"bo={udhr_mono['bo']}",
-                "--mono", f"zh={udhr_mono['zh']}", "--out", str(out), "--extend-vocab", "150",
-                "--max-steps", "6", "--batch-size", "4", "--max-length", "48", "--lr", "1e-3", "--log-every", "3",
-                "--no-progress"]) == 0
+    args = ["adapt", "--encoder", str(zh_en_encoder), "--mono", f"bo={udhr_mono['bo']}", "--mono", f"zh={udhr_mono['zh']}",
+            "--out", str(out), "--extend-vocab", "150", "--batch-size", "4", "--max-length", "48", "--lr", "1e-3",
+            "--log-every", "3", "--save-every", "3", "--no-progress"]
+    assert cli([*args, "--max-steps", "3"]) == 0
+    extended = (out / "extended" / "model.safetensors").stat().st_mtime_ns
+    assert cli([*args, "--max-steps", "6"]) == 2  # checkpoints there: refused before anything is rewritten
+    assert cli([*args, "--max-steps", "6", "--resume"]) == 0
+    assert (out / "extended" / "model.safetensors").stat().st_mtime_ns == extended  # the grown model is reused
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [3, 6]
     printed = capsys.readouterr().out
     assert "bo: <unk> " in printed and "-> <unk> 0.0%" in printed
     report = json.loads((out / "adapt.json").read_text())

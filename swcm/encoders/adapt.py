@@ -44,7 +44,7 @@ from ..configuration import check_encoder_config
 from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
 from ..io import save_model_dir
-from ..training import TrainingConfig, TrainingResult, latest_checkpoint, train
+from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
 from .tiny_encoder import SENTENCEPIECE_FILE, mlm_windows, write_xlmr_tokenizer
 
 REPORT_FILE = "adapt.json"
@@ -331,6 +331,9 @@ def adapt_encoder(
     before and after, pieces added, whether an MLM head was added, the MLM loss.
     """
     out = Path(config.out_dir if config is not None else out_dir)
+    if config is not None and not config.resume and checkpoint_dirs(out):
+        # Checked before anything is written: OUT/extended must stay the one those checkpoints grew from.
+        raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     texts = read_monolingual(mono)
     model, head_added = load_masked_lm(encoder)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
