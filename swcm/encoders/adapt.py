@@ -128,16 +128,17 @@ def train_new_pieces(texts: Sequence[str], proto: sp_pb2.ModelProto, max_new: in
         byte_fallback=False,
         normalization_rule_name=normalization,
         max_sentence_length=1 << 16,
+        input_sentence_size=2_000_000,  # a large corpus is sampled, as SentencePiece recommends
+        shuffle_input_sentence=True,
         minloglevel=2,
     )
     trained = sp_pb2.ModelProto()
     trained.ParseFromString(writer.getvalue())
     known = {p.piece for p in proto.pieces}
     candidates = [(p.piece, p.score) for p in trained.pieces if p.type == NORMAL and p.piece not in known]
-    # A character alone or behind the word-boundary mark: what covering the text needs.
-    chars = [c for c in candidates if len(c[0].lstrip("▁")) == 1 and len(c[0]) <= 2 and c[0] != "▁"]
-    chars = [c for c in chars if len(c[0]) == 1] + [c for c in chars if len(c[0]) == 2]
-    rest = sorted((c for c in candidates if c not in chars), key=lambda c: -c[1])
+    # Single characters: what covering the text needs, so they come before longer pieces.
+    chars = [c for c in candidates if len(c[0]) == 1]
+    rest = sorted((c for c in candidates if len(c[0]) > 1), key=lambda c: -c[1])
     return (chars + rest)[:max_new]
 
 
