@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from .configuration import SWCMConfig, check_encoder_config
+from .diagnostics import hidden_state_similarity, sample_pairs
 from .io import save_model_dir
 from .modeling import SWCMForConditionalGeneration, count_parameters
 from .tokenization import add_language_tags
@@ -61,7 +62,10 @@ def build_model_dir(
     lm_head: str = "untied",
     langs: list[str] | None = None,
 ) -> dict:
-    """Build from `encoder`, add language tags for `langs`, save model + tokenizer to `out_dir`."""
+    """Build from `encoder`, add language tags for `langs`, save model + tokenizer to `out_dir`.
+
+    The report holds the plan, parameter counts and, under "hidden_state_similarity", the
+    collapse diagnostic per layer on UDHR sample text (`swcm.diagnostics`)."""
     model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     # Inputs longer than the position table cannot be encoded: make truncation default to it.
@@ -70,4 +74,4 @@ def build_model_dir(
     if langs:
         add_language_tags(model, tokenizer, langs)
     save_model_dir(model, tokenizer, out_dir)
-    return _report(model)
+    return {**_report(model), "hidden_state_similarity": hidden_state_similarity(model, tokenizer, sample_pairs())}

@@ -69,6 +69,40 @@ def _tiny_encoder(args) -> int:
     return 0
 
 
+def _add_adapt(sub) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt an encoder to new languages: vocabulary extension + continued masked-LM training",
+        description="Extend the encoder's SentencePiece vocabulary with pieces learnt from the monolingual text "
+        "(--extend-vocab N; XLM-R-style tokenizers) and continue masked-LM training on it, languages sampled "
+        "with p ∝ q^alpha. An MLM head is added when the checkpoint has none. Writes OUT/log.jsonl, "
+        "OUT/checkpoints/, OUT/adapt.json and the adapted encoder OUT/final, which `swcm build` takes "
+        "(with --lm-head mlm). --max-steps 0 extends the vocabulary only.",
+    )
+    p.add_argument("--encoder", required=True, metavar="DIR", help="encoder directory (masked LM or bare encoder)")
+    p.add_argument("--mono", action="append", required=True, metavar="LANG=PATH|PATH",
+                   help="monolingual text: plain text in LANG (one document a line) or JSONL {text, lang}; repeat")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--extend-vocab", type=int, metavar="N", help="add up to N SentencePiece pieces the tokenizer lacks")
+    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per MLM window (default 128)")
+    _add_training_args(p, max_steps=1000, lr=1e-4, batch_size=16)
+    p.set_defaults(func=_adapt)
+
+
+def _adapt(args) -> int:
+    from .encoders.adapt import adapt_encoder, print_report
+
+    if args.max_steps < 0:
+        raise UsageError(f"--max-steps must be >= 0, got {args.max_steps}")
+    if args.max_steps == 0 and not args.extend_vocab:
+        raise UsageError("nothing to do: give --extend-vocab N and/or --max-steps > 0")
+    config = _training_config(args) if args.max_steps > 0 else None
+    report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha, out_dir=args.out)
+    print_report(report)
+    return 0
+
+
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="build an SWCM model from a pretrained encoder")
     src = p.add_mutually_exclusive_group(required=True)
@@ -104,6 +138,12 @@ def _build(args) -> int:
     report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs)
     print(json.dumps(report) if args.json else f"wrote {args.out}: {report['parameters']:,} parameters, "
           f"decoder plan " + " ".join(k[0].upper() for k in report["layers"]))
+    if not args.json:
+        from .diagnostics import similarity_summary
+
+        print("mean pairwise cosine of hidden states (UDHR sample; near 1 = collapsed):")
+        for line in similarity_summary(report["hidden_state_similarity"]):
+            print(f"  {line}")
     return 0
 
 
@@ -449,7 +489,7 @@ def _demo(args) -> int:
 
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -512,6 +512,7 @@ def train(
     evaluate: Callable[[nn.Module], dict] | None = None,
     *,
     sharded: bool = False,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
 ) -> TrainingResult:
     """Train `model` in place on `examples` for `config.max_steps` optimizer steps.
 
@@ -528,6 +529,9 @@ def train(
     slice of each global batch. `sharded=True` says that `examples` is already this process's
     own share (e.g. a `PretrainingStream` built with this rank and world size): each rank then
     uses all of its examples, and its own data position is checkpointed.
+
+    `loss_fn(model, batch) -> loss` replaces the seq2seq loss for models of another kind (e.g.
+    a masked LM, whose batches carry their own `labels`); scheduled sampling does not apply.
     """
     out = Path(config.out_dir)
     resume_from = latest_checkpoint(out) if config.resume else None
@@ -624,7 +628,10 @@ def train(
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
             sync = i == config.grad_accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss, _ = training_loss(model, batch, ratio, config.label_smoothing, unwrapped)
+                if loss_fn is None:
+                    loss, _ = training_loss(model, batch, ratio, config.label_smoothing, unwrapped)
+                else:
+                    loss = loss_fn(model, batch)
                 accelerator.backward(loss / config.grad_accum)
             loss_sum += loss.detach() / config.grad_accum
             tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()

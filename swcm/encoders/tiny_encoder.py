@@ -90,8 +90,15 @@ def train_tokenizer(
             f"vocab_size {vocab_size} is too small for this corpus: every character needs a piece"
             f"{' (plus 256 byte pieces)' if byte_fallback else ''}; use at least {need.group(1)}"
         ) from None
+    return write_xlmr_tokenizer(model.getvalue(), out, model_max_length)
+
+
+def write_xlmr_tokenizer(sentencepiece_model: bytes, out_dir: str | os.PathLike, model_max_length: int) -> XLMRobertaTokenizerFast:
+    """Save a serialized SentencePiece model as an XLM-R tokenizer (slow and fast files) in
+    `out_dir`, keeping byte fallback; return the fast tokenizer."""
+    out = Path(out_dir)
     model_file = out / SENTENCEPIECE_FILE
-    model_file.write_bytes(model.getvalue())
+    model_file.write_bytes(sentencepiece_model)
     slow = XLMRobertaTokenizer(vocab_file=str(model_file))
     fast = XLMRobertaTokenizerFast(
         vocab_file=str(model_file),

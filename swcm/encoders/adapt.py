@@ -1,0 +1,387 @@
+"""Encoder adaptation: vocabulary extension and continued masked-LM training on new languages.
+
+What CINO's authors did to XLM-R by hand, for any language: `extend_vocabulary` trains a
+SentencePiece model on the new text, appends the pieces the encoder's tokenizer lacks to its
+SentencePiece unigram model, and gives each new embedding row the mean of the encoder's
+embeddings of the piece's decomposition under the old tokenizer; `continue_mlm` trains the
+masked LM further on the text through the shared training loop (balanced language sampling,
+checkpoints, log.jsonl). `adapt_encoder` runs both and writes an encoder directory that
+`swcm build` takes, MLM head included (so `--lm-head mlm` works).
+
+Supported tokenizers: XLM-R style (a SentencePiece unigram model in `sentencepiece.bpe.model`,
+ids shifted by one behind <s> <pad> </s> <unk>, <mask> last). The SentencePiece pieces keep
+their ids and embeddings; <mask> and any added token stay last, so their ids move up by the
+number of new pieces (their embeddings move with them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    XLMRobertaTokenizer,
+    XLMRobertaTokenizerFast,
+)
+
+from ..configuration import check_encoder_config
+from ..data.readers import parse_source_spec, read_records
+from ..data.sampling import language_sampling_probs
+from ..io import save_model_dir
+from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
+from .tiny_encoder import SENTENCEPIECE_FILE, mlm_windows, write_xlmr_tokenizer
+
+REPORT_FILE = "adapt.json"
+NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
+UNIGRAM = sp_pb2.TrainerSpec.UNIGRAM
+# Normalisation rules SentencePiece's trainer knows by name; a custom rule trains as identity.
+NAMED_NORMALIZATIONS = ("identity", "nfkc", "nmt_nfkc", "nfkc_cf", "nmt_nfkc_cf")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def read_monolingual(specs: Iterable[str]) -> dict[str, list[str]]:
+    """Texts per language from `--mono` specs ("bo=bo.txt", or JSONL {text, lang})."""
+    texts: dict[str, list[str]] = defaultdict(list)
+    for spec in specs:
+        for record in read_records(parse_source_spec(spec, "mono")):
+            texts[record["lang"]].append(record["text"])
+    if not texts:
+        raise ValueError("no monolingual text: give --mono LANG=PATH")
+    return dict(texts)
+
+
+def tokenizer_statistics(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> dict:
+    """How well `tokenizer` covers `texts`: {"unk_rate", "chars_per_token", "round_trip"}.
+
+    unk_rate: share of tokens that are <unk>; chars_per_token: characters per token;
+    round_trip: share of texts that decode back to themselves (whitespace runs as one space).
+    """
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    tokens = sum(map(len, ids))
+    unknown = sum(i == tokenizer.unk_token_id for seq in ids for i in seq)
+    exact = sum(
+        tokenizer.decode(seq, clean_up_tokenization_spaces=False) == " ".join(text.split())
+        for seq, text in zip(ids, texts)
+    )
+    return {
+        "unk_rate": unknown / max(tokens, 1),
+        "chars_per_token": sum(map(len, texts)) / max(tokens, 1),
+        "round_trip": exact / max(len(texts), 1),
+    }
+
+
+# --- vocabulary extension --------------------------------------------------------------------
+
+
+def sentencepiece_proto(tokenizer: PreTrainedTokenizerBase, where: str) -> sp_pb2.ModelProto:
+    """The SentencePiece unigram model behind an XLM-R-style tokenizer; ValueError otherwise."""
+    vocab_file = getattr(tokenizer, "vocab_file", None)
+    if not isinstance(tokenizer, (XLMRobertaTokenizer, XLMRobertaTokenizerFast)) or not vocab_file or not os.path.isfile(vocab_file):
+        raise ValueError(
+            f"{where}: vocabulary extension supports XLM-R-style SentencePiece tokenizers ({SENTENCEPIECE_FILE}); "
+            f"found {type(tokenizer).__name__}"
+            + ("" if vocab_file and os.path.isfile(vocab_file) else f" without {SENTENCEPIECE_FILE}")
+        )
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(Path(vocab_file).read_bytes())
+    if proto.trainer_spec.model_type != UNIGRAM:
+        raise ValueError(f"{where}: {SENTENCEPIECE_FILE} is a {sp_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)} "
+                         "model; vocabulary extension supports unigram models")
+    return proto
+
+
+def train_new_pieces(texts: Sequence[str], proto: sp_pb2.ModelProto, max_new: int) -> list[tuple[str, float]]:
+    """Up to `max_new` (piece, score) pairs that a unigram model trained on `texts` has and `proto` lacks.
+
+    The new model uses the old one's normalisation, so its pieces are written as the old
+    tokenizer sees text. Single characters the old model lacks come first (without them the
+    text cannot be covered), then the other pieces by score (log probability).
+    """
+    normalization = proto.normalizer_spec.name if proto.normalizer_spec.name in NAMED_NORMALIZATIONS else "identity"
+    characters = {c for text in texts for c in text if not c.isspace()}
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([t for t in texts if t.strip()]),
+        model_writer=writer,
+        model_type="unigram",
+        vocab_size=max_new + len(characters) + 4,  # an upper bound: a small corpus gives fewer
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        byte_fallback=False,
+        normalization_rule_name=normalization,
+        max_sentence_length=1 << 16,
+        input_sentence_size=2_000_000,  # a large corpus is sampled, as SentencePiece recommends
+        shuffle_input_sentence=True,
+        minloglevel=2,
+    )
+    trained = sp_pb2.ModelProto()
+    trained.ParseFromString(writer.getvalue())
+    known = {p.piece for p in proto.pieces}
+    candidates = [(p.piece, p.score) for p in trained.pieces if p.type == NORMAL and p.piece not in known]
+    # Single characters: what covering the text needs, so they come before longer pieces.
+    chars = [c for c in candidates if len(c[0]) == 1]
+    rest = sorted((c for c in candidates if len(c[0]) > 1), key=lambda c: -c[1])
+    return (chars + rest)[:max_new]
+
+
+def extended_proto(proto: sp_pb2.ModelProto, pieces: Sequence[tuple[str, float]]) -> sp_pb2.ModelProto:
+    """A copy of `proto` with `pieces` appended as normal pieces (old pieces keep their ids)."""
+    out = sp_pb2.ModelProto()
+    out.CopyFrom(proto)
+    for piece, score in pieces:
+        new = out.pieces.add()
+        new.piece, new.score, new.type = piece, score, NORMAL
+    out.trainer_spec.vocab_size = len(out.pieces)
+    return out
+
+
+def save_extended_tokenizer(proto: sp_pb2.ModelProto, out_dir: str | os.PathLike, like: PreTrainedTokenizerBase) -> XLMRobertaTokenizerFast:
+    """Write `proto` as an XLM-R tokenizer into `out_dir` (fast and slow files), with the
+    maximum length and added tokens of `like`; return the fast tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast = write_xlmr_tokenizer(proto.SerializeToString(), out, like.model_max_length)
+    vocab = fast.get_vocab()
+    extra = [token for _, token in sorted(like.added_tokens_decoder.items()) if token.content not in vocab]
+    if extra:
+        fast.add_tokens(extra)
+    fast.save_pretrained(out)
+    return fast
+
+
+def _decomposer(proto: sp_pb2.ModelProto) -> spm.SentencePieceProcessor:
+    """The old model, reading a piece literally: no dummy prefix, "▁" kept where it stands."""
+    literal = sp_pb2.ModelProto()
+    literal.CopyFrom(proto)
+    literal.normalizer_spec.add_dummy_prefix = False
+    literal.normalizer_spec.remove_extra_whitespaces = False
+    return spm.SentencePieceProcessor(model_proto=literal.SerializeToString())
+
+
+def piece_decomposition(piece: str, decomposer: spm.SentencePieceProcessor, old_vocab: Mapping[str, int]) -> list[int]:
+    """Old token ids that spell `piece`: its segmentation under the old model, with every
+    <unk> span replaced by its characters' pieces, or else their UTF-8 byte pieces (<0xNN>)."""
+    ids: list[int] = []
+    for sub in decomposer.encode(piece, return_type="proto").pieces:
+        if sub.id != decomposer.unk_id() and sub.piece in old_vocab:
+            ids.append(old_vocab[sub.piece])
+            continue
+        for char in sub.surface:
+            if char in old_vocab:
+                ids.append(old_vocab[char])
+            else:
+                ids += [old_vocab[b] for b in (f"<0x{byte:02X}>" for byte in char.encode("utf-8")) if b in old_vocab]
+    return ids
+
+
+@torch.no_grad()
+def _remap_rows(old: torch.Tensor, new_vocab: Mapping[str, int], old_vocab: Mapping[str, int],
+                decompositions: Mapping[str, list[int]]) -> torch.Tensor:
+    """Rows (or entries) for the new vocabulary: an old token keeps its row, a new piece gets the
+    mean of its decomposition's rows, or the mean of all rows when nothing in it is known."""
+    rows = old.new_empty((len(new_vocab), *old.shape[1:]))
+    fallback = old.mean(dim=0)
+    for token, new_id in new_vocab.items():
+        if token in old_vocab:
+            rows[new_id] = old[old_vocab[token]]
+        else:
+            parts = decompositions.get(token) or []
+            rows[new_id] = old[parts].mean(dim=0) if parts else fallback
+    return rows
+
+
+@torch.no_grad()
+def extend_vocabulary(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_new: int,
+    out_dir: str | os.PathLike,
+    where: str = "encoder",
+) -> tuple[XLMRobertaTokenizerFast, list[str]]:
+    """Add up to `max_new` pieces learnt from `texts` to `tokenizer` and grow `model` (a masked LM) in place.
+
+    The extended tokenizer is written to `out_dir`. Each new piece's input-embedding row (and
+    output row and bias, where untied) is the mean over its decomposition under the old
+    tokenizer (`piece_decomposition`). Returns (new tokenizer, the pieces added).
+    """
+    if max_new < 1:
+        raise ValueError(f"--extend-vocab must be at least 1, got {max_new}")
+    proto = sentencepiece_proto(tokenizer, where)
+    pieces = train_new_pieces(texts, proto, max_new)
+    new_tokenizer = save_extended_tokenizer(extended_proto(proto, pieces), out_dir, like=tokenizer)
+    old_vocab, new_vocab = tokenizer.get_vocab(), new_tokenizer.get_vocab()
+    decomposer = _decomposer(proto)
+    decompositions = {piece: piece_decomposition(piece, decomposer, old_vocab) for piece, _ in pieces}
+
+    inputs = model.get_input_embeddings()
+    output = model.get_output_embeddings()
+    new_inputs = _remap_rows(inputs.weight, new_vocab, old_vocab, decompositions)
+    untied = output is not None and output.weight is not inputs.weight
+    new_outputs = _remap_rows(output.weight, new_vocab, old_vocab, decompositions) if untied else None
+    bias = getattr(output, "bias", None) if output is not None else None
+    new_bias = _remap_rows(bias, new_vocab, old_vocab, decompositions) if bias is not None else None
+
+    model.resize_token_embeddings(len(new_vocab), mean_resizing=False)
+    model.get_input_embeddings().weight.copy_(new_inputs)
+    output = model.get_output_embeddings()
+    if new_outputs is not None:
+        output.weight.copy_(new_outputs)
+    if new_bias is not None:
+        output.bias.copy_(new_bias)
+    model.tie_weights()
+    return new_tokenizer, [piece for piece, _ in pieces]
+
+
+# --- masked-LM training --------------------------------------------------------------------------
+
+
+def load_masked_lm(encoder: str | os.PathLike) -> tuple[PreTrainedModel, bool]:
+    """The encoder as a masked LM, and whether its MLM head was added (randomly initialised,
+    its decoder tied to the input embeddings as in BERT and XLM-R) because the checkpoint had none."""
+    where = str(encoder)
+    check_encoder_config(AutoConfig.from_pretrained(encoder), where)
+    model, info = AutoModelForMaskedLM.from_pretrained(encoder, output_loading_info=True)
+    head_added = any(k.startswith(("lm_head", "cls.")) for k in info["missing_keys"])
+    return model, head_added
+
+
+def mlm_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Mapping[str, Sequence[str]],
+    count: int,
+    max_length: int,
+    alpha: float = 0.3,
+    seed: int = 0,
+) -> tuple[list[dict], dict[str, float]]:
+    """`count` masked-LM examples {"input_ids"}, each a window of one language's packed text
+    (`mlm_windows`), languages drawn with p ∝ q^alpha over their window counts.
+    Returns (examples, sampling probabilities)."""
+    windows = {lang: mlm_windows(tokenizer, list(lang_texts), max_length) for lang, lang_texts in texts.items()}
+    probs = language_sampling_probs({lang: len(w) for lang, w in windows.items()}, alpha)
+    langs = list(probs)
+    rng = np.random.default_rng(seed)
+    examples = []
+    for lang_index in rng.choice(len(langs), size=count, p=list(probs.values())):
+        lang_windows = windows[langs[lang_index]]
+        examples.append({"input_ids": lang_windows[rng.integers(len(lang_windows))]})
+    return examples, probs
+
+
+def masked_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The masked LM's own cross-entropy on a `DataCollatorForLanguageModeling` batch."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def continue_mlm(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Mapping[str, Sequence[str]],
+    config: TrainingConfig,
+    max_length: int = 128,
+    alpha: float = 0.3,
+    mlm_probability: float = 0.15,
+) -> tuple[TrainingResult, dict[str, float]]:
+    """Continue masked-LM training of `model` on `texts` ({lang: texts}) with `swcm.training.train`.
+
+    Writes what `train` writes to `config.out_dir` (log.jsonl, checkpoints, final/).
+    Returns (the training result, the language sampling probabilities)."""
+    count = config.max_steps * config.batch_size * config.grad_accum
+    examples, probs = mlm_examples(tokenizer, texts, count, max_length, alpha, config.seed)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
+    return train(model, tokenizer, examples, config, collator, loss_fn=masked_lm_loss), probs
+
+
+# --- the whole step ------------------------------------------------------------------------------
+
+
+def adapt_encoder(
+    encoder: str | os.PathLike,
+    mono: Sequence[str],
+    config: TrainingConfig | None,
+    extend_vocab: int | None = None,
+    max_length: int = 128,
+    alpha: float = 0.3,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Adapt `encoder` to the monolingual text of `mono` (`--mono` specs).
+
+    With `extend_vocab`, up to that many pieces are added first (the grown model and tokenizer
+    go to OUT/extended, which a resumed run reuses). With a training `config`, masked-LM
+    training continues into config.out_dir; the adapted encoder is OUT/final. Without one,
+    OUT/final is the extended encoder untrained (`out_dir` names OUT). Writes OUT/adapt.json,
+    the returned report: per language <unk> rate, characters per token and round-trip share
+    before and after, pieces added, whether an MLM head was added, the MLM loss.
+    """
+    out = Path(config.out_dir if config is not None else out_dir)
+    if config is not None and not config.resume and checkpoint_dirs(out):
+        # Checked before anything is written: OUT/extended must stay the one those checkpoints grew from.
+        raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
+    texts = read_monolingual(mono)
+    model, head_added = load_masked_lm(encoder)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    report: dict = {"encoder": str(encoder), "mlm_head_added": head_added,
+                    "mlm_head_tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
+                    "before": {lang: tokenizer_statistics(tokenizer, t) for lang, t in texts.items()}}
+    if extend_vocab:
+        extended = out / "extended"
+        report["vocab_before"] = len(tokenizer)
+        resumable = config is not None and config.resume and latest_checkpoint(out) is not None
+        if resumable and (extended / "config.json").is_file():
+            model, tokenizer = AutoModelForMaskedLM.from_pretrained(extended), AutoTokenizer.from_pretrained(extended)
+        else:
+            all_texts = [t for lang_texts in texts.values() for t in lang_texts]
+            with tempfile.TemporaryDirectory() as tmp:
+                tokenizer, _ = extend_vocabulary(model, tokenizer, all_texts, extend_vocab, tmp, str(encoder))
+                save_model_dir(model, tokenizer, extended)  # while its SentencePiece file exists
+            tokenizer = AutoTokenizer.from_pretrained(extended)
+        report["pieces_added"] = len(tokenizer) - report["vocab_before"]
+        report["vocab_after"] = len(tokenizer)
+        report["after"] = {lang: tokenizer_statistics(tokenizer, t) for lang, t in texts.items()}
+    if config is not None:
+        result, probs = continue_mlm(model, tokenizer, texts, config, max_length, alpha)
+        report["sampling"] = probs
+        if result.history:
+            report["mlm_loss"] = {"first": result.history[0]["loss"], "last": result.history[-1]["loss"]}
+        report["steps"] = result.step
+    else:
+        save_model_dir(model, tokenizer, out / "final")
+    report["adapted_encoder"] = str(out / "final")
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def print_report(report: dict, file=None) -> None:
+    """The adaptation report as a few readable lines (on `file`, default stdout)."""
+    file = file or sys.stdout
+    for lang, before in report["before"].items():
+        line = f"{lang}: <unk> {before['unk_rate']:.1%}, {before['chars_per_token']:.2f} chars/token, round trip {before['round_trip']:.0%}"
+        after = report.get("after", {}).get(lang)
+        if after:
+            line += f" -> <unk> {after['unk_rate']:.1%}, {after['chars_per_token']:.2f} chars/token, round trip {after['round_trip']:.0%}"
+        print(line, file=file)
+    if "pieces_added" in report:
+        print(f"vocabulary {report['vocab_before']:,} -> {report['vocab_after']:,} ({report['pieces_added']:,} pieces added)", file=file)
+    if report["mlm_head_added"]:
+        print("the checkpoint had no MLM head: a new one was added" + (", tied to the input embeddings" if report["mlm_head_tied"] else ""), file=file)
+    if "mlm_loss" in report:
+        print(f"MLM loss {report['mlm_loss']['first']:.3f} -> {report['mlm_loss']['last']:.3f} in {report['steps']} steps", file=file)
+    print(f"adapted encoder: {report['adapted_encoder']} (swcm build --encoder {report['adapted_encoder']} --lm-head mlm)", file=file)
