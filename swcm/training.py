@@ -63,6 +63,9 @@ SCHEDULES = ("linear", "cosine", "constant")
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+# Decoder inputs that generation forces: the start token and the target-language tag (the first
+# label). Scheduled sampling never replaces them.
+FORCED_DECODER_INPUTS = 2
 
 
 @dataclass
@@ -181,10 +184,12 @@ def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> to
 
     The gold decoder inputs are the labels shifted right behind the start token. When
     `ratio` < 1 a first, teacher-forced pass without gradient (eval mode, so no dropout) gives
-    the model's argmax predictions; each gold input except the start token is then replaced,
-    with probability 1 − ratio, by the prediction made at the previous position (the model's
-    guess for that very token). Positions past the end of a target (labels −100, pad inputs)
-    are never replaced. Returns a LongTensor shaped like `batch["labels"]`.
+    the model's argmax predictions; each gold input is then replaced, with probability
+    1 − ratio, by the prediction made at the previous position (the model's guess for that
+    very token). Never replaced: the first `FORCED_DECODER_INPUTS` inputs — the start token
+    and the first label, the target-language tag, both forced at inference — and positions
+    past the end of a target (labels −100, pad inputs). Returns a LongTensor shaped like
+    `batch["labels"]`.
     """
     labels = batch["labels"]
     gold = model.prepare_decoder_input_ids_from_labels(labels)
@@ -204,7 +209,8 @@ def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> to
     predicted[:, 1:] = logits[:, :-1].argmax(-1)
     # Input t carries label t-1: replace it only where that label is a real target token.
     replace = torch.rand(gold.shape, device=gold.device) < (1.0 - ratio)
-    replace[:, 0] = False
+    # A swapped tag would teach the model to ignore the tag, i.e. to answer in the wrong language.
+    replace[:, :FORCED_DECODER_INPUTS] = False
     replace[:, 1:] &= labels[:, :-1] != -100
     return torch.where(replace, predicted, gold)
 

@@ -121,7 +121,7 @@ def test_ratio_one_is_exactly_teacher_forcing(model_and_batch):
     assert loss.item() == reference.loss.item()
 
 
-def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch):
+def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch, tokenizer):
     model, batch = model_and_batch
     labels, gold, predictions = teacher_forced(model, batch)
 
@@ -137,8 +137,14 @@ def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch):
 
     real = torch.zeros_like(labels, dtype=torch.bool)
     real[:, 1:] = labels[:, :-1] != -100
-    assert torch.equal(decoder_inputs[:, 0], gold[:, 0])  # the start token is never replaced
-    assert torch.equal(decoder_inputs[:, 1:][real[:, 1:]], predictions[:, :-1][real[:, 1:]])
+    # The start token and the language tag (the first label), both forced at inference, are never replaced.
+    real[:, :2] = False
+    assert torch.equal(decoder_inputs[:, 0], gold[:, 0])
+    assert torch.equal(decoder_inputs[:, 1], labels[:, 0])
+    tags = {tokenizer.convert_tokens_to_ids(f"__{lang}__") for lang in LANGS}
+    assert set(decoder_inputs[:, 1].tolist()) == tags  # a tag of every language, each kept
+    assert (predictions[:, 0] != labels[:, 0]).any()  # the untrained model would have swapped some
+    assert torch.equal(decoder_inputs[real], predictions[:, :-1][real[:, 1:]])
     assert torch.equal(decoder_inputs[~real], gold[~real])  # padding stays padding
     assert not torch.equal(decoder_inputs, gold)  # an untrained model does not predict the gold text
     # Two passes, each encoder then decoder: the first decoder read the gold inputs, the second the mixed ones.
@@ -153,9 +159,9 @@ def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch):
 def test_intermediate_ratio_replaces_about_that_share(model_and_batch):
     model, batch = model_and_batch
     labels, gold, predictions = teacher_forced(model, batch)
-    candidates = (labels[:, :-1] != -100) & (predictions[:, :-1] != gold[:, 1:])
+    candidates = (labels[:, 1:-1] != -100) & (predictions[:, 1:-1] != gold[:, 2:])  # the tag excepted
     torch.manual_seed(1)
-    replaced = [(scheduled_sampling_inputs(model, batch, 0.7)[:, 1:] != gold[:, 1:]) for _ in range(20)]
+    replaced = [(scheduled_sampling_inputs(model, batch, 0.7)[:, 2:] != gold[:, 2:]) for _ in range(20)]
     share = torch.stack(replaced).float().sum() / (20 * candidates.sum())
     assert 0.2 < share.item() < 0.4
 
