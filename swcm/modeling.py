@@ -387,7 +387,8 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
     ) -> Seq2SeqLMOutput:
         """Standard seq2seq forward. `labels` (−100 = ignored) give the mean cross-entropy
         loss and, when `decoder_input_ids` is absent, are shifted right behind
-        `decoder_start_token_id` to make it."""
+        `decoder_start_token_id` to make it. `num_items_in_batch` (passed by transformers'
+        Trainer) makes the loss the token sum divided by it instead of the mean."""
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         if encoder_outputs is None:
@@ -424,6 +425,11 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = seq2seq_loss(logits, labels)
+            num_items_in_batch = kwargs.get("num_items_in_batch")
+            if num_items_in_batch is not None:
+                # transformers' Trainer under gradient accumulation: normalise by the target
+                # tokens of the whole optimizer step, not by this micro-batch's.
+                loss = loss * (labels != -100).sum() / num_items_in_batch
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

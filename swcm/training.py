@@ -33,7 +33,6 @@ is unpickled (accelerate's own `load_state` would unpickle registered objects).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -73,7 +72,8 @@ class TrainingConfig:
     """Settings of one training run (pretraining or fine-tuning).
 
     `batch_size` is per process and per micro-batch: one optimizer step sees
-    batch_size × grad_accum × processes examples. `schedule` is the learning-rate decay after
+    batch_size × grad_accum × processes examples, and its loss is the mean over all their
+    target tokens (every token weighs alike, however the step is split). `schedule` is the learning-rate decay after
     `warmup_steps` of linear warm-up (transformers' schedulers). Scheduled sampling is off
     when `scheduled_sampling` is None; otherwise it names the teacher-forcing schedule
     (see `teacher_forcing_ratio`), which decays from 1.0 to `ss_floor`. With an evaluate hook,
@@ -179,7 +179,7 @@ def teacher_forcing_ratio(
     return floor + (1.0 - floor) * decay
 
 
-def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> torch.Tensor:
+def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float, unwrapped: nn.Module | None = None) -> torch.Tensor:
     """Decoder inputs for the second pass of two-pass scheduled sampling.
 
     The gold decoder inputs are the labels shifted right behind the start token. When
@@ -189,10 +189,12 @@ def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> to
     very token). Never replaced: the first `FORCED_DECODER_INPUTS` inputs — the start token
     and the first label, the target-language tag, both forced at inference — and positions
     past the end of a target (labels −100, pad inputs). Returns a LongTensor shaped like
-    `batch["labels"]`.
+    `batch["labels"]`. `model` may be wrapped (DDP, FSDP, DeepSpeed): both passes go through
+    it, since a sharded model's bare module cannot run alone; `unwrapped` is the bare model,
+    for the label shift.
     """
     labels = batch["labels"]
-    gold = model.prepare_decoder_input_ids_from_labels(labels)
+    gold = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels)
     if ratio >= 1.0:
         return gold
     was_training = model.training
@@ -220,10 +222,10 @@ def training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training forward: (loss against the gold labels, decoder inputs actually fed).
 
-    `model` may be wrapped (DDP); `unwrapped` is the bare model, used for the gradient-free
-    first pass of scheduled sampling and the label shift.
+    `model` may be wrapped (DDP, FSDP, DeepSpeed); `unwrapped` is the bare model, used for
+    the label shift.
     """
-    decoder_input_ids = scheduled_sampling_inputs(unwrapped or model, batch, ratio)
+    decoder_input_ids = scheduled_sampling_inputs(model, batch, ratio, unwrapped)
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
         decoder_input_ids=decoder_input_ids, use_cache=False,
@@ -546,6 +548,7 @@ def train(
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
     accelerator = _accelerator(config)
+    accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate() and DeepSpeed's engine
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -559,6 +562,9 @@ def train(
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     scheduler = _scheduler(optimizer, config)  # stepped once per optimizer step, on every rank
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.gradient_accumulation_steps != config.grad_accum:  # a DeepSpeed config set its own
+        raise ValueError(f"the DeepSpeed configuration accumulates {accelerator.gradient_accumulation_steps} micro-batches "
+                         f"but grad_accum is {config.grad_accum}; set one value in both")
     unwrapped = accelerator.unwrap_model(model)
     cursor = _DataCursor(examples, config.seed, config.shuffle)
     run = _Run(accelerator, model, tokenizer, optimizer, scheduler, cursor, config)
@@ -614,6 +620,7 @@ def train(
                disable=not (config.progress and accelerator.is_main_process))
     loss_sum = torch.zeros((), device=accelerator.device)
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    target_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # summed over ranks
     window_steps, window_time = 0, 0.0
     last_evaluated = last_saved = None
     model.train()
@@ -630,17 +637,31 @@ def train(
         if not have_data:
             result.data_exhausted = True
             break
-        for i, batch in enumerate(micro_batches):
-            # Gradients are all-reduced only on the last micro-batch of an optimizer step.
-            sync = i == config.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+        # The step's loss is the mean over every target token of all its micro-batches on all
+        # ranks, so that W processes × `grad_accum` micro-batches of B train as one batch of
+        # W·`grad_accum`·B would. Each micro-batch's summed loss is divided by the step's token
+        # count, times what the averaging undoes: DDP/FSDP average gradients over the W ranks,
+        # and accelerator.backward (DeepSpeed's engine likewise) divides by `grad_accum`.
+        counts = [(batch["labels"] != -100).sum() for batch in micro_batches]
+        step_tokens = torch.stack(counts).sum()
+        if accelerator.num_processes > 1:
+            step_tokens = accelerator.reduce(step_tokens, "sum")
+        scale = accelerator.num_processes * config.grad_accum / step_tokens.clamp(min=1)
+        for batch, count in zip(micro_batches, counts):
+            # accelerate's accumulate() skips the gradient all-reduce on all but the last
+            # micro-batch (DDP), or leaves accumulation to DeepSpeed's engine.
+            with accelerator.accumulate(model):
                 if loss_fn is None:
                     loss, _ = training_loss(model, batch, ratio, config.label_smoothing, unwrapped)
                 else:
                     loss = loss_fn(model, batch)
-                accelerator.backward(loss / config.grad_accum)
-            loss_sum += loss.detach() / config.grad_accum
-            tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+                loss = loss * count  # the mean over the micro-batch's target tokens, as a sum
+                accelerator.backward(loss * scale)
+            loss_sum += loss.detach()
+            tokens += batch["attention_mask"].sum() + count
+        target_tokens += step_tokens
+        if not accelerator.sync_gradients:
+            raise RuntimeError("gradient accumulation is out of step with the optimizer steps")
         grad_norm = None
         if config.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -655,7 +676,8 @@ def train(
         at_end = state.step == config.max_steps
 
         if state.step % config.log_every == 0 or at_end:
-            mean_loss = accelerator.reduce(loss_sum / window_steps, "mean").item()
+            # token-weighted over the window and every rank
+            mean_loss = (accelerator.reduce(loss_sum, "sum") / target_tokens.clamp(min=1)).item()
             seconds = accelerator.reduce(torch.tensor(window_time, device=accelerator.device), "mean").item()
             record = {"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": accelerator.reduce(tokens, "sum").item() / max(seconds, 1e-9),
@@ -668,6 +690,7 @@ def train(
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             loss_sum.zero_()
             tokens.zero_()
+            target_tokens.zero_()
             window_steps, window_time = 0, 0.0
 
         stop = False

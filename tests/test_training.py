@@ -1,5 +1,6 @@
 """The shared training loop on a tiny SWCM model and real UDHR text."""
 
+import copy
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import udhr
@@ -210,6 +211,38 @@ def test_resume_ends_with_the_same_weights(tmp_path, tiny_encoder_dir, tokenizer
     assert [r["step"] for r in records] == [2, 4, 6, 8]  # the redone steps are logged once
     assert all({"step", "loss", "lr", "tokens_per_s"} <= r.keys() for r in records)
     assert all(r["tokens_per_s"] > 0 for r in records)
+
+
+def test_accumulation_weighs_every_target_token_alike(tmp_path, tiny_encoder_dir, tokenizer):
+    """One optimizer step over 4 micro-batches of 2 equals one step over the batch of 8: the
+    same loss (token-weighted over the whole step) and the same gradients, hence the same
+    weights. Targets of very different lengths make a mean of per-micro-batch means differ."""
+    examples = sorted(copy_examples(tokenizer, n=8), key=lambda e: len(e["labels"]))[::6][:8]
+    counts = [sum(len(e["labels"]) for e in examples[i : i + 2]) for i in range(0, 8, 2)]
+    assert max(counts) > 2 * min(counts)  # short and long micro-batches
+
+    # Without dropout, whose masks would differ between the two runs.
+    encoder = AutoModelForMaskedLM.from_pretrained(tiny_encoder_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    initial = SWCMForConditionalGeneration.from_encoder(encoder)
+    add_language_tags(initial, tokenizer, LANGS)
+
+    def one_step(name, batch_size, grad_accum):
+        model = copy.deepcopy(initial)
+        config = TrainingConfig(out_dir=tmp_path / name, max_steps=1, batch_size=batch_size, grad_accum=grad_accum,
+                                lr=1e-3, weight_decay=0.0, max_grad_norm=None, shuffle=False, progress=False)
+        result = train(model, tokenizer, examples, config, collate(tokenizer))
+        return params(model), result.history[0]["loss"]
+
+    whole, whole_loss = one_step("whole", 8, 1)
+    accumulated, accumulated_loss = one_step("accumulated", 2, 4)
+    with torch.no_grad():
+        expected = initial.eval()(**collate(tokenizer)(examples)).loss.item()  # mean over all target tokens
+    assert whole_loss == pytest.approx(expected, abs=1e-5)
+    assert accumulated_loss == pytest.approx(expected, abs=1e-5)
+    # AdamW's first step moves each weight by about ±lr: a mean of micro-batch means flips the
+    # sign of some updates (a difference of 2·lr); equal gradients leave float rounding.
+    assert max_diff(accumulated, whole) < 1e-5
 
 
 def test_checkpoints_and_final_model(tmp_path, tiny_encoder_dir, tokenizer):
