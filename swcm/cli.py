@@ -186,21 +186,25 @@ def _score(args) -> int:
     return 0
 
 
-def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None:
-    """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune."""
+def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int, warmup: str = "0",
+                       scheduled_sampling: str = "none") -> None:
+    """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune.
+    `warmup` and `scheduled_sampling` name the command's defaults in the help; `_training_config`
+    applies them."""
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per process per micro-batch")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--warmup-steps", type=int, help=f"linear learning-rate warm-up (default {warmup})")
     g.add_argument("--schedule", default="linear", help="learning-rate decay after warm-up: linear | cosine | constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
     g.add_argument("--label-smoothing", type=float, default=0.0)
     g.add_argument("--mixed-precision", default="no", help="no | bf16 | fp16 (fp16 on GPU only)")
     g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--scheduled-sampling", default=None, help="constant | linear | inverse_sigmoid (off when absent)")
+    g.add_argument("--scheduled-sampling", help="teacher-forcing schedule: constant | linear | inverse_sigmoid | none "
+                   f"(default {scheduled_sampling or 'none'})")
     g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
     g.add_argument("--ss-k", type=float, default=10.0, help="inverse_sigmoid steepness")
     g.add_argument("--seed", type=int, default=0)
@@ -211,15 +215,17 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _training_config(args, **extra):
+def _training_config(args, default_warmup: int = 0, default_scheduled_sampling: str | None = None, **extra):
     from .training import TrainingConfig
+
+    scheduled_sampling = default_scheduled_sampling if args.scheduled_sampling is None else args.scheduled_sampling
 
     return TrainingConfig(
         out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=default_warmup if args.warmup_steps is None else args.warmup_steps, schedule=args.schedule,
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        scheduled_sampling=args.scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
+        scheduled_sampling=None if scheduled_sampling == "none" else scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
         log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
         progress=not args.no_progress, **extra,
     )
@@ -251,14 +257,15 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--max-source-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
     p.add_argument("--max-target-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
-    _add_training_args(p, max_steps=10000, lr=1e-4, batch_size=8)
+    _add_training_args(p, max_steps=10000, lr=1e-4, batch_size=8, warmup="5%% of --max-steps",
+                       scheduled_sampling="linear (the paper's method)")
     p.set_defaults(func=_pretrain)
 
 
 def _pretrain(args) -> int:
     from .data.noise import NoiseConfig
     from .data.readers import check_language
-    from .pretraining import PretrainSettings, pretrain
+    from .pretraining import SCHEDULED_SAMPLING, PretrainSettings, default_warmup_steps, pretrain
     from .training import distributed_state
 
     if not args.mono and not args.parallel:
@@ -271,7 +278,8 @@ def _pretrain(args) -> int:
         max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         on_bad_record=args.on_bad_record,
     )
-    result = pretrain(args.model, _training_config(args), settings)
+    config = _training_config(args, default_warmup_steps(args.max_steps), SCHEDULED_SAMPLING)
+    result = pretrain(args.model, config, settings)
     if distributed_state().is_main_process:
         last = f"; loss {result.history[-1]['loss']:.3f}" if result.history else ""
         print(f"pretrained {result.step} steps{last}; final model in {result.final_dir}")

@@ -25,6 +25,15 @@ from .tokenization import add_language_tags
 from .training import TrainingConfig, TrainingResult, distributed_state, train
 
 MAX_LENGTH = 512
+# The paper pretrains with scheduled sampling (teacher forcing decaying from 1.0 to a floor) and
+# a learning-rate warm-up; these are pretraining's defaults wherever a setting leaves them out.
+SCHEDULED_SAMPLING = "linear"
+WARMUP_SHARE = 0.05
+
+
+def default_warmup_steps(max_steps: int) -> int:
+    """Pretraining's warm-up when none is given: 5 % of the run (at least one step)."""
+    return max(1, round(WARMUP_SHARE * max_steps))
 
 
 @dataclass

@@ -64,6 +64,9 @@ def test_experiment_grid_runs_resumes_and_reports(tiny_encoder_dir, tmp_path, ca
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["ws-x3-daemt-s0", "ws-x3-none-s0"]
     assert (out / "pretrain" / "ws-x3-daemt-s0" / "final" / "model.safetensors").is_file()
     assert not (out / "pretrain" / "ws-x3-none-s0" / "final").exists()
+    # pretraining's defaults where the section leaves them out: scheduled sampling and a warm-up
+    pretrain_log = [json.loads(line) for line in (out / "pretrain" / "ws-x3-daemt-s0" / "log.jsonl").read_text().splitlines()]
+    assert pretrain_log[-1]["teacher_forcing_ratio"] < 1.0 and pretrain_log[-1]["step"] == 4
 
     # a half-finished grid: drop one run's result and the report; the re-run redoes only that run
     (out / "runs" / "ws-x3-none-n40-s0" / "result.json").unlink()

@@ -447,6 +447,25 @@ def test_pretrain_learns_on_six_scripts(tmp_path, built_dir, corpus):
     assert records[-1]["loss"] < records[0]["loss"] - 0.8
 
 
+def test_pretrain_defaults_warm_up_and_scheduled_sampling(tmp_path, built_dir, corpus):
+    """Without flags, pretraining warms the learning rate up over 5 % of the steps and decays
+    teacher forcing (the paper's scheduled sampling); --scheduled-sampling none turns it off."""
+    flags = ["--max-steps", "40", "--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--save-every", "100"]
+    assert pretrain_cli(built_dir, tmp_path / "a", corpus / "train", *flags, "--max-source-length", "24",
+                        "--max-target-length", "24") == 0
+    records = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)  # 2 warm-up steps, then the peak
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+    ratios = [r["teacher_forcing_ratio"] for r in records]
+    assert ratios[0] == 1.0 and ratios[-1] < 0.76 and all(a > b for a, b in zip(ratios, ratios[1:]))
+
+    assert pretrain_cli(built_dir, tmp_path / "b", corpus / "train", "--scheduled-sampling", "none", "--warmup-steps", "0",
+                        "--max-steps", "2", "--batch-size", "2", "--log-every", "1") == 0
+    records = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert all("teacher_forcing_ratio" not in r for r in records) and records[0]["lr"] == pytest.approx(1e-4 * 0.5)
+
+
 def test_pretrain_resume_through_the_stream(tmp_path, built_dir, corpus):
     """The stream's position and RNG go into the checkpoint: an interrupted CLI run ends identical."""
     flags = ["--parallel", str(corpus / "train" / "pairs.jsonl"), "--mt-ratio", "0.3", "--max-steps", "6",
