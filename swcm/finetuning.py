@@ -57,9 +57,11 @@ def read_task_pairs(path, tokenizer, settings: FinetuneSettings, problems: Probl
 
 def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings) -> list[dict]:
     """Token-level examples {"input_ids", "labels"} for task records."""
-    # The position table bounds the source: never ask for more than the tokenizer allows.
+    # The position table (shared by encoder and decoder) bounds source and target: never ask
+    # for more than the tokenizer allows.
     max_source = min(settings.max_source_length, tokenizer.model_max_length)
-    encoder = ExampleEncoder(tokenizer, max_source, settings.max_target_length)
+    max_target = min(settings.max_target_length, tokenizer.model_max_length)
+    encoder = ExampleEncoder(tokenizer, max_source, max_target)
     return [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
 
 

@@ -44,7 +44,8 @@ def generate_sequences(
     `target_langs` (one code for all, or one per source) selects the forced first token
     (the language tag). Inputs are grouped by target language and sorted by length so
     that batches carry little padding; sources are truncated to `max_source_length` tokens
-    (and never beyond the tokenizer's `model_max_length`). Extra keyword arguments go to
+    (and never beyond the tokenizer's `model_max_length`); `max_new_tokens` is capped by the
+    decoder's position table. Extra keyword arguments go to
     `generate()` (num_beams, num_return_sequences, do_sample, top_k, top_p, temperature,
     length_penalty, no_repeat_ngram_size…). With `skip_special_tokens=False` the outputs keep
     their start token, language tag and </s> (padding is always dropped).
@@ -53,8 +54,10 @@ def generate_sequences(
         target_langs = [target_langs] * len(sources)
     if len(target_langs) != len(sources):
         raise ValueError(f"{len(sources)} sources but {len(target_langs)} target languages")
-    # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512).
+    # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512),
+    # nor ask the decoder for more than its position table holds after the start token.
     max_source_length = min(max_source_length, tokenizer.model_max_length)
+    max_new_tokens = min(max_new_tokens, getattr(model, "max_target_positions", max_new_tokens + 1) - 1)
     lengths = [len(tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"]) for s in sources]
     order = sorted(range(len(sources)), key=lambda i: (target_langs[i] or "", -lengths[i]))
     batches: list[list[int]] = []

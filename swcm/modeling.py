@@ -20,7 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -291,6 +291,16 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         padding_idx = getattr(self.encoder.embeddings, "padding_idx", None)
         self.position_offset = padding_idx + 1 if padding_idx is not None else 0
         self.post_init()
+        # transformers' default max_length (20 tokens) would cut plain generate() and pipeline()
+        # short; the real limit is the decoder's position table.
+        if self.generation_config is not None and self.generation_config.max_length == GenerationConfig().max_length:
+            self.generation_config.max_length = self.max_target_positions
+
+    @property
+    def max_target_positions(self) -> int:
+        """Decoder positions the (shared) position table holds: the start token and at most
+        this many − 1 generated or target tokens."""
+        return self.config.encoder.max_position_embeddings - self.position_offset
 
     # --- building from an encoder -------------------------------------------------------
 
@@ -405,8 +415,13 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
             past_key_values = EncoderDecoderCache.from_legacy_cache(past_key_values)
         if not use_cache:
             past_key_values = None
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past + decoder_input_ids.shape[1] > self.max_target_positions:  # host ints: no device sync
+            raise ValueError(
+                f"decoder length {past + decoder_input_ids.shape[1]} exceeds the position table "
+                f"({self.max_target_positions}); shorten the targets or max_new_tokens"
+            )
         if cache_position is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
             cache_position = torch.arange(past, past + decoder_input_ids.shape[1], device=decoder_input_ids.device)
 
         # The decoder reads tokens through the encoder's own embedding module.

@@ -228,3 +228,37 @@ def test_evaluate_needs_references(model_dir, tmp_path, capsys):
     assert main(["evaluate", "--model", str(model_dir), "--task", "mt", "--test", str(src), "--out",
                  str(tmp_path / "eval"), *FAST]) == 2
     assert f'{src}:1: missing field "tgt"' in capsys.readouterr().err
+
+
+def test_lengths_are_bounded_by_the_position_table(model_dir):
+    """The decoder shares the encoder's 128-position table: a long request is capped to it,
+    plain generate() uses the whole table instead of transformers' 20 tokens, and a decoder
+    input past the table is a clear error, not an IndexError (or a device assert on CUDA)."""
+    model, tokenizer = load_generator(model_dir, device="cpu")
+    limit = model.max_target_positions
+    assert limit == 128
+    assert json.loads((model_dir / "generation_config.json").read_text())["max_length"] == limit
+    assert model.generation_config.max_length == limit
+
+    eos = tokenizer.eos_token_id
+    [[long]] = generate_sequences(model, tokenizer, [udhr("test")[0]["text"]["bo"]], "bo", max_new_tokens=1000,
+                                  min_new_tokens=1000, skip_special_tokens=False, progress=False)
+    assert len(tokenizer(long, add_special_tokens=False)["input_ids"]) > 100  # it ran to the table's end
+    source = tokenizer(udhr("test")[0]["text"]["bo"], return_tensors="pt", truncation=True)
+    # plain generate(), no length given, end-of-sequence suppressed: the table's length, not 20
+    out = model.generate(**source, suppress_tokens=[eos], forced_bos_token_id=tokenizer.convert_tokens_to_ids("__bo__"))
+    assert out.shape[1] == limit
+
+    with pytest.raises(ValueError, match="position table"):
+        model(**source, decoder_input_ids=torch.full((1, limit + 1), tokenizer.pad_token_id))
+
+
+def test_finetuning_targets_are_capped_to_the_position_table(model_dir):
+    from swcm.finetuning import FinetuneSettings, encode_records
+    from swcm.data.readers import TextPair
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = " ".join(u["text"]["en"] for u in udhr("train"))
+    record = TextPair(source_text=text, target_text=text, source_lang="en", target_lang="en")
+    [example] = encode_records(tokenizer, [record], FinetuneSettings(max_source_length=1000, max_target_length=1000))
+    assert len(example["input_ids"]) == len(example["labels"]) == 128
