@@ -304,7 +304,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--patience", type=int, help="stop after N validations without improvement")
     p.add_argument("--max-valid", type=int, default=200, help="validation records generated for (0: all)")
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="for validation generation")
+    p.add_argument("--max-new-tokens", type=int, help="for validation generation (default: --max-target-length)")
     _add_training_args(p, max_steps=2000, lr=1e-4, batch_size=16)
     p.set_defaults(func=_finetune)
 
@@ -316,7 +316,8 @@ def _finetune(args) -> int:
     settings = FinetuneSettings(
         task=args.task, max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         field_map=fields, on_bad_record=args.on_bad_record, max_valid_examples=args.max_valid or None,
-        generation={"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens},
+        generation={"num_beams": args.num_beams,
+                    **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens})},
     )
     config = _training_config(args, eval_every=args.eval_every, metric=args.metric, patience=args.patience)
     result = finetune(args.model, args.train, args.valid, config, settings, train_size=args.train_size)
@@ -354,7 +355,8 @@ def _add_generation_args(p) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--batch-size", type=int, metavar="N", default=16, help="sources per generate() call (default 16)")
     g.add_argument("--max-source-length", type=int, metavar="N", default=256, help="source tokens kept (default 256)")
-    g.add_argument("--max-new-tokens", type=int, metavar="N", default=128, help="output tokens at most (default 128)")
+    g.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help="output tokens at most (default: the model's; a model fine-tuned by swcm: its --max-target-length)")
     g.add_argument("--num-beams", type=int, metavar="N", help="beam search with N beams (default 1: greedy)")
     g.add_argument("--num-return-sequences", type=int, metavar="N",
                    help='outputs per input: "prediction" is the first (best beam), "predictions" holds all')

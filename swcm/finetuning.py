@@ -18,13 +18,13 @@ import torch
 from transformers import AutoTokenizer
 
 from .data.collate import Seq2SeqCollator
-from .data.examples import ExampleEncoder, pair_separator
+from .data.examples import ExampleEncoder, pair_separator, truncation_report
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
 from .metrics import evaluate_predictions
 from .generation import generate_texts
 from .modeling import SWCMForConditionalGeneration
 from .tokenization import add_language_tags
-from .training import TrainingConfig, TrainingResult, train
+from .training import TrainingConfig, TrainingResult, distributed_state, train
 
 EVAL_METRICS = ("rougeL_f", "loss")
 
@@ -39,7 +39,9 @@ class FinetuneSettings:
     field_map: dict[str, str] = field(default_factory=dict)
     on_bad_record: str = "error"
     max_valid_examples: int | None = 200  # validation generation is the slow part
-    generation: dict = field(default_factory=lambda: {"num_beams": 1, "max_new_tokens": 128})
+    # validation decoding; without max_new_tokens, the model's generation config, which
+    # `finetune` sets to max_target_length (one length for training and generation)
+    generation: dict = field(default_factory=lambda: {"num_beams": 1})
 
     def __post_init__(self) -> None:
         if self.task not in TASK_FIELDS:
@@ -55,14 +57,21 @@ def read_task_pairs(path, tokenizer, settings: FinetuneSettings, problems: Probl
     ))
 
 
-def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings) -> list[dict]:
-    """Token-level examples {"input_ids", "labels"} for task records."""
+def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings, what: str | None = None) -> list[dict]:
+    """Token-level examples {"input_ids", "labels"} for task records. With `what` (e.g.
+    "training data"), the examples cut to the length limits are reported per language on
+    stderr, as a warning where more than 1 % of a language's examples were cut."""
     # The position table (shared by encoder and decoder) bounds source and target: never ask
     # for more than the tokenizer allows.
     max_source = min(settings.max_source_length, tokenizer.model_max_length)
     max_target = min(settings.max_target_length, tokenizer.model_max_length)
     encoder = ExampleEncoder(tokenizer, max_source, max_target)
-    return [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
+    examples = [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
+    if what is not None and distributed_state().is_main_process:
+        limits = f"{what} (--max-source-length {max_source}, --max-target-length {max_target})"
+        for line in truncation_report(encoder.truncation, limits):
+            print(line, file=sys.stderr)
+    return examples
 
 
 def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, batch_size: int = 16):
@@ -72,7 +81,7 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
     language does not drown the others; the loss is the mean token cross-entropy.
     """
     records = list(records)[: settings.max_valid_examples]
-    examples = encode_records(tokenizer, records, settings)
+    examples = encode_records(tokenizer, records, settings, "validation data")
     collate = Seq2SeqCollator(tokenizer)
 
     def evaluate(model) -> dict:
@@ -125,7 +134,9 @@ def finetune(
     evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size) if valid_records else None
     if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
         config = replace(config, eval_every=None, patience=None)
-    examples = encode_records(tokenizer, train_records, settings)
+    examples = encode_records(tokenizer, train_records, settings, "training data")
+    # The saved model generates as long as it was trained to (its start token, then the target).
+    model.generation_config.max_length = min(settings.max_target_length, tokenizer.model_max_length) + 1
     torch.manual_seed(config.seed)
     return train(model, tokenizer, examples, config, Seq2SeqCollator(tokenizer), evaluate=evaluate)
 

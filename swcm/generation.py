@@ -33,7 +33,7 @@ def generate_sequences(
     *,
     batch_size: int = 16,
     max_source_length: int = 256,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     progress: bool = True,
     skip_special_tokens: bool = True,
     **generate_kwargs,
@@ -44,8 +44,9 @@ def generate_sequences(
     `target_langs` (one code for all, or one per source) selects the forced first token
     (the language tag). Inputs are grouped by target language and sorted by length so
     that batches carry little padding; sources are truncated to `max_source_length` tokens
-    (and never beyond the tokenizer's `model_max_length`); `max_new_tokens` is capped by the
-    decoder's position table. Extra keyword arguments go to
+    (and never beyond the tokenizer's `model_max_length`). `max_new_tokens` is capped by the
+    decoder's position table; None leaves the length to the model's generation config (for a
+    model fine-tuned by swcm: its target length, so that training and generation agree). Extra keyword arguments go to
     `generate()` (num_beams, num_return_sequences, do_sample, top_k, top_p, temperature,
     length_penalty, no_repeat_ngram_size…). With `skip_special_tokens=False` the outputs keep
     their start token, language tag and </s> (padding is always dropped).
@@ -57,7 +58,9 @@ def generate_sequences(
     # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512),
     # nor ask the decoder for more than its position table holds after the start token.
     max_source_length = min(max_source_length, tokenizer.model_max_length)
-    max_new_tokens = min(max_new_tokens, getattr(model, "max_target_positions", max_new_tokens + 1) - 1)
+    if max_new_tokens is not None and hasattr(model, "max_target_positions"):
+        max_new_tokens = min(max_new_tokens, model.max_target_positions - 1)
+    length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     lengths = [len(tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"]) for s in sources]
     order = sorted(range(len(sources)), key=lambda i: (target_langs[i] or "", -lengths[i]))
     batches: list[list[int]] = []
@@ -81,7 +84,7 @@ def generate_sequences(
             enc.pop("token_type_ids", None)
             out = model.generate(
                 **enc,
-                max_new_tokens=max_new_tokens,
+                **length,
                 **generation_kwargs(tokenizer, target_langs[batch[0]]),
                 **generate_kwargs,
             )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .data.collate import Seq2SeqCollator
+from .data.examples import truncation_report
 from .data.noise import NoiseConfig
 from .data.pretraining import PretrainingStream
 from .data.readers import Problems, parse_source_spec, read_records, stream_key
@@ -108,4 +109,10 @@ def pretrain(model_dir: str | os.PathLike, config: TrainingConfig, settings: Pre
         print(f"sampling: {probs}", file=sys.stderr)
         if stream.problems.total:
             print(stream.problems.summary(), file=sys.stderr)
-    return train(model, tokenizer, stream, config, Seq2SeqCollator(tokenizer), sharded=True)
+    result = train(model, tokenizer, stream, config, Seq2SeqCollator(tokenizer), sharded=True)
+    if main:  # what this process's examples lost to the length limits, per target language
+        limits = (f"pretraining data (--max-source-length {stream.encoder.max_source_length}, "
+                  f"--max-target-length {stream.encoder.max_target_length})")
+        for line in truncation_report(stream.encoder.truncation, limits):
+            print(line, file=sys.stderr)
+    return result

@@ -232,3 +232,28 @@ def test_collator_pads_like_transformers(tokenizer, corpus):
     assert (padded["input_ids"][:, longest:] == tokenizer.pad_token_id).all()
     assert padded["attention_mask"].sum() == sum(len(e["input_ids"]) for e in examples)
     assert (padded["labels"] == -100).sum() == padded["labels"].numel() - sum(len(e["labels"]) for e in examples)
+
+
+def test_truncation_is_counted_per_language_and_a_cut_target_has_no_eos(tokenizer):
+    """Examples cut to the length limits are counted per target language (and reported, as a
+    warning above 1 %); a cut target ends at the limit without </s>, a whole one with it."""
+    from swcm.data.examples import truncation_report
+
+    encoder = ExampleEncoder(tokenizer, max_source_length=24, max_target_length=16)
+    units = udhr("train")
+    short = [encoder.encode("人人", u["text"]["bo"][:4], "bo") for u in units[:50]]
+    length = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    articles = [u for u in units if length(u["text"]["zh"]) > 30 and length(u["text"]["ug"]) > 30][:3]
+    assert len(articles) == 3
+    long = [encoder.encode(u["text"]["zh"], u["text"]["ug"], "ug") for u in articles]
+    assert all(e["labels"][-1] == tokenizer.eos_token_id for e in short)
+    assert all(len(e["labels"]) == 16 and e["labels"][-1] != tokenizer.eos_token_id for e in long)
+    assert all(len(e["input_ids"]) == 24 and e["input_ids"][-1] == tokenizer.eos_token_id for e in long)
+    assert encoder.truncation == {"bo": [50, 0, 0, 0], "ug": [3, 3, 3, 3]}
+
+    encoder.encode(articles[0]["text"]["zh"], "་", "bo")  # 1 of 51 bo examples cut: above 1 %
+    lines = truncation_report(encoder.truncation, "training data")
+    assert lines == ["warning: training data: bo: 1 of 51 sources and 0 targets cut to the length limits (2.0%)",
+                     "warning: training data: ug: 3 of 3 sources and 3 targets cut to the length limits (100.0%)"]
+    encoder.truncation["bo"] = [1000, 5, 0, 5]
+    assert truncation_report(encoder.truncation, "x")[0] == "x: bo: 5 of 1000 sources and 0 targets cut to the length limits (0.5%)"
