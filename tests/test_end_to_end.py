@@ -2,10 +2,13 @@
 resumable experiment grid that writes the paper-shaped report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from swcm.cli import main as cli
+from swcm.generation import generate_texts, load_generator
+from swcm.metrics import score
 from swcm.experiments import load_experiment, prepare_udhr_data, run_experiment
 
 TARGETS = ["bo", "ug", "kk", "mn", "en"]
@@ -32,9 +35,18 @@ def test_build_finetune_evaluate_gives_a_row_per_language(tiny_encoder_dir, udhr
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert [row["lang"] for row in results["rows"]] == TARGETS
-    for row in results["rows"]:
-        assert row["n"] == 9
-        assert all(0.0 <= row[k] <= 100.0 for k in ("rougeL_f", "chrf", "bleu", "script_rate"))
+    # Each language's row scores that language's predictions against its references, and the
+    # predictions are what the fine-tuned model generates for the test file.
+    model, tokenizer = load_generator(ft / "best", device="cpu")
+    for row, test_file in zip(results["rows"], udhr_files["test"]):
+        predicted = [json.loads(line) for line in (out / "predictions" / Path(test_file).name).read_text().splitlines()]
+        assert row["n"] == len(predicted) == 9 and {r["tgt_lang"] for r in predicted} == {row["lang"]}
+        regenerated = generate_texts(model, tokenizer, [r["src"] for r in predicted], row["lang"], max_new_tokens=6,
+                                     max_source_length=64, progress=False)
+        assert regenerated == [r["prediction"] for r in predicted]
+        expected = score([r["prediction"] for r in predicted], [r["tgt"] for r in predicted], row["lang"])
+        assert row["rougeL_f"] == pytest.approx(expected["rougeL"]["f"])
+        assert row["chrf"] == pytest.approx(expected["chrf"]) and row["script_rate"] == pytest.approx(expected["script_rate"])
     for lang in TARGETS:
         assert f"| {lang} |" in printed
     assert (out / "results.md").read_text().count("\n|") >= len(TARGETS) + 1
