@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-from .data.collate import Seq2SeqCollator
 from .data.examples import ExampleEncoder, pair_separator, truncation_report
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
 from .metrics import evaluate_predictions
@@ -82,7 +81,7 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
     """
     records = list(records)[: settings.max_valid_examples]
     examples = encode_records(tokenizer, records, settings, "validation data")
-    collate = Seq2SeqCollator(tokenizer)
+    collate = DataCollatorForSeq2Seq(tokenizer)
 
     def evaluate(model) -> dict:
         device = next(model.parameters()).device
@@ -138,5 +137,5 @@ def finetune(
     # The saved model generates as long as it was trained to (its start token, then the target).
     model.generation_config.max_length = min(settings.max_target_length, tokenizer.model_max_length) + 1
     torch.manual_seed(config.seed)
-    return train(model, tokenizer, examples, config, Seq2SeqCollator(tokenizer), evaluate=evaluate)
+    return train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate)
 

@@ -14,9 +14,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from .data.collate import Seq2SeqCollator
 from .data.examples import truncation_report
 from .data.noise import NoiseConfig
 from .data.pretraining import PretrainingStream
@@ -109,7 +108,7 @@ def pretrain(model_dir: str | os.PathLike, config: TrainingConfig, settings: Pre
         print(f"sampling: {probs}", file=sys.stderr)
         if stream.problems.total:
             print(stream.problems.summary(), file=sys.stderr)
-    result = train(model, tokenizer, stream, config, Seq2SeqCollator(tokenizer), sharded=True)
+    result = train(model, tokenizer, stream, config, DataCollatorForSeq2Seq(tokenizer), sharded=True)
     if main:  # what this process's examples lost to the length limits, per target language
         limits = (f"pretraining data (--max-source-length {stream.encoder.max_source_length}, "
                   f"--max-target-length {stream.encoder.max_target_length})")

@@ -24,9 +24,8 @@ LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
 
 def run_rank(encoder_dir: str, out_dir: str) -> None:
     """What every rank runs: the same training code as one process, unchanged."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-    from swcm.data import Seq2SeqCollator
     from swcm.pretraining import PretrainSettings, pretraining_stream
     from swcm.training import TrainingConfig, distributed_state, train
     from test_training import build_model, copy_examples
@@ -34,7 +33,7 @@ def run_rank(encoder_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     rank = distributed_state().process_index
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    pad = Seq2SeqCollator(tokenizer)
+    pad = DataCollatorForSeq2Seq(tokenizer)
     out = Path(out_dir)
     text = out / "text"
     if rank == 0:

@@ -5,10 +5,9 @@ import os
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
 from swcm.cli import main
-from swcm.data.collate import Seq2SeqCollator
 from swcm.data.examples import ExampleEncoder, pair_separator
 from swcm.data.readers import read_task
 from swcm.metrics import score
@@ -31,7 +30,7 @@ def model_dir(tiny_encoder_dir, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     add_language_tags(model, tokenizer, LANGS)
     encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=8)
-    batch = Seq2SeqCollator(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
+    batch = DataCollatorForSeq2Seq(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
                                         for u in udhr("test") for lang in LANGS])
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
