@@ -237,17 +237,16 @@ def training_loss(
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices and embeddings, none on biases and norms."""
-    no_decay: set[int] = set()
-    for module in model.modules():
-        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
-        for name, param in module.named_parameters(recurse=False):
-            if is_norm or name == "bias":
-                no_decay.add(id(param))
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW groups as transformers' Trainer makes them: weight decay on weight matrices and
+    embeddings, none on biases and LayerNorms (`Trainer.get_decay_parameter_names`)."""
+    from transformers import Trainer  # a heavy import, needed here only
+
+    # An unbound call: the method reads only the model (building a Trainer for it would not).
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
-        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import udhr
@@ -422,7 +422,7 @@ def pretrain_cli(model, out, data, *flags):
 
 def test_pretrain_learns_on_six_scripts(tmp_path, built_dir, corpus):
     """A few dozen steps of DAE (+ some MT) on real text: the DAE loss on held-out text drops clearly."""
-    from swcm.data import PretrainingStream, Seq2SeqCollator
+    from swcm.data import PretrainingStream
     from swcm.pretraining import PretrainSettings
 
     flags = ["--parallel", str(corpus / "train" / "pairs.jsonl"), "--mt-ratio", "0.2", "--max-steps", "40",
@@ -437,7 +437,7 @@ def test_pretrain_learns_on_six_scripts(tmp_path, built_dir, corpus):
     # Held-out DAE examples: noised UDHR valid sentences, the same for both models.
     valid = PretrainingStream(tokenizer, [f"{lang}={corpus / 'valid' / f'{lang}.txt'}" for lang in LANGS],
                               max_source_length=64, max_target_length=64, seed=1)
-    batch = Seq2SeqCollator(tokenizer)([valid.next_example() for _ in range(48)])
+    batch = DataCollatorForSeq2Seq(tokenizer)([valid.next_example() for _ in range(48)])
     with torch.no_grad():
         before, after = initial.eval()(**batch).loss.item(), trained(**batch).loss.item()
     assert after < before - 0.8, (before, after)
