@@ -33,6 +33,7 @@ is unpickled (accelerate's own `load_state` would unpickle registered objects).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -49,9 +50,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import broadcast_object_list, gather_object, is_tensorboard_available, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, is_tensorboard_available, set_seed
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -433,14 +435,32 @@ class _Run:
                     extra(tmp)
         self.accelerator.wait_for_everyone()
 
+    def _state_dict_options(self) -> StateDictOptions:
+        # FSDP shards the optimizer state: gather it whole (onto the main process, on the CPU)
+        # to save it, and hand it out from there to load it. DDP and one process hold it whole.
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=True)
+        return StateDictOptions()
+
+    def optimizer_state(self) -> dict:
+        """The optimizer state keyed by parameter name (torch's distributed state-dict API:
+        one format for one process, DDP and FSDP); collective, complete on the main process."""
+        return get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=self._state_dict_options())
+
+    def load_optimizer_state(self, path: Path) -> None:
+        options = self._state_dict_options()
+        state = _load(path) if self.accelerator.is_main_process or not options.broadcast_from_rank0 else {}
+        set_optimizer_state_dict(self.model, self.optimizer.optimizer, state, options=options)
+
     def save_checkpoint(self) -> Path:
         # One entry per rank, in rank order: RNG streams differ, and so does the data position
         # when each rank reads its own shard.
         rng = gather_object([_rng_state()])
         data = gather_object([self.cursor.state_dict()])
+        optimizer_state = self.optimizer_state()
 
         def training_files(tmp: Path) -> None:
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             if self.accelerator.scaler is not None:
                 torch.save(self.accelerator.scaler.state_dict(), tmp / "scaler.pt")
@@ -458,7 +478,9 @@ class _Run:
 
     def restore(self, directory: Path) -> None:
         """Restore everything but the weights (loaded before `prepare`) from a checkpoint."""
-        self.optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+        # Our own loading, not accelerate's load_state: that restores RNG states (and registered
+        # objects) with a full unpickle; every file here loads with torch.load(weights_only=True).
+        self.load_optimizer_state(directory / "optimizer.pt")
         self.scheduler.load_state_dict(_load(directory / "scheduler.pt"))
         if self.accelerator.scaler is not None and (directory / "scaler.pt").exists():
             self.accelerator.scaler.load_state_dict(_load(directory / "scaler.pt"))
@@ -547,6 +569,9 @@ def train(
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
     accelerator = _accelerator(config)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("training under DeepSpeed is not supported: its optimizer state, part of every checkpoint, "
+                         "is restored only by unpickling (accelerate's load_state), which swcm does not do; use DDP or FSDP")
     accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate() and DeepSpeed's engine
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
@@ -594,11 +619,22 @@ def train(
     def run_evaluation() -> bool:
         """Evaluate, keep the best model; True when early stopping says stop."""
         metrics = [None]
-        if accelerator.is_main_process:
+        # Under FSDP no rank holds whole weights, so every rank evaluates (the same data, in step)
+        # with whole weights: FSDP1's summon_full_params gathers them; FSDP2's module gathers its
+        # own in each forward, together on all ranks. Otherwise the main process evaluates alone.
+        fsdp = accelerator.distributed_type == DistributedType.FSDP
+        if accelerator.is_main_process or fsdp:
+            whole = contextlib.nullcontext()
+            if fsdp and not accelerator.is_fsdp2:
+                from torch.distributed.fsdp import FullyShardedDataParallel
+
+                whole = FullyShardedDataParallel.summon_full_params(model, writeback=False)
             unwrapped.eval()
-            with torch.no_grad():
-                metrics = [dict(evaluate(unwrapped))]
+            with whole, torch.no_grad():
+                evaluated = [dict(evaluate(unwrapped))]
             unwrapped.train()
+            if accelerator.is_main_process:
+                metrics = evaluated
         broadcast_object_list(metrics)
         metrics = metrics[0]
         if config.metric not in metrics:

@@ -257,6 +257,9 @@ def test_checkpoints_and_final_model(tmp_path, tiny_encoder_dir, tokenizer):
     for name in ("optimizer.pt", "scheduler.pt", "rng.pt", "data.pt"):
         torch.load(step6 / name, weights_only=True)  # plain tensors and containers only
     assert (step6 / "model.safetensors").exists()
+    # optimizer state keyed by parameter name (torch's distributed state-dict format, the same under FSDP)
+    optimizer_state = torch.load(step6 / "optimizer.pt", weights_only=True)["state"]
+    assert optimizer_state.keys() == {n for n, p in model.named_parameters() if p.requires_grad}
     assert json.loads((step6 / "trainer_state.json").read_text())["step"] == 6
 
     final = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "final").eval()
