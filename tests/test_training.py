@@ -37,11 +37,22 @@ def tokenizer(tiny_encoder_dir):
     return tok
 
 
-def build_model(encoder_dir, tokenizer, seed=0):
+def build_model(encoder_dir, tokenizer, seed=0, dropout=True):
+    """A tiny SWCM model with language tags; `dropout=False` for one whose loss does not depend
+    on how a step is split (dropout masks would differ)."""
+    encoder = encoder_dir
+    if not dropout:
+        encoder = AutoModelForMaskedLM.from_pretrained(encoder_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(seed)
-    model = SWCMForConditionalGeneration.from_encoder(encoder_dir)
+    model = SWCMForConditionalGeneration.from_encoder(encoder)
     add_language_tags(model, tokenizer, LANGS)
     return model
+
+
+def short_and_long(tokenizer):
+    """8 copy examples, short and long targets alternating (a rank's slice can be all short)."""
+    examples = sorted(copy_examples(tokenizer, n=8), key=lambda e: len(e["labels"]))[::6][:8]
+    return [e for pair in zip(examples[:4], examples[4:]) for e in pair]
 
 
 def copy_examples(tokenizer, split="train", n=10, max_length=32):
@@ -220,12 +231,7 @@ def test_accumulation_weighs_every_target_token_alike(tmp_path, tiny_encoder_dir
     examples = sorted(copy_examples(tokenizer, n=8), key=lambda e: len(e["labels"]))[::6][:8]
     counts = [sum(len(e["labels"]) for e in examples[i : i + 2]) for i in range(0, 8, 2)]
     assert max(counts) > 2 * min(counts)  # short and long micro-batches
-
-    # Without dropout, whose masks would differ between the two runs.
-    encoder = AutoModelForMaskedLM.from_pretrained(tiny_encoder_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    initial = SWCMForConditionalGeneration.from_encoder(encoder)
-    add_language_tags(initial, tokenizer, LANGS)
+    initial = build_model(tiny_encoder_dir, tokenizer, dropout=False)
 
     def one_step(name, batch_size, grad_accum):
         model = copy.deepcopy(initial)
