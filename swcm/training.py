@@ -4,8 +4,8 @@
 token-level examples `{"input_ids", "labels"}` and a collator that pads a list of them into
 a batch. Pretraining passes the DAE + MT example stream; fine-tuning passes task examples
 and an `evaluate(model) -> dict` hook, which enables best-checkpoint selection and early
-stopping. The same code runs in one process and under `accelerate launch` (DDP). Data reach
-the ranks in one of two ways:
+stopping. The same code runs in one process and under `accelerate launch` (DDP, or FSDP;
+DeepSpeed is refused). Data reach the ranks in one of two ways:
 
 - shared (the default; fine-tuning lists): every rank reads the same example sequence and
   keeps its own slice of each global batch, so a run on W processes with batch size B sees
