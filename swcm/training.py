@@ -625,7 +625,7 @@ def train(
         fsdp = accelerator.distributed_type == DistributedType.FSDP
         if accelerator.is_main_process or fsdp:
             whole = contextlib.nullcontext()
-            if fsdp and not getattr(accelerator, "is_fsdp2", False):  # accelerate < 1.6 has FSDP1 only
+            if fsdp and not getattr(accelerator, "is_fsdp2", False):  # older accelerate: FSDP1 only
                 from torch.distributed.fsdp import FullyShardedDataParallel
 
                 whole = FullyShardedDataParallel.summon_full_params(model, writeback=False)
