@@ -151,7 +151,8 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         found = {o: census(s, langs=langs, on_bad_record=on_bad_record, problems=self.problems) for o, s in sources.items()}
         self.counts = {o: {key: sum(files.values()) for key, files in f.items()} for o, f in found.items()}
         if not any(self.counts.values()):
-            raise ValueError("no pretraining data: give monolingual and/or parallel sources with valid records")
+            named = ", ".join(s.spec for s in sources["dae"] + sources["mt"])
+            raise ValueError(f"no pretraining data in {named}: give monolingual and/or parallel sources with valid records")
         self.sampler = ObjectiveSampler(self.counts, {"dae": 1.0 - mt_fraction, "mt": mt_fraction}, alpha)
 
         missing = []

@@ -141,6 +141,8 @@ def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
     """
     texts: list[str] = []
     for path in map(Path, paths):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory; a corpus file is expected")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         jsonl = path.suffix == ".jsonl"
@@ -236,7 +238,7 @@ def train_tiny_encoder(
         if progress:
             tqdm.write(f"reusing the encoder in {out} (same settings, same corpus)", file=sys.stderr)
         return out
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, owner="tiny-encoder") as tmp:
         tokenizer = train_tokenizer(texts, tmp, settings.vocab_size, model_max_length=settings.max_positions - 2)
         model = _masked_lm(settings, tokenizer)
         losses = _train_mlm(model, tokenizer, texts, settings, progress)
