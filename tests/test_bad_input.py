@@ -337,3 +337,124 @@ def test_swcm_debug_shows_the_traceback(ws, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SWCM_DEBUG", "1")
     with pytest.raises(ValueError, match="truncated safetensors file"):
         main(argv)
+
+
+# --- the user's data is never lost --------------------------------------------------------
+
+
+def test_build_never_replaces_what_it_did_not_write(ws, tmp_path, capsys):
+    """The issue's report: `swcm build --out mydata` deleted mydata/thesis.tex, and `--out
+    notes.txt` replaced the file by a model directory. Both are refused; a re-run into the
+    command's own output replaces it; --overwrite takes over a directory the user names."""
+    mydata = tmp_path / "mydata"
+    mydata.mkdir()
+    (mydata / "thesis.tex").write_text("chapter one\n", encoding="utf-8")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n", encoding="utf-8")
+    build = ["build", "--encoder", str(ws["enc"]), "--json", "--out"]
+    for target in (mydata, notes):
+        assert main([*build, str(target)]) == 2
+        assert str(target) in capsys.readouterr().err
+    assert (mydata / "thesis.tex").read_text(encoding="utf-8") == "chapter one\n"
+    assert sorted(p.name for p in mydata.iterdir()) == ["thesis.tex"]
+    assert notes.read_text(encoding="utf-8") == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "notes.txt"]  # no temporary directory left
+
+    model = tmp_path / "model"
+    assert main([*build, str(model)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (model / OWNER_FILE).is_file() and (model / "model.safetensors").is_file()
+    assert main([*build, str(model), "--insert-every", "1"]) == 0  # its own output: rebuilt in place
+    assert len(json.loads(capsys.readouterr().out)["layers"]) > len(first["layers"])
+
+    assert main([*build, str(mydata), "--overwrite"]) == 0
+    assert (mydata / "model.safetensors").is_file() and not (mydata / "thesis.tex").exists()
+
+
+def test_atomic_directory_refuses_a_directory_it_did_not_write(tmp_path):
+    from swcm.io import atomic_directory
+
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep\n", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="swcm did not write"):
+        with atomic_directory(target) as tmp:
+            (tmp / "weights").write_text("new\n", encoding="utf-8")
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+    own = tmp_path / "own"
+    for content in ("first", "second"):
+        with atomic_directory(own) as tmp:
+            (tmp / "weights").write_text(content, encoding="utf-8")
+    assert (own / "weights").read_text(encoding="utf-8") == "second"
+    with pytest.raises(FileExistsError, match="holds the output of swcm model"):
+        with atomic_directory(own, owner="tiny-encoder"):
+            pass
+
+
+def test_overwrite_writes_into_a_directory_and_keeps_other_files(ws, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.tex").write_text("chapter one\n", encoding="utf-8")
+    evaluate = ["evaluate", "--task", "mt", "--model", str(ws["model"]), "--test", str(ws["task"]), "--out", str(out),
+                *GEN.split()]
+    assert main(evaluate) == 2
+    assert main([*evaluate, "--overwrite"]) == 0
+    assert (out / "thesis.tex").read_text(encoding="utf-8") == "chapter one\n"
+    assert (out / "results.json").is_file() and (out / OWNER_FILE).is_file()
+    assert main(evaluate) == 0  # now its own output: no --overwrite needed
+
+
+def test_a_refused_run_leaves_no_output_directory(ws, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "mt", "--model", str(ws["model"]), "--train", str(ws["root"] / "malformed.jsonl"),
+                 "--out", str(out), *TRAIN.split()]) == 2
+    assert "malformed JSON" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- quiet by default ---------------------------------------------------------------------
+
+
+def test_library_notices_only_with_verbose(ws, tmp_path, capsys):
+    """Adding language tags resizes the embeddings, about which transformers logs a paragraph
+    (mean resizing); it concerns the library, not the run, and shows only with -v."""
+    import logging
+
+    import transformers
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        for flags in ([], ["-v"]):
+            transformers.utils.logging.warning_once.cache_clear()  # the notice is logged once per process
+            records.clear()
+            assert main([*flags, "build", "--encoder", str(ws["enc"]), "--out", str(tmp_path / f"m{len(flags)}"),
+                         "--langs", "zh,bo,ug", "--json"]) == 0
+            notices = [r for r in records if "mean_resizing" in r.getMessage()]
+            assert bool(notices) == bool(flags)
+    finally:
+        logger.removeHandler(handler)
+
+
+# --- lengths beyond the position table --------------------------------------------------
+
+
+def test_pretraining_caps_explicit_lengths_at_the_tokenizers_limit(ws):
+    from itertools import islice
+
+    from transformers import AutoTokenizer
+
+    from swcm.pretraining import PretrainSettings, pretraining_stream
+
+    tokenizer = AutoTokenizer.from_pretrained(ws["model"])
+    limit = tokenizer.model_max_length
+    settings = PretrainSettings(mono=[f"bo={ws['mono']}"], parallel=[f"zh-bo={ws['pairs']}"], mt_ratio=0.5,
+                                max_source_length=4 * limit, max_target_length=4 * limit)
+    examples = list(islice(pretraining_stream(tokenizer, settings), 40))
+    longest = max(max(len(e["input_ids"]), len(e["labels"])) for e in examples)
+    assert longest == limit  # the UDHR articles are longer than the tiny encoder's 128 positions
