@@ -72,7 +72,7 @@ def _library_notices(verbose: bool):
 
     saved_env = os.environ.get("TRANSFORMERS_VERBOSITY")
     os.environ["TRANSFORMERS_VERBOSITY"] = "error"  # read when transformers is first imported
-    loggers = [logging.getLogger(name) for name in ("transformers", "accelerate")]
+    loggers = [logging.getLogger(name) for name in ("transformers", "accelerate", "huggingface_hub")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -648,7 +648,7 @@ def _demo(args) -> int:
     from .experiments import run_demo
     from .io import output_directory
 
-    with output_directory(args.out, "demo", args.overwrite):
+    with output_directory(args.out, "experiment", args.overwrite):
         table = run_demo(args.out, progress=not args.no_progress)
     print(table)
     print(f"report with training curves: {args.out}/report.md")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .io import atomic_text_file
+from .io import atomic_text_file, mark_output_dir
 
 GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
@@ -413,8 +413,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
 
     Returns {"results": [...], "aggregate": ..., "report": path}.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = mark_output_dir(out_dir, "experiment")
     encoder_dir = prepare_encoder(config.encoder, out, progress)
     from .resources import CORPORA
 

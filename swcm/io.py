@@ -126,6 +126,16 @@ def output_directory(path: str | os.PathLike, owner: str, overwrite: bool = Fals
         raise
 
 
+def mark_output_dir(path: str | os.PathLike, owner: str) -> Path:
+    """Create the directory `path` if needed and give it `owner`'s owner file if it has none;
+    return it. For library functions that write into a directory (the CLI checks it first)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if output_owner(path) is None:
+        _write_owner(path, owner)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str | os.PathLike, owner: str = "model") -> Iterator[Path]:
     """Yield a fresh temporary directory beside `out_dir`; on success it replaces `out_dir`.
@@ -209,6 +219,7 @@ def check_model_dir(
     p = Path(path)
     if not os.path.lexists(p):
         if _HUB_ID.fullmatch(text):
+            _check_hub_model(text)
             return
         raise FileNotFoundError(f"{p}: no such directory")
     if not p.is_dir():
@@ -227,6 +238,18 @@ def check_model_dir(
             check_safetensors(file)
     if tokenizer and not any((p / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"{p}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …)")
+
+
+def _check_hub_model(name: str) -> None:
+    """A one-line error unless the hub (or its local cache) has `name`'s config.json; the file
+    is cached, so loading the model afterwards costs no second request."""
+    from transformers.utils import cached_file
+
+    try:
+        cached_file(name, "config.json")
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"{name}: no such directory, nor a model on the Hugging Face Hub ({reason})") from None
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")

@@ -272,6 +272,7 @@ CASES = [
     ("demo --out {notes}", "output is a file", "{notes}: is a file"),
     ("demo --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
     ("demo --out {model}", "output of another command", "{model}: holds the output of swcm build"),
+    ("demo --out {run}", "output of another command", "{run}: holds the output of swcm finetune"),
     ("demo --out {blocked}", "output unwritable", "{blocked}: cannot be created"),
 ]
 

@@ -17,8 +17,7 @@ from ..tokenization import language_tag_id
 
 
 class ExampleEncoder:
-    """Builds `{"input_ids", "labels"}` examples with one tokenizer and fixed maximum lengths
-    (capped at the tokenizer's `model_max_length`).
+    """Builds `{"input_ids", "labels"}` examples with one tokenizer and fixed maximum lengths.
 
     `encode(source_text, target_text, target_lang)` tokenises texts; `example(source_ids,
     target_ids, target_lang)` takes token ids without special tokens (the DAE path, whose
@@ -27,10 +26,6 @@ class ExampleEncoder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_length: int = 512, max_target_length: int = 512):
         self.tokenizer = tokenizer
-        # The position table (shared by encoder and decoder) bounds both sides: never ask for more
-        # than the tokenizer's limit, which `swcm build` sets to the table's size.
-        max_source_length = min(max_source_length, tokenizer.model_max_length)
-        max_target_length = min(max_target_length, tokenizer.model_max_length)
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             raise ValueError("the tokenizer has no </s> (eos) token")
