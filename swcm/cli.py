@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:
             if not _is_input_error(err) or os.environ.get("SWCM_DEBUG", "0") not in ("", "0"):
                 raise
-            print(f"swcm {args.command}: error: {error_line(err)}", file=sys.stderr)
+            print(f"swcm {args.command}: error: {_error_line(err)}", file=sys.stderr)
             return 2
 
 
@@ -52,7 +52,7 @@ def _is_input_error(err: Exception) -> bool:
     return isinstance(err, (UsageError, ValueError, OSError)) or type(err).__name__ == "SafetensorError"
 
 
-def error_line(err: Exception, limit: int = 400) -> str:
+def _error_line(err: Exception, limit: int = 400) -> str:
     """`err` as one line: "FILE: problem" for OS errors, else the message's first line (at most `limit` characters)."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror}"
@@ -103,7 +103,6 @@ def _check_resume(args) -> None:
 
     if args.resume and latest_checkpoint(args.out) is None:
         raise UsageError(f"{args.out}: no checkpoint to resume from (--resume); drop --resume to start a new run")
-
 
 
 def _add_tiny_encoder(sub) -> None:
@@ -213,7 +212,6 @@ def _add_build(sub) -> None:
 
 def _build(args) -> int:
     import json
-
 
     from .building import build_model_dir, dry_run_report, load_encoder_config
     from .configuration import SUPPORTED_ENCODER_TYPES

@@ -94,15 +94,20 @@ def output_directory(path: str | os.PathLike, owner: str, overwrite: bool = Fals
     `with` block; yield it as a Path.
 
     A missing directory is created with its owner file in one rename; if the body then fails
-    before writing anything else into it, it is removed again, so a refused run leaves no
-    trace. With `overwrite`, a file at `path` is removed and a foreign directory is adopted
-    (its owner file written; its files stay unless the command replaces them).
+    before writing anything else into it, it is removed again (with the parents created for
+    it; from an empty directory, the owner file is), so a refused run leaves no trace. With
+    `overwrite`, a file at `path` is removed and a foreign directory is adopted (its owner file
+    written; its files stay unless the command replaces them).
     """
     path = Path(path)
     check_output_dir(path, owner, overwrite)
     if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
         path.unlink()  # only reachable with overwrite: the user asked for the file to be replaced
     created = not path.exists()
+    was_empty = not created and not any(path.iterdir())
+    topmost_new = path  # the highest directory this call creates
+    while not os.path.lexists(topmost_new.parent):
+        topmost_new = topmost_new.parent
     if created:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -120,9 +125,13 @@ def output_directory(path: str | os.PathLike, owner: str, overwrite: bool = Fals
     try:
         yield path
     except BaseException:
-        if created and [p.name for p in path.iterdir()] == [OWNER_FILE]:
+        if (created or was_empty) and [p.name for p in path.iterdir()] == [OWNER_FILE]:
             (path / OWNER_FILE).unlink()
-            path.rmdir()
+            for directory in [path, *path.parents] if created else []:
+                with contextlib.suppress(OSError):  # a parent may hold something by now
+                    directory.rmdir()
+                if directory == topmost_new:
+                    break
         raise
 
 

@@ -408,11 +408,15 @@ def test_overwrite_writes_into_a_directory_and_keeps_other_files(ws, tmp_path, c
 
 
 def test_a_refused_run_leaves_no_output_directory(ws, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["finetune", "--task", "mt", "--model", str(ws["model"]), "--train", str(ws["root"] / "malformed.jsonl"),
-                 "--out", str(out), *TRAIN.split()]) == 2
-    assert "malformed JSON" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    """The output directory (and its new parents) is made before the data are read; a run that
+    stops at bad data removes it again, and an empty directory it was given stays empty."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new" / "parents" / "run", empty):
+        assert main(["finetune", "--task", "mt", "--model", str(ws["model"]), "--train", str(ws["root"] / "malformed.jsonl"),
+                     "--out", str(out), *TRAIN.split()]) == 2
+        assert "malformed JSON" in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == [empty] and list(empty.iterdir()) == []
 
 
 # --- quiet by default ---------------------------------------------------------------------
