@@ -226,6 +226,7 @@ CASES = [
     (GENERATE.replace("{model}", "{truncated}"), "truncated safetensors", "{truncated}/model.safetensors: truncated"),
     (GENERATE.replace("{model}", "{corrupt}"), "corrupt safetensors", "{corrupt}/model.safetensors"),
     (GENERATE.replace("{model}", "{no-tokenizer}"), "checkpoint missing a file", "{no-tokenizer}: no tokenizer files"),
+    (GENERATE.replace("{model}", "{no-weights}"), "checkpoint missing a file", "{no-weights}: no model weights"),
     (GENERATE.replace("{task}", "{malformed.jsonl}"), "malformed JSON", "{malformed.jsonl}:2: malformed JSON"),
     (GENERATE.replace("{task}", "{latin1.jsonl}"), "non-UTF-8", "{latin1.jsonl}:1"),
     (GENERATE.replace("{task}", "{empty.jsonl}"), "empty input", "{empty.jsonl}: no records"),
@@ -243,7 +244,9 @@ CASES = [
     (EVALUATE.replace("{model}", "{missing}"), "missing path", "{missing}: no such directory"),
     (EVALUATE.replace("{task}", "{missing}"), "missing path", "{missing}"),
     (EVALUATE.replace("{model}", "{gpt2}"), "wrong architecture", "{gpt2}: a 'gpt2' model, not an encoder-decoder"),
+    (EVALUATE.replace("{model}", "{thesis}"), "not a model", "{thesis}: no config.json"),
     (EVALUATE.replace("{model}", "{truncated}"), "truncated safetensors", "{truncated}/model.safetensors: truncated"),
+    (EVALUATE.replace("{model}", "{corrupt}"), "corrupt safetensors", "{corrupt}/model.safetensors"),
     (EVALUATE.replace("{model}", "{no-weights}"), "checkpoint missing a file", "{no-weights}: no model weights"),
     (EVALUATE.replace("{task}", "{malformed.jsonl}"), "malformed JSON", "{malformed.jsonl}:2: malformed JSON"),
     (EVALUATE.replace("{task}", "{latin1.jsonl}"), "non-UTF-8", "{latin1.jsonl}:1"),
@@ -424,7 +427,8 @@ def test_a_refused_run_leaves_no_output_directory(ws, tmp_path, capsys):
 
 def test_library_notices_only_with_verbose(ws, tmp_path, capsys):
     """Adding language tags resizes the embeddings, about which transformers logs a paragraph
-    (mean resizing); it concerns the library, not the run, and shows only with -v."""
+    (mean resizing), and transformers 4.57.3+ warns of an "incorrect regex pattern" when it loads
+    any local tokenizer it saved: notices about the library, not the run, shown only with -v."""
     import logging
 
     import transformers
@@ -440,8 +444,10 @@ def test_library_notices_only_with_verbose(ws, tmp_path, capsys):
             records.clear()
             assert main([*flags, "build", "--encoder", str(ws["enc"]), "--out", str(tmp_path / f"m{len(flags)}"),
                          "--langs", "zh,bo,ug", "--json"]) == 0
-            notices = [r for r in records if "mean_resizing" in r.getMessage()]
-            assert bool(notices) == bool(flags)
+            if flags:
+                assert any("mean_resizing" in r.getMessage() for r in records)
+            else:
+                assert not records
     finally:
         logger.removeHandler(handler)
 
