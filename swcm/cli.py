@@ -98,11 +98,17 @@ def _add_overwrite(p, *, replaces: bool = False) -> None:
 
 
 def _check_resume(args) -> None:
-    """--resume needs a checkpoint in --out (as transformers' Trainer insists)."""
+    """--resume needs a checkpoint in --out (as transformers' Trainer insists), with whole weights."""
+    from .io import check_safetensors, weight_files
     from .training import latest_checkpoint
 
-    if args.resume and latest_checkpoint(args.out) is None:
+    if not args.resume:
+        return
+    checkpoint = latest_checkpoint(args.out)
+    if checkpoint is None:
         raise UsageError(f"{args.out}: no checkpoint to resume from (--resume); drop --resume to start a new run")
+    for file in weight_files(checkpoint):
+        check_safetensors(file)
 
 
 def _add_tiny_encoder(sub) -> None:

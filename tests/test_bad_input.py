@@ -103,6 +103,7 @@ def ws(tiny_encoder_dir, tmp_path_factory):
     damaged("no-config", enc, lambda d: (d / "config.json").unlink())
     damaged("bad-json-config", enc, lambda d: (d / "config.json").write_text('{"model_type": "xlm-roberta",\n', encoding="utf-8"))
     damaged("run-no-optimizer", paths["run"], lambda d: (d / "checkpoints" / "step-1" / "optimizer.pt").unlink())
+    damaged("run-truncated", paths["run"], lambda d: truncate(d / "checkpoints" / "step-1"))
 
     # A model of another architecture: a tiny GPT-2.
     torch.manual_seed(0)
@@ -218,6 +219,8 @@ CASES = [
     (FINETUNE + " --resume", "--resume without checkpoint", "{out}: no checkpoint to resume from"),
     (FINETUNE.replace("{out}", "{run-no-optimizer}") + " --resume", "checkpoint missing a file",
      "{run-no-optimizer}/checkpoints/step-1/optimizer.pt"),
+    (FINETUNE.replace("{out}", "{run-truncated}") + " --resume", "truncated safetensors",
+     "{run-truncated}/checkpoints/step-1/model.safetensors: truncated"),
     # generate
     (GENERATE.replace("{model}", "{missing}"), "missing path", "{missing}: no such directory"),
     (GENERATE.replace("{task}", "{missing}"), "missing path", "{missing}"),
