@@ -7,6 +7,10 @@ appears under its final name, so a directory with that file is recognisably swcm
 command replaces or writes into an existing directory only when that directory is empty or
 carries the command's own owner file; anything else (a file, the user's notes, another
 command's run) is refused unless the user says `--overwrite`.
+
+Model directories are checked before transformers reads them (`check_model_dir`): a missing
+config, a model of the wrong kind, truncated safetensors weights or missing tokenizer files are
+one-line errors naming the file, instead of transformers' pages of model types or tracebacks.
 """
 
 from __future__ import annotations
