@@ -36,7 +36,7 @@ class PretrainSettings:
     langs: the allowed language codes (None: any well-formed code). alpha: the language
     sampling exponent. mt_ratio: the share of MT examples when there are parallel data.
     max_source_length / max_target_length: tokens, special tokens included (None: the
-    tokenizer's limit, at most 512; never more than the tokenizer's limit).
+    tokenizer's limit, at most 512).
     """
 
     mono: Sequence[str] = ()
@@ -69,12 +69,12 @@ def pretraining_stream(tokenizer: PreTrainedTokenizerBase, settings: PretrainSet
     """This process's `PretrainingStream` (its rank's share of the data) for `settings`."""
     state = distributed_state()
     limit = min(tokenizer.model_max_length, MAX_LENGTH)
-    # Explicit lengths are capped at the tokenizer's limit (the position table), as fine-tuning does.
-    max_source, max_target = (min(n, tokenizer.model_max_length) if n else limit
-                              for n in (settings.max_source_length, settings.max_target_length))
     return PretrainingStream(
         tokenizer, settings.mono, settings.parallel, noise=settings.noise, alpha=settings.alpha,
-        mt_fraction=settings.mt_ratio if settings.parallel else 0.0, max_source_length=max_source, max_target_length=max_target,
+        mt_fraction=settings.mt_ratio if settings.parallel else 0.0,
+        # Explicit lengths are capped too: positions past the table cannot be embedded.
+        max_source_length=min(settings.max_source_length or limit, limit),
+        max_target_length=min(settings.max_target_length or limit, limit),
         seed=seed, rank=state.process_index, world_size=state.num_processes, langs=settings.langs,
         on_bad_record=settings.on_bad_record,
     )
