@@ -138,17 +138,16 @@ def _tiny_encoder(args) -> int:
     import json
 
     from .resources import udhr
-    from .encoders.tiny_encoder import SETTINGS_FILE, TinyEncoderSettings, read_corpus, train_tiny_encoder
+    from .encoders.tiny_encoder import SETTINGS_FILE, read_corpus, train_tiny_encoder
     from .io import output_directory
 
     if args.corpus:
         texts = read_corpus(args.corpus)
     else:
         texts = [text for unit in udhr("train") for text in unit["text"].values()]
-    settings = TinyEncoderSettings(steps=args.steps, hidden=args.hidden, layers=args.layers,
-                                   vocab_size=args.vocab_size, seed=args.seed)  # validates before anything is written
     with output_directory(args.out, "tiny-encoder", args.overwrite):
-        out = train_tiny_encoder(texts, args.out, settings)
+        out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
+                                 vocab_size=args.vocab_size, seed=args.seed)
     record = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     print(f"{out}: XLM-R masked LM, hidden {args.hidden}, {args.layers} layers, "
           f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']:,}; "
