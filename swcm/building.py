@@ -70,5 +70,5 @@ def build_model_dir(
     tokenizer.model_max_length = min(tokenizer.model_max_length, max_positions)
     if langs:
         add_language_tags(model, tokenizer, langs)
-    save_model_dir(model, tokenizer, out_dir, owner="build")
+    save_model_dir(model, tokenizer, out_dir)
     return {**_report(model), "hidden_state_similarity": hidden_state_similarity(model, tokenizer, sample_pairs())}

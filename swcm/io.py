@@ -95,7 +95,8 @@ def _check_writable(path: Path) -> None:
 @contextlib.contextmanager
 def output_directory(path: str | os.PathLike, owner: str, overwrite: bool = False) -> Iterator[Path]:
     """Claim the directory `path` for `owner` (see `check_output_dir`) for the body of the
-    `with` block; yield it as a Path.
+    `with` block; yield it as a Path. A library function that replaces it as a whole
+    (`atomic_directory`) meanwhile writes it as `owner`'s.
 
     A missing directory is created with its owner file in one rename; if the body then fails
     before writing anything else into it, it is removed again (with the parents created for
@@ -126,6 +127,8 @@ def output_directory(path: str | os.PathLike, owner: str, overwrite: bool = Fals
             created = False  # another process of the same launch claimed it first
     elif output_owner(path) != owner:
         _write_owner(path, owner)  # an empty directory, or adopted with overwrite
+    claim = os.path.abspath(path)
+    _claims[claim] = owner
     try:
         yield path
     except BaseException:
@@ -137,6 +140,13 @@ def output_directory(path: str | os.PathLike, owner: str, overwrite: bool = Fals
                 if directory == topmost_new:
                     break
         raise
+    finally:
+        _claims.pop(claim, None)
+
+
+# Directories claimed by the running command (`output_directory`), absolute path -> owner: a
+# library function that writes one of them as a whole (`atomic_directory`) writes it for that command.
+_claims: dict[str, str] = {}
 
 
 def mark_output_dir(path: str | os.PathLike, owner: str) -> Path:
@@ -157,10 +167,12 @@ def atomic_directory(out_dir: str | os.PathLike, owner: str = "model") -> Iterat
     old `out_dir` (if any) moved aside and the new one renamed into place, so a kill at any
     moment leaves either the old complete directory or the new complete one. On error the
     temporary directory is removed and `out_dir` is untouched. The new directory carries
-    `owner`'s owner file; an existing `out_dir` is replaced only if it is empty or `owner`
+    `owner`'s owner file (that of the running command when it claimed `out_dir` with
+    `output_directory`); an existing `out_dir` is replaced only if it is empty or that owner
     wrote it, anything else raises FileExistsError before and after the body runs.
     """
     out = Path(out_dir)
+    owner = _claims.get(os.path.abspath(out), owner)
     check_output_dir(out, owner)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -238,7 +238,7 @@ def train_tiny_encoder(
         if progress:
             tqdm.write(f"reusing the encoder in {out} (same settings, same corpus)", file=sys.stderr)
         return out
-    with atomic_directory(out, owner="tiny-encoder") as tmp:
+    with atomic_directory(out) as tmp:
         tokenizer = train_tokenizer(texts, tmp, settings.vocab_size, model_max_length=settings.max_positions - 2)
         model = _masked_lm(settings, tokenizer)
         losses = _train_mlm(model, tokenizer, texts, settings, progress)
