@@ -150,7 +150,7 @@ def _build(args) -> int:
 def _add_score(sub) -> None:
     p = sub.add_parser(
         "score",
-        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, script rate",
+        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, spBLEU, script rate",
         description="Score plain-text predictions against references (UTF-8, one segment per line, "
         "aligned by line). Tokenisation follows the Unicode script of the references (Han characters, "
         "Tibetan syllables, words elsewhere), so any language scores correctly. All scores on 0-100.",
@@ -160,7 +160,8 @@ def _add_score(sub) -> None:
     p.add_argument("--lang", metavar="L", help="target language code; fixes the target script where the code "
                    "implies one (zh, bo, ug, kk-Arab, mn-Mong, ...), else it is read from the references")
     p.add_argument("--json", action="store_true", help='print one JSON object: {"rougeL": {"f", "p", "r"}, '
-                   '"chrf", "bleu", "script_rate"}')
+                   '"chrf", "bleu", "spbleu", "script_rate"}; spbleu is null without the FLORES-200 '
+                   'SentencePiece model in sacrebleu\'s cache')
     p.set_defaults(func=_score)
 
 
@@ -176,11 +177,12 @@ def _score(args) -> int:
         raise UsageError(f"{args.ref} is empty")
     result = score(predictions, references, args.lang)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "script_rate")}))
+        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "spbleu", "script_rate")}))
         return 0
     row = flatten_scores(result)
-    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate"):
-        print(f"{COLUMN_HEADERS[key]:<12} {row[key]:6.2f}")
+    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate"):
+        value = "     –  (no FLORES-200 SentencePiece model in sacrebleu's cache)" if row[key] is None else f"{row[key]:6.2f}"
+        print(f"{COLUMN_HEADERS[key]:<12} {value}")
     script = target_script(references, args.lang)
     print(f"{result['n']} segments; script {script}; BLEU tokenize {bleu_tokenize(script)}")
     return 0

@@ -482,6 +482,7 @@ def plot_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
 
 def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: Path) -> Path:
     """OUT/report.md: per-run results, the paper-shaped tables, Figure 4 and training curves."""
+    from .evaluating import RESULT_COLUMNS
     from .metrics import markdown_table
 
     parts = [f"# {config.name}", "",
@@ -496,7 +497,7 @@ def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: 
     parts += ["## Every run", ""]
     for result in results:
         parts += [f"### {RunSpec(**result['spec']).run_id}", "",
-                  markdown_table(result["rows"], ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n"))]
+                  markdown_table(result["rows"], RESULT_COLUMNS)]
     path = out / "report.md"
     with atomic_text_file(path) as f:
         f.write("\n".join(parts))
