@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForSeq2Seq
 
-from swcm.data import ExampleEncoder, NoiseConfig, PretrainingStream, Seq2SeqCollator, sentence_end_ids
+from swcm.data import (
+    ExampleEncoder, NoiseConfig, PretrainingStream, Seq2SeqCollator, protected_ids, sentence_end_ids,
+)
 from swcm.data.readers import BadRecord
 from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag_id
@@ -113,6 +115,28 @@ def test_dae_and_mt_examples(tokenizer, corpus):
     # every language gets DAE; MT targets both zh and the minority languages
     assert {lang for (o, lang) in seen if o == "dae"} == {"bo", "ug", "kk", "mn"}
     assert {lang for (o, lang) in seen if o == "mt"} == {"bo", "ug", "zh"}
+
+
+def test_unk_is_noised_like_text(tokenizer, tmp_path):
+    """A document half <unk> (English text from a corpus made with another vocabulary, each
+    word followed by as many "<unk>" as it has pieces) gets 35 % of its tokens masked."""
+    docs = [" ".join(w + "<unk>" * len(tokenizer.tokenize(w)) for w in unit["text"]["en"].split()) for unit in UNITS[:20]]
+    (tmp_path / "en.txt").write_text("".join(d + "\n" for d in docs), encoding="utf-8")
+    stream = make_stream(tokenizer, tmp_path, mono=[f"en={tmp_path}/en.txt"], parallel=[], mt_fraction=0.0,
+                         noise=NoiseConfig(permute_sentences=False), max_source_length=128, max_target_length=128)
+    unk, mask = tokenizer.unk_token_id, tokenizer.mask_token_id
+    covered = total = unks = 0
+    for ex in take(stream, 40):
+        target, source = ex["labels"][1:-1], ex["input_ids"][1:-1]
+        total += len(target)
+        unks += target.count(unk)
+        covered += len(target) - sum(1 for t in source if t != mask)
+        assert len(target) - sum(1 for t in source if t != mask) == round(0.35 * len(target))
+    assert 0.45 < unks / total < 0.55 and 0.34 < covered / total < 0.36
+    # The framing specials stay protected; <unk> and <mask> are text.
+    assert protected_ids(tokenizer) == frozenset(tokenizer.all_special_ids) - {unk, mask}
+    assert {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+            language_tag_id(tokenizer, "en")} <= protected_ids(tokenizer)
 
 
 def test_documents_longer_than_the_limit_are_cut_into_chunks(tokenizer, corpus):

@@ -31,7 +31,7 @@ from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
 from .examples import ExampleEncoder
-from .noise import NoiseConfig, add_noise, sentence_end_ids
+from .noise import NoiseConfig, add_noise, protected_ids, sentence_end_ids
 from .readers import Problems, Source, census, parse_source_spec, streaming_dataset
 from .sampling import ObjectiveSampler
 
@@ -135,7 +135,7 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         self.mask_id = tokenizer.mask_token_id
         if self.mask_id is None and self.noise.mask_ratio > 0:
             raise ValueError("the tokenizer has no mask token, which text infilling needs")
-        self.special_ids = frozenset(tokenizer.all_special_ids)
+        self.special_ids = protected_ids(tokenizer)
         # A DAE chunk is both the target and (noised) the source: it must fit either way.
         self.chunk_length = min(self.encoder.max_source_ids, self.encoder.max_target_ids)
 
