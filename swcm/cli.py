@@ -289,14 +289,15 @@ def _add_finetune(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--field", action="append", default=[], metavar="NAME=FIELD",
                    help="read a task field from another JSON key, e.g. --field document=article")
-    p.add_argument("--train-size", type=int, help="use only the first N training records")
+    p.add_argument("--train-size", type=int, help="use N training records, drawn with --seed, each language keeping its share")
     p.add_argument("--max-source-length", type=int, default=256)
     p.add_argument("--max-target-length", type=int, default=128)
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--eval-every", type=int, default=200, help="validate every N steps")
     p.add_argument("--metric", default="rougeL_f", choices=["rougeL_f", "loss"], help="selects OUT/best")
     p.add_argument("--patience", type=int, help="stop after N validations without improvement")
-    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for (0: all)")
+    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for, drawn with --seed, "
+                   "each language keeping its share (0: all)")
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
     p.add_argument("--max-new-tokens", type=int, default=128, help="for validation generation")
     _add_training_args(p, max_steps=2000, lr=1e-4, batch_size=16)

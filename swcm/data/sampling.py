@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def language_sampling_probs(counts: Mapping[Hashable, int], alpha: float = 0.3) -> dict:
@@ -26,6 +29,31 @@ def language_sampling_probs(counts: Mapping[Hashable, int], alpha: float = 0.3) 
     weights = {k: (n / total) ** alpha if n > 0 else 0.0 for k, n in counts.items()}
     norm = sum(weights.values())
     return {k: w / norm for k, w in weights.items()}
+
+
+def stratified_sample(records: Sequence[T], n: int | None, seed: int, key: Callable[[T], Hashable]) -> list[T]:
+    """`n` of `records` drawn at random with `seed`, each stratum (e.g. language, by `key`)
+    keeping its share: stratum i gets n·n_i/N rounded by largest remainder (ties to the
+    larger stratum, then the first met), its records drawn uniformly without replacement.
+
+    The drawn records keep their order in `records`. All of them when `n` is None or at least
+    len(records). The same records, seed and n give the same sample.
+    """
+    if n is None or n >= len(records):
+        return list(records)
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    strata: dict[Hashable, list[int]] = {}
+    for i, record in enumerate(records):
+        strata.setdefault(key(record), []).append(i)
+    quotas = {k: n * len(idx) / len(records) for k, idx in strata.items()}
+    counts = {k: int(q) for k, q in quotas.items()}
+    by_remainder = sorted(strata, key=lambda k: (-(quotas[k] - counts[k]), -len(strata[k])))
+    for k in by_remainder[: n - sum(counts.values())]:
+        counts[k] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [i for k, idx in strata.items() for i in rng.choice(idx, size=counts[k], replace=False).tolist()]
+    return [records[i] for i in sorted(chosen)]
 
 
 class ObjectiveSampler:
