@@ -243,7 +243,8 @@ def _add_pretrain(sub) -> None:
                    help="parallel pairs: TSV src<TAB>tgt or JSONL {src, tgt, src_lang, tgt_lang}; repeat")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--langs", help="comma-separated language codes the data may use (others are errors)")
-    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
+    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha, q_i the "
+                   "language's share of the tokens (default 0.3)")
     p.add_argument("--mt-ratio", type=float, default=0.1, help="share of MT examples when there are parallel data (default 0.1)")
     # Noise flags left unset keep swcm.data.NoiseConfig's defaults (mBART's), named in the help only.
     p.add_argument("--mask-ratio", type=float, help="text infilling: share of tokens masked (default 0.35)")

@@ -169,14 +169,26 @@ def test_both_mt_directions_from_each_pair(tokenizer, corpus):
     assert stream.state_dict()["streams"]["mt:bo+zh"]["epoch"] == 1  # 15 pairs read from 12: cycled
 
 
+def tokens(tokenizer, texts):
+    """How many tokens `texts` hold together (no special tokens; blank lines hold none)."""
+    return sum(len(tokenizer(t.strip(), add_special_tokens=False)["input_ids"]) for t in texts)
+
+
 def test_languages_are_sampled_by_the_formula(tokenizer, corpus):
     stream = make_stream(tokenizer, corpus, alpha=0.3, mt_fraction=0.25)
-    assert stream.counts == {"dae": {("bo",): 10, ("ug",): 10, ("kk",): 20, ("mn",): 20},
-                             "mt": {("bo", "zh"): 12, ("ug", "zh"): 12}}
-    shares = np.array([10, 10, 20, 20]) / 60
+    # q_i is a share of tokens, not of records: bo and ug have 10 records of four articles,
+    # kk and mn 20 of one; by records kk would weigh twice bo, by tokens it weighs half.
+    mono = {lang: tokens(tokenizer, (corpus / f"{lang}.txt").read_text().splitlines()) for lang in ("bo", "ug")}
+    mono |= {lang: tokens(tokenizer, [u["text"][lang] for u in UNITS[:20]]) for lang in ("kk", "mn")}
+    pairs = {(x, "zh"): tokens(tokenizer, [u["text"][side] for u in UNITS[:12] for side in (x, "zh")]) for x in ("bo", "ug")}
+    assert stream.counts == {"dae": {(lang,): n for lang, n in mono.items()}, "mt": pairs}
+    assert mono["kk"] < 0.7 * mono["bo"]
+    shares = np.array([mono[lang] for lang in ("bo", "ug", "kk", "mn")]) / sum(mono.values())
     p = shares**0.3 / (shares**0.3).sum()
+    mt = np.array([pairs["bo", "zh"], pairs["ug", "zh"]]) / sum(pairs.values())
+    mt = mt**0.3 / (mt**0.3).sum()
     expected = {"dae:bo": 0.75 * p[0], "dae:ug": 0.75 * p[1], "dae:kk": 0.75 * p[2], "dae:mn": 0.75 * p[3],
-                "mt:bo+zh": 0.125, "mt:ug+zh": 0.125}
+                "mt:bo+zh": 0.25 * mt[0], "mt:ug+zh": 0.25 * mt[1]}
     assert stream.probabilities == pytest.approx(expected)
     classify = Classifier(tokenizer, corpus)
     n = 2000
@@ -229,7 +241,8 @@ def test_bad_records_fail_fast_or_are_counted(tokenizer, corpus, tmp_path):
     with pytest.raises(BadRecord, match=rf"^{bad}:11: empty text$"):
         make_stream(tokenizer, corpus, mono=[f"bo={bad}"])
     stream = make_stream(tokenizer, corpus, mono=[f"bo={bad}"], on_bad_record="skip")
-    assert stream.counts["dae"] == {("bo",): 11} and stream.problems.counts == {"empty text": 1}
+    assert stream.counts["dae"] == {("bo",): tokens(tokenizer, bad.read_text().splitlines())}  # the blank line skipped
+    assert stream.problems.counts == {"empty text": 1}
     assert len(take(stream, 50)) == 50
 
 

@@ -14,7 +14,8 @@ T = TypeVar("T")
 def language_sampling_probs(counts: Mapping[Hashable, int], alpha: float = 0.3) -> dict:
     """Sampling probabilities p_i ∝ q_i^α, where q_i = n_i / Σ_j n_j is language i's share.
 
-    `counts` maps a language (or any key, e.g. a language pair) to its amount of data.
+    `counts` maps a language (or any key, e.g. a language pair) to its amount of data
+    (pretraining counts tokens; adaptation counts token windows).
     α = 1 samples in proportion to the data, α = 0 uniformly; α < 1 up-samples the
     low-resource languages. Keys with a count of 0 get probability 0. Returns {key: p_i}
     in the order of `counts`; ValueError when there is no data at all.
