@@ -243,6 +243,10 @@ def test_bad_records_fail_fast_or_are_counted(tokenizer, corpus, tmp_path):
     stream = make_stream(tokenizer, corpus, mono=[f"bo={bad}"], on_bad_record="skip")
     assert stream.counts["dae"] == {("bo",): tokens(tokenizer, bad.read_text().splitlines())}  # the blank line skipped
     assert stream.problems.counts == {"empty text": 1}
+    # an empty file adds nothing (and is not tokenised: a fast tokenizer fails on no texts)
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    stream = make_stream(tokenizer, corpus, mono=[f"bo={bad}", f"bo={tmp_path}/empty.txt"], on_bad_record="skip")
+    assert stream.counts["dae"] == {("bo",): tokens(tokenizer, bad.read_text().splitlines())}
     assert len(take(stream, 50)) == 50
 
 

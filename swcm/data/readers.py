@@ -405,6 +405,8 @@ def census(
     found: dict[tuple[str, ...], dict[tuple[Source, str], int]] = {}
 
     def add(where: tuple[Source, str], batch: list[dict]) -> None:
+        if not batch:  # an empty file (measure may not take an empty list: fast tokenizers fail on it)
+            return
         texts = [text for record in batch for text in record_texts(record)]
         sizes = iter(measure(texts) if measure is not None else [1] * len(texts))
         for record in batch:
