@@ -262,7 +262,7 @@ def _language_list(text: str | None, flag: str = "--langs") -> list[str]:
 def _add_score(sub) -> None:
     p = sub.add_parser(
         "score",
-        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, script rate",
+        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, spBLEU, script rate",
         description="Score plain-text predictions against references (UTF-8, one segment per line, "
         "aligned by line). Tokenisation follows the Unicode script of the references (Han characters, "
         "Tibetan syllables, words elsewhere), so any language scores correctly. All scores on 0-100.",
@@ -272,7 +272,8 @@ def _add_score(sub) -> None:
     p.add_argument("--lang", metavar="L", help="target language code; fixes the target script where the code "
                    "implies one (zh, bo, ug, kk-Arab, mn-Mong, ...), else it is read from the references")
     p.add_argument("--json", action="store_true", help='print one JSON object: {"rougeL": {"f", "p", "r"}, '
-                   '"chrf", "bleu", "script_rate"}')
+                   '"chrf", "bleu", "spbleu", "script_rate"}; spbleu is null without the FLORES-200 '
+                   'SentencePiece model in sacrebleu\'s cache')
     p.set_defaults(func=_score)
 
 
@@ -290,11 +291,12 @@ def _score(args) -> int:
         raise UsageError(f"{args.ref} is empty")
     result = score(predictions, references, args.lang)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "script_rate")}))
+        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "spbleu", "script_rate")}))
         return 0
     row = flatten_scores(result)
-    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate"):
-        print(f"{COLUMN_HEADERS[key]:<12} {row[key]:6.2f}")
+    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate"):
+        value = "     –  (no FLORES-200 SentencePiece model in sacrebleu's cache)" if row[key] is None else f"{row[key]:6.2f}"
+        print(f"{COLUMN_HEADERS[key]:<12} {value}")
     script = target_script(references, args.lang)
     print(f"{result['n']} segments; script {script}; BLEU tokenize {bleu_tokenize(script)}")
     return 0
@@ -355,7 +357,8 @@ def _add_pretrain(sub) -> None:
                    help="parallel pairs: TSV src<TAB>tgt or JSONL {src, tgt, src_lang, tgt_lang}; repeat")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--langs", help="comma-separated language codes the data may use (others are errors)")
-    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
+    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha, q_i the "
+                   "language's share of the tokens (default 0.3)")
     p.add_argument("--mt-ratio", type=float, default=0.1, help="share of MT examples when there are parallel data (default 0.1)")
     # Noise flags left unset keep swcm.data.NoiseConfig's defaults (mBART's), named in the help only.
     p.add_argument("--mask-ratio", type=float, help="text infilling: share of tokens masked (default 0.35)")
@@ -406,14 +409,15 @@ def _add_finetune(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--field", action="append", default=[], metavar="NAME=FIELD",
                    help="read a task field from another JSON key, e.g. --field document=article")
-    p.add_argument("--train-size", type=int, help="use only the first N training records")
+    p.add_argument("--train-size", type=int, help="use N training records, drawn with --seed, each language keeping its share")
     p.add_argument("--max-source-length", type=int, default=256)
     p.add_argument("--max-target-length", type=int, default=128)
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--eval-every", type=int, default=200, help="validate every N steps")
     p.add_argument("--metric", default="rougeL_f", choices=["rougeL_f", "loss"], help="selects OUT/best")
     p.add_argument("--patience", type=int, help="stop after N validations without improvement")
-    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for (0: all)")
+    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for, drawn with --seed, "
+                   "each language keeping its share (0: all)")
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
     p.add_argument("--max-new-tokens", type=int, default=128, help="for validation generation")
     _add_training_args(p, max_steps=2000, lr=1e-4, batch_size=16)
