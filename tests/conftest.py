@@ -62,7 +62,7 @@ def tiny_bert_dir(tmp_path_factory):
     backend.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
     backend.post_processor = processors.BertProcessing(("[SEP]", backend.token_to_id("[SEP]")), ("[CLS]", backend.token_to_id("[CLS]")))
     tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                                  cls_token="[CLS]", mask_token="[MASK]", model_max_length=126)
+                                  cls_token="[CLS]", mask_token="[MASK]", do_lower_case=False, model_max_length=126)
     tokenizer.save_pretrained(out)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
