@@ -155,3 +155,10 @@ def test_refuses_to_replace_a_directory_it_did_not_write(tiny_encoder_dir, tmp_p
     assert main(["trim-vocab", "--encoder", str(tiny_encoder_dir), "--corpus", str(bad), "--out", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and "not a readable gzip file" in err
+
+
+def test_an_encoder_path_that_is_not_a_model_directory_gets_one_line(tmp_path, capsys):
+    corpus = _write(tmp_path / "corpus.txt", _udhr(["en"]))
+    assert main(["trim-vocab", "--encoder", str(tmp_path), "--corpus", str(corpus), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no config.json" in err

@@ -138,7 +138,7 @@ def _parse(data: bytes, path: Path) -> E5S1:
             raise ValueError(f"tensor {name!r} has unknown kind {kind}")
         if name in shapes:
             shape = shapes[name]
-        elif name.endswith(".w") and not name.endswith("ln.w"):
+        elif name.endswith(".w") and not name.endswith("ln.w"):  # [out_features, in_features]; only fo reads the FFN
             shape = (count // (ffn if name.endswith(".fo.w") else hidden), -1)
         else:
             shape = (count,)
@@ -146,6 +146,7 @@ def _parse(data: bytes, path: Path) -> E5S1:
     missing = sorted(set(names.values()) - set(tensors))
     if missing:
         raise ValueError(f"missing tensor {missing[0]}")
+    eps = float(f"{eps:.7g}")  # the float32 1e-12 reads as 9.99...e-13
     config = BertConfig(
         vocab_size=rows, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=ffn, max_position_embeddings=positions, type_vocab_size=types, layer_norm_eps=eps,

@@ -74,7 +74,10 @@ def _tokenizer_json(encoder: Path) -> dict:
     path = encoder / TOKENIZER_FILE
     if not path.is_file():
         raise ValueError(f"{encoder}: no {TOKENIZER_FILE}; trim-vocab needs a fast tokenizer (Unigram or WordPiece)")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
     kind = data.get("model", {}).get("type")
     if kind not in ("Unigram", "WordPiece"):
         raise ValueError(f"{path}: a {kind} tokenizer; trim-vocab supports Unigram (SentencePiece) and WordPiece tokenizers")
@@ -184,6 +187,8 @@ def trim_vocabulary(
         raise ValueError(f"{out}: the output directory must differ from the encoder directory")
     if out.exists() and not (out / REPORT_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: exists and was not written by swcm trim-vocab; choose another --out")
+    if not (src / "config.json").is_file():
+        raise ValueError(f"{src}: no config.json; --encoder must be a Hugging Face encoder directory")
     config = AutoConfig.from_pretrained(src)
     check_encoder_config(config, str(src))
     if not (src / WEIGHTS_FILE).is_file():
