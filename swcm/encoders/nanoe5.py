@@ -77,8 +77,9 @@ class E5S1:
     tensors: dict[str, np.ndarray]
 
 
-def read_e5s1(path: str | os.PathLike) -> E5S1:
-    """Read and dequantize an E5S1 version 1 file (ValueError naming the file if it is not one)."""
+def read_e5s1(path: str | os.PathLike, weights: bool = True) -> E5S1:
+    """Read and dequantize an E5S1 version 1 file (ValueError naming the file if it is not one);
+    with `weights=False` only the configuration and the tokenizer tables (`tensors` is empty)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -89,12 +90,12 @@ def read_e5s1(path: str | os.PathLike) -> E5S1:
     if version != VERSION:
         raise ValueError(f"{path}: E5S1 version {version} is not supported (only version {VERSION})")
     try:
-        return _parse(data, path)
+        return _parse(data, weights)
     except (struct.error, ValueError, IndexError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: truncated or corrupt E5S1 file ({err})") from None
 
 
-def _parse(data: bytes, path: Path) -> E5S1:
+def _parse(data: bytes, weights: bool) -> E5S1:
     hidden, layers, heads, ffn, rows, positions, types, eps, block, n_pieces = struct.unpack_from("<7if2i", data, 8)
     bos, eos, pad, unk = struct.unpack_from("<4i", data, 48)
     if block != 32:
@@ -129,6 +130,8 @@ def _parse(data: bytes, path: Path) -> E5S1:
         at += 21
         if name not in names:
             raise ValueError(f"unknown tensor {name!r}")
+        if not weights:
+            continue
         raw = data[offset : offset + length]
         if kind == 0:
             values = np.frombuffer(raw, "<f4", count).copy()
@@ -144,7 +147,7 @@ def _parse(data: bytes, path: Path) -> E5S1:
             shape = (count,)
         tensors[names[name]] = values.reshape(shape)
     missing = sorted(set(names.values()) - set(tensors))
-    if missing:
+    if missing and weights:
         raise ValueError(f"missing tensor {missing[0]}")
     eps = float(f"{eps:.7g}")  # the float32 1e-12 reads as 9.99...e-13
     config = BertConfig(

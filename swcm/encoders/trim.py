@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer
 
 from ..configuration import check_encoder_config
@@ -92,16 +91,14 @@ def _model_vocab(data: dict) -> list[str]:
     return sorted(vocab, key=vocab.__getitem__)
 
 
-def kept_ids(data: dict, counts: Counter, texts: Sequence[str], min_count: int = 1, keep: int | None = None) -> list[int]:
-    """Sorted ids to keep: added/special tokens, byte pieces, single-character pieces of the
-    characters in `texts`, and the used pieces with at least `min_count` uses (the `keep` most
-    used ones when given)."""
+def kept_ids(data: dict, counts: Counter, characters: set[str], min_count: int = 1, keep: int | None = None) -> list[int]:
+    """Sorted ids to keep from tokenizer.json `data`: added/special tokens, byte pieces, the
+    single-character pieces of `characters` (the corpus's, normalised), and the used pieces
+    (`counts`: id -> uses) with at least `min_count` uses (the `keep` most used ones when given)."""
     pieces = _model_vocab(data)
     index = {piece: i for i, piece in enumerate(pieces)}
     always = {token["id"] for token in data["added_tokens"]}
     always.update(i for i, piece in enumerate(pieces) if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"))
-    normalizer = Tokenizer.from_str(json.dumps(data)).normalizer
-    characters = {c for text in texts for c in (normalizer.normalize_str(text) if normalizer else text)}
     prefix = data["model"].get("continuing_subword_prefix", "##") if data["model"]["type"] == "WordPiece" else None
     for c in characters:
         for piece in (c, f"{prefix}{c}" if prefix else None):
@@ -201,7 +198,9 @@ def trim_vocabulary(
     old = AutoTokenizer.from_pretrained(src)
     old_ids = old(list(texts), add_special_tokens=False)["input_ids"]
     counts = Counter(i for ids in old_ids for i in ids)
-    keep_ids = kept_ids(data, counts, texts, min_count, keep)
+    normalizer = old.backend_tokenizer.normalizer
+    characters = {c for text in texts for c in (normalizer.normalize_str(text) if normalizer else text)}
+    keep_ids = kept_ids(data, counts, characters, min_count, keep)
     kept_set = set(keep_ids)
     total = sum(counts.values())
     coverage = sum(n for i, n in counts.items() if i in kept_set) / total if total else 1.0
