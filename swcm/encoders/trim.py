@@ -174,7 +174,7 @@ def trim_vocabulary(
 ) -> TrimReport:
     """Write to `out_dir` a copy of the encoder directory `encoder` whose vocabulary holds only
     what `texts` needs (see the module docstring). Refuses an existing non-empty `out_dir` that
-    trim-vocab did not write. Returns the report (also saved as `out_dir`/trim-vocab.json)."""
+    swcm did not write (see `swcm.io.atomic_directory`). Returns the report (also saved as `out_dir`/trim-vocab.json)."""
     src, out = Path(encoder), Path(out_dir)
     if min_count < 1:
         raise ValueError(f"--min-count must be at least 1, got {min_count}")
@@ -182,8 +182,6 @@ def trim_vocabulary(
         raise ValueError(f"--keep must be >= 0, got {keep}")
     if out.resolve() == src.resolve():
         raise ValueError(f"{out}: the output directory must differ from the encoder directory")
-    if out.exists() and not (out / REPORT_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: exists and was not written by swcm trim-vocab; choose another --out")
     if not (src / "config.json").is_file():
         raise ValueError(f"{src}: no config.json; --encoder must be a Hugging Face encoder directory")
     config = AutoConfig.from_pretrained(src)
