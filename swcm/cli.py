@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 def _add_tiny_encoder(sub) -> None:
     # The defaults live in one place, the library's settings; importing it costs ~60 ms on top of `swcm`.
     from .encoders.tiny_encoder import TinyEncoderSettings as S
+    from .precision import MIXED_PRECISION_CHOICES
 
     p = sub.add_parser(
         "tiny-encoder",
@@ -47,6 +48,8 @@ def _add_tiny_encoder(sub) -> None:
     p.add_argument("--layers", type=int, default=S.layers, help=f"transformer layers (default {S.layers})")
     p.add_argument("--vocab-size", type=int, default=S.vocab_size, help=f"SentencePiece vocabulary bound (default {S.vocab_size})")
     p.add_argument("--seed", type=int, default=S.seed, help=f"random seed (default {S.seed})")
+    p.add_argument("--mixed-precision", default=S.mixed_precision, choices=MIXED_PRECISION_CHOICES[:3],
+                   help="auto (default): bf16 autocast where this CPU runs bf16 fast, else fp32 | no | bf16")
     p.set_defaults(func=_tiny_encoder)
 
 
@@ -61,7 +64,7 @@ def _tiny_encoder(args) -> int:
     else:
         texts = [text for unit in udhr("train") for text in unit["text"].values()]
     out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
-                             vocab_size=args.vocab_size, seed=args.seed)
+                             vocab_size=args.vocab_size, seed=args.seed, mixed_precision=args.mixed_precision)
     record = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     print(f"{out}: XLM-R masked LM, hidden {args.hidden}, {args.layers} layers, "
           f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']:,}; "
@@ -188,6 +191,8 @@ def _score(args) -> int:
 
 def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None:
     """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune."""
+    from .precision import MIXED_PRECISION_CHOICES
+
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per process per micro-batch")
@@ -198,7 +203,9 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None
     g.add_argument("--schedule", default="linear", help="learning-rate decay after warm-up: linear | cosine | constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
     g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--mixed-precision", default="no", help="no | bf16 | fp16 (fp16 on GPU only)")
+    g.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION_CHOICES,
+                   help="auto (default): accelerate's configuration when set, else bf16 where the hardware runs it "
+                   "fast (bf16 GPUs, CPUs with AMX/AVX512-BF16) and fp32 elsewhere | no | bf16 | fp16 (GPU only)")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--scheduled-sampling", default=None, help="constant | linear | inverse_sigmoid (off when absent)")
     g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
@@ -329,7 +336,9 @@ def _fields(items: list[str]) -> dict[str, str]:
 
 
 def _add_task_input_args(p, *, task_required: bool) -> None:
-    """How task files are read, and the device: shared by generate and evaluate."""
+    """How task files are read, the device and dtype: shared by generate and evaluate."""
+    from .precision import DTYPE_CHOICES
+
     p.add_argument("--task", choices=["sum", "mrc", "mt"], required=task_required,
                    help="sum {document, summary, lang} | mrc {question, context, answer, lang} | mt {src, tgt, "
                    "src_lang, tgt_lang}" + ("" if task_required else "; default: from each record's fields"))
@@ -338,6 +347,9 @@ def _add_task_input_args(p, *, task_required: bool) -> None:
     p.add_argument("--tgt-lang", metavar="L", help="output language for records without a lang / tgt_lang field")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights and compute: auto (default; bfloat16 where the hardware runs it fast, as for "
+                   "training's --mixed-precision auto, else float32) | float32 | bfloat16 | float16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -405,7 +417,7 @@ def _generate(args) -> int:
     options = _generation_options(args)
     fields = _fields(args.field)
     start = time.perf_counter()
-    model, tokenizer = load_generator(args.model, args.device)
+    model, tokenizer = load_generator(args.model, args.device, args.dtype)
     set_seed(args.seed)
     problems = Problems()
     inputs = generate_file(
@@ -447,7 +459,8 @@ def _evaluate(args) -> int:
     set_seed(args.seed)
     rows = evaluate_model(
         args.model, args.task, args.test, args.out, fields=_fields(args.field), tgt_lang=args.tgt_lang,
-        transfer_from=args.transfer_from, device=args.device, on_bad_record=args.on_bad_record, **options,
+        transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record,
+        **options,
     )
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")

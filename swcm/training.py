@@ -40,6 +40,7 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -58,10 +59,10 @@ from transformers import get_scheduler
 
 from .io import atomic_directory
 from .modeling import seq2seq_loss
+from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_precision
 
 SCHEDULES = ("linear", "cosine", "constant")
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -69,6 +70,9 @@ CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 class TrainingConfig:
     """Settings of one training run (pretraining or fine-tuning).
 
+    `mixed_precision` "auto" (the default) lets accelerate's configuration decide when it is
+    set, else the hardware (`swcm.precision`: bf16 where it is fast, fp32 elsewhere); "no",
+    "bf16" and "fp16" are taken as given. The choice is printed and logged with every step.
     `batch_size` is per process and per micro-batch: one optimizer step sees
     batch_size × grad_accum × processes examples. `schedule` is the learning-rate decay after
     `warmup_steps` of linear warm-up (transformers' schedulers). Scheduled sampling is off
@@ -88,7 +92,7 @@ class TrainingConfig:
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
     label_smoothing: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True  # reshuffle random-access data (lists, datasets.Dataset) every epoch
@@ -119,8 +123,8 @@ class TrainingConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.scheduled_sampling is not None:
@@ -466,20 +470,23 @@ class _Run:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def _accelerator(config: TrainingConfig) -> Accelerator:
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+def _accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
+    precision = resolve_mixed_precision(config.mixed_precision)
+    if precision.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     state = AcceleratorState._shared_state
     # Several runs in one process (tests, experiment grids) may differ in precision; accelerate
     # keeps its state per process, so a single-process run starts from a clean one.
-    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+    if state and state.get("_mixed_precision") != precision.mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
     log_with = "tensorboard" if is_tensorboard_available() else None
     # Without an accelerator device, accelerate treats a torchrun-style launch (what
     # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
     # then it is DDP over gloo, and a single process is unaffected.
     on_cpu = not _has_accelerator_device()
-    return Accelerator(cpu=on_cpu, mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
+                              project_dir=str(config.out_dir))
+    return accelerator, precision
 
 
 def distributed_state() -> PartialState:
@@ -539,7 +546,8 @@ def train(
         raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
-    accelerator = _accelerator(config)
+    accelerator, precision = _accelerator(config)
+    accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -653,7 +661,7 @@ def train(
             seconds = accelerator.reduce(torch.tensor(window_time, device=accelerator.device), "mean").item()
             record = {"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": accelerator.reduce(tokens, "sum").item() / max(seconds, 1e-9),
-                      "epoch": cursor.epoch}
+                      "epoch": cursor.epoch, "mixed_precision": precision.mixed_precision}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             if config.scheduled_sampling is not None:
