@@ -207,6 +207,8 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None
                    help="auto (default): accelerate's configuration when set, else bf16 where the hardware runs it "
                    "fast (bf16 GPUs, CPUs with AMX/AVX512-BF16) and fp32 elsewhere | no | bf16 | fp16 (GPU only)")
     g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--no-group-by-length", action="store_true",
+                   help="batch examples in plain random order (default: batches of similar lengths, little padding)")
     g.add_argument("--scheduled-sampling", default=None, help="constant | linear | inverse_sigmoid (off when absent)")
     g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
     g.add_argument("--ss-k", type=float, default=10.0, help="inverse_sigmoid steepness")
@@ -227,6 +229,7 @@ def _training_config(args, **extra):
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         scheduled_sampling=args.scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
+        group_by_length=not args.no_group_by_length,
         log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
         progress=not args.no_progress, **extra,
     )

@@ -56,6 +56,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .io import atomic_directory
 from .modeling import seq2seq_loss
@@ -64,6 +65,7 @@ from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_p
 SCHEDULES = ("linear", "cosine", "constant")
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+GROUP_BATCHES = 50  # length grouping of a stream sorts this many batches' examples at a time
 
 
 @dataclass
@@ -96,6 +98,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True  # reshuffle random-access data (lists, datasets.Dataset) every epoch
+    group_by_length: bool = True  # batches of similar lengths: little padding (see _DataCursor)
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
@@ -255,6 +258,11 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
 # --- data position -----------------------------------------------------------------------
 
 
+def example_length(example: dict) -> int:
+    """Tokens of an example, source and target: what padding a batch of it costs."""
+    return len(example["input_ids"]) + len(example.get("labels", ()))
+
+
 class _DataCursor:
     """Reads `examples` in global batches, epoch after epoch, and resumes at an exact position.
 
@@ -264,12 +272,21 @@ class _DataCursor:
     captured after each batch. Any other iterable is re-read and the consumed examples skipped.
     A one-shot iterator ends training when it is exhausted; re-iterable data starts a new
     epoch (calling `set_epoch` when the data has it).
+
+    With `group_by_length`, batches hold examples of similar length, so little of a batch is
+    padding: shuffled random-access data in transformers' length-grouped order (random
+    mega-batches of up to 50 batches, each sorted by length), streams through a buffer
+    of `GROUP_BATCHES` batches cut by length and yielded in a seeded random order; the
+    buffered batches not yet yielded are part of the position.
     """
 
-    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool):
+    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool, group_by_length: bool = False):
         self.examples = examples
         self.seed = seed
         self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.lengths: list[int] | None = None
+        self.pending: list[list[dict]] = []
         self.random_access = (
             hasattr(examples, "__len__") and hasattr(examples, "__getitem__")
             and not isinstance(examples, torch.utils.data.IterableDataset)
@@ -280,18 +297,24 @@ class _DataCursor:
         self.stream_state = None
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state}
+        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state, "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed, self.stream_state = state["epoch"], state["consumed"], state["stream"]
+        self.pending = state.get("pending", [])
 
-    def _epoch(self) -> Iterator[dict]:
+    def _epoch(self, size: int) -> Iterator[dict]:
         if hasattr(self.examples, "set_epoch"):
             self.examples.set_epoch(self.epoch)
         if self.random_access:
             n = len(self.examples)
-            if self.shuffle:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            if self.shuffle and self.group_by_length:
+                if self.lengths is None:
+                    self.lengths = [example_length(self.examples[i]) for i in range(n)]
+                order = get_length_grouped_indices(self.lengths, size, generator=generator)
+            elif self.shuffle:
+                order = torch.randperm(n, generator=generator).tolist()
             else:
                 order = list(range(n))
             return (self.examples[i] for i in order[self.consumed:])
@@ -303,18 +326,44 @@ class _DataCursor:
     def batches(self, size: int) -> Iterator[list[dict]]:
         """Yield lists of up to `size` examples; the last batch of an epoch may be shorter."""
         one_shot = iter(self.examples) is self.examples
+        buffered = self.group_by_length and not self.random_access
         while True:
             produced = False
-            stream = self._epoch()
-            while batch := list(islice(stream, size)):
+            stream = self._epoch(size)
+            while True:
+                while self.pending:  # the rest of a length-grouped buffer (also after a resume)
+                    produced = True
+                    yield self.pending.pop(0)
+                if not (batch := list(islice(stream, size * GROUP_BATCHES if buffered else size))):
+                    break
                 produced = True
                 self.consumed += len(batch)
                 if self.stateful and not self.random_access:
                     self.stream_state = copy.deepcopy(self.examples.state_dict())
-                yield batch
+                if buffered:
+                    self.pending = _length_grouped_batches(batch, size, self.seed + self.epoch + self.consumed)
+                else:
+                    yield batch
             if one_shot or (not produced and self.consumed == 0):  # empty data: no endless loop
                 return
             self.epoch, self.consumed, self.stream_state = self.epoch + 1, 0, None
+
+
+def _length_grouped_batches(examples: list[dict], size: int, seed: int) -> list[list[dict]]:
+    """`examples` sorted by length, cut into batches of `size`, in a random order (for `seed`)."""
+    ordered = sorted(examples, key=example_length)
+    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [batches[i] for i in order]
+
+
+def _padding(batch: dict, seq2seq: bool) -> torch.Tensor:
+    """(padded positions, all positions) of a batch: source positions the attention mask rules
+    out, and for seq2seq batches target positions labelled −100."""
+    padded, total = (batch["attention_mask"] == 0).sum(), batch["attention_mask"].numel()
+    if seq2seq:
+        padded, total = padded + (batch["labels"] == -100).sum(), total + batch["labels"].numel()
+    return torch.stack([padded, torch.as_tensor(total, device=padded.device)])
 
 
 def _local_batches(
@@ -563,7 +612,7 @@ def train(
     scheduler = _scheduler(optimizer, config)  # stepped once per optimizer step, on every rank
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    cursor = _DataCursor(examples, config.seed, config.shuffle)
+    cursor = _DataCursor(examples, config.seed, config.shuffle, config.group_by_length)
     run = _Run(accelerator, model, tokenizer, optimizer, scheduler, cursor, config)
     if resume_from is not None:
         run.restore(resume_from)
@@ -617,6 +666,7 @@ def train(
                disable=not (config.progress and accelerator.is_main_process))
     loss_sum = torch.zeros((), device=accelerator.device)
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    padding = torch.zeros(2, dtype=torch.long, device=accelerator.device)  # padded positions, all positions
     window_steps, window_time = 0, 0.0
     last_evaluated = last_saved = None
     model.train()
@@ -644,6 +694,7 @@ def train(
                 accelerator.backward(loss / config.grad_accum)
             loss_sum += loss.detach() / config.grad_accum
             tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+            padding += _padding(batch, seq2seq=loss_fn is None)
         grad_norm = None
         if config.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -660,8 +711,10 @@ def train(
         if state.step % config.log_every == 0 or at_end:
             mean_loss = accelerator.reduce(loss_sum / window_steps, "mean").item()
             seconds = accelerator.reduce(torch.tensor(window_time, device=accelerator.device), "mean").item()
+            padded, positions = accelerator.reduce(padding, "sum").tolist()
             record = {"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": accelerator.reduce(tokens, "sum").item() / max(seconds, 1e-9),
+                      "padding_share": padded / max(positions, 1),
                       "epoch": cursor.epoch, "mixed_precision": precision.mixed_precision}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
@@ -671,6 +724,7 @@ def train(
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             loss_sum.zero_()
             tokens.zero_()
+            padding.zero_()
             window_steps, window_time = 0, 0.0
 
         stop = False
