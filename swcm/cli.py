@@ -114,6 +114,7 @@ def _check_resume(args) -> None:
 def _add_tiny_encoder(sub) -> None:
     # The defaults live in one place, the library's settings; importing it costs ~60 ms on top of `swcm`.
     from .encoders.tiny_encoder import TinyEncoderSettings as S
+    from .precision import MIXED_PRECISION_CHOICES
 
     p = sub.add_parser(
         "tiny-encoder",
@@ -131,6 +132,8 @@ def _add_tiny_encoder(sub) -> None:
     p.add_argument("--vocab-size", type=int, default=S.vocab_size, help=f"SentencePiece vocabulary bound (default {S.vocab_size})")
     p.add_argument("--seed", type=int, default=S.seed, help=f"random seed (default {S.seed})")
     _add_overwrite(p, replaces=True)
+    p.add_argument("--mixed-precision", default=S.mixed_precision, choices=MIXED_PRECISION_CHOICES[:3],
+                   help="auto (default): bf16 autocast where this CPU runs bf16 fast, else fp32 | no | bf16")
     p.set_defaults(func=_tiny_encoder)
 
 
@@ -147,7 +150,7 @@ def _tiny_encoder(args) -> int:
         texts = [text for unit in udhr("train") for text in unit["text"].values()]
     with output_directory(args.out, "tiny-encoder", args.overwrite):
         out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
-                                 vocab_size=args.vocab_size, seed=args.seed)
+                                 vocab_size=args.vocab_size, seed=args.seed, mixed_precision=args.mixed_precision)
     record = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     print(f"{out}: XLM-R masked LM, hidden {args.hidden}, {args.layers} layers, "
           f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']:,}; "
@@ -371,6 +374,8 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int, warmup:
     """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune.
     `warmup` and `scheduled_sampling` name the command's defaults in the help; `_training_config`
     applies them."""
+    from .precision import MIXED_PRECISION_CHOICES
+
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per process per micro-batch")
@@ -381,8 +386,12 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int, warmup:
     g.add_argument("--schedule", default="linear", help="learning-rate decay after warm-up: linear | cosine | constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
     g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--mixed-precision", default="no", help="no | bf16 | fp16 (fp16 on GPU only)")
+    g.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION_CHOICES,
+                   help="auto (default): accelerate's configuration when set, else bf16 where the hardware runs it "
+                   "fast (bf16 GPUs, CPUs with AMX/AVX512-BF16) and fp32 elsewhere | no | bf16 | fp16 (GPU only)")
     g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--no-group-by-length", action="store_true",
+                   help="batch examples in plain random order (default: batches of similar lengths, little padding)")
     g.add_argument("--scheduled-sampling", help="teacher-forcing schedule: constant | linear | inverse_sigmoid | none "
                    f"(default {scheduled_sampling or 'none'})")
     g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
@@ -406,6 +415,7 @@ def _training_config(args, default_warmup: int = 0, default_scheduled_sampling: 
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         scheduled_sampling=None if scheduled_sampling == "none" else scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
+        group_by_length=not args.no_group_by_length,
         log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
         progress=not args.no_progress, **extra,
     )
@@ -530,7 +540,9 @@ def _fields(items: list[str]) -> dict[str, str]:
 
 
 def _add_task_input_args(p, *, task_required: bool) -> None:
-    """How task files are read, and the device: shared by generate and evaluate."""
+    """How task files are read, the device and dtype: shared by generate and evaluate."""
+    from .precision import DTYPE_CHOICES
+
     p.add_argument("--task", choices=["sum", "mrc", "mt"], required=task_required,
                    help="sum {document, summary, lang} | mrc {question, context, answer, lang} | mt {src, tgt, "
                    "src_lang, tgt_lang}" + ("" if task_required else "; default: from each record's fields"))
@@ -539,6 +551,9 @@ def _add_task_input_args(p, *, task_required: bool) -> None:
     p.add_argument("--tgt-lang", metavar="L", help="output language for records without a lang / tgt_lang field")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights and compute: auto (default; bfloat16 where the hardware runs it fast, as for "
+                   "training's --mixed-precision auto, else float32) | float32 | bfloat16 | float16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -626,7 +641,7 @@ def _generate(args) -> int:
     check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
     check_output_file(args.output, args.overwrite, is_own=_is_prediction_file)
     start = time.perf_counter()
-    model, tokenizer = load_generator(args.model, args.device)
+    model, tokenizer = load_generator(args.model, args.device, args.dtype)
     set_seed(args.seed)
     problems = Problems()
     inputs = generate_file(
@@ -687,7 +702,7 @@ def _evaluate(args) -> int:
     with output_directory(args.out, "evaluate", args.overwrite):
         rows = evaluate_model(
             args.model, args.task, args.test, args.out, fields=fields, tgt_lang=args.tgt_lang,
-            transfer_from=args.transfer_from, device=args.device, on_bad_record=args.on_bad_record, **options,
+            transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record, **options,
         )
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")

@@ -62,6 +62,7 @@ def evaluate_model(
     tgt_lang: str | None = None,
     transfer_from: str | None = None,
     device: str | None = None,
+    dtype: str = "auto",
     on_bad_record: str = "error",
     **generate_options,
 ) -> list[dict]:
@@ -82,7 +83,7 @@ def evaluate_model(
         raise ValueError("no test files")
     out = Path(out_dir)
     outputs = prediction_paths(test_files, out)
-    model, tokenizer = load_generator(model_dir, device)
+    model, tokenizer = load_generator(model_dir, device, dtype)
     scored: list[dict] = []
     files = []
     for test_file, output in zip(test_files, outputs):

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .data.examples import pair_separator
 from .data.readers import MRC_SEPARATOR, Problems, check_language, read_task_records
 from .io import atomic_text_file
+from .precision import resolve_dtype
 from .tokenization import generation_kwargs, language_tag, language_tag_id
 
 
@@ -107,10 +108,12 @@ def generate_texts(model, tokenizer, sources: Sequence[str], target_langs: Seque
     return [seqs[0] for seqs in generate_sequences(model, tokenizer, sources, target_langs, **kwargs)]
 
 
-def load_generator(model_dir: str | os.PathLike, device: str | None = None):
+def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
     """Load a saved model directory for generation: (model in eval mode on `device`, tokenizer).
 
-    `device` defaults to "cuda" when a GPU is visible, else "cpu". Any transformers seq2seq
+    `device` defaults to "cuda" when a GPU is visible, else "cpu". `dtype` ("float32",
+    "bfloat16", "float16") is the model's weight and compute dtype; "auto" takes bfloat16 where
+    the device runs it fast and float32 elsewhere (`swcm.precision.resolve_dtype`). Any transformers seq2seq
     model directory works; SWCM models load through the Auto classes `swcm` registers.
     """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -123,7 +126,8 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(device).eval()
+    torch_dtype = resolve_dtype(dtype, device)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
     return model, tokenizer
 
 

@@ -57,6 +57,16 @@ class SWCMAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _projections(self, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """The named projections of `x`, as heads, computed by one matrix product (one larger
+        GEMM runs faster than several small ones; the parameters stay separate, BERT's)."""
+        linears = [getattr(self, name) for name in names]
+        if any(type(linear) is not nn.Linear for linear in linears):  # adapters (LoRA, …): their own forward
+            return [self._heads(linear(x)) for linear in linears]
+        weight = torch.cat([linear.weight for linear in linears])
+        bias = torch.cat([linear.bias for linear in linears])
+        return [self._heads(part) for part in F.linear(x, weight, bias).chunk(len(names), dim=-1)]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -64,26 +74,30 @@ class SWCMAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         cache_position: torch.Tensor | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor:
-        query = self._heads(self.query(hidden_states))
+        """`is_causal`: plain causal self-attention over exactly these positions (no cache, no
+        padding), which SDPA runs without a mask tensor — its fastest kernels."""
         if self.is_cross_attention:
+            query = self._heads(self.query(hidden_states))
             cache = past_key_values.cross_attention_cache if past_key_values is not None else None
             if cache is not None and past_key_values.is_updated.get(self.layer_idx):
                 # The encoder output does not change during generation: reuse its keys/values.
                 key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
             else:
-                key, value = self._heads(self.key(key_value_states)), self._heads(self.value(key_value_states))
+                key, value = self._projections(key_value_states, "key", "value")
                 if cache is not None:
                     key, value = cache.update(key, value, self.layer_idx)
                     past_key_values.is_updated[self.layer_idx] = True
         else:
-            key, value = self._heads(self.key(hidden_states)), self._heads(self.value(hidden_states))
+            query, key, value = self._projections(hidden_states, "query", "key", "value")
             if past_key_values is not None:
                 key, value = past_key_values.self_attention_cache.update(
                     key, value, self.layer_idx, {"cache_position": cache_position}
                 )
         context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attention_mask is None,
         )
         context = context.transpose(1, 2).reshape(hidden_states.shape)
         return self.output(context)
@@ -140,11 +154,12 @@ class _PostLNDecoderLayer(GradientCheckpointingLayer):
         cross_attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         cache_position: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         for name in self.sublayers:
             module = getattr(self, name)
             if name == "self_attn":
-                out = module(hidden_states, None, self_attention_mask, past_key_values, cache_position)
+                out = module(hidden_states, None, self_attention_mask, past_key_values, cache_position, is_causal=causal)
             elif name == "cross_attn":
                 out = module(hidden_states, encoder_hidden_states, cross_attention_mask, past_key_values)
             else:
@@ -195,7 +210,10 @@ class SWCMDecoder(nn.Module):
         past_key_values: EncoderDecoderCache | None,
         cache_position: torch.Tensor,
     ) -> torch.Tensor:
-        self_mask = _causal_mask(cache_position, decoder_attention_mask)
+        # Keys so far, from shapes (no host-device sync): cached ones plus these positions.
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        causal = decoder_attention_mask is None and past == 0
+        self_mask = None if causal else _causal_mask(cache_position, decoder_attention_mask, past + hidden_states.shape[1])
         cross_mask = None
         if encoder_attention_mask is not None and not bool(encoder_attention_mask.all()):
             cross_mask = encoder_attention_mask[:, None, None, :].bool()
@@ -207,13 +225,14 @@ class SWCMDecoder(nn.Module):
                 cross_attention_mask=cross_mask,
                 past_key_values=past_key_values,
                 cache_position=cache_position,
+                causal=causal,
             )
         return hidden_states
 
 
-def _causal_mask(cache_position: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean SDPA mask (True = attend) for queries at `cache_position` over all keys so far."""
-    num_keys = int(cache_position[-1]) + 1
+def _causal_mask(cache_position: torch.Tensor, padding_mask: torch.Tensor | None, num_keys: int) -> torch.Tensor | None:
+    """Boolean SDPA mask (True = attend) for queries at `cache_position` over the `num_keys`
+    keys so far."""
     if padding_mask is None and cache_position.numel() == 1:
         return None  # one new token attends to every cached one
     keys = torch.arange(num_keys, device=cache_position.device)

@@ -40,6 +40,7 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,23 +57,28 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .io import atomic_directory
 from .modeling import seq2seq_loss
+from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_precision
 
 SCHEDULES = ("linear", "cosine", "constant")
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 # Decoder inputs that generation forces: the start token and the target-language tag (the first
 # label). Scheduled sampling never replaces them.
 FORCED_DECODER_INPUTS = 2
+GROUP_BATCHES = 50  # length grouping sorts this many batches' examples at a time
 
 
 @dataclass
 class TrainingConfig:
     """Settings of one training run (pretraining or fine-tuning).
 
+    `mixed_precision` "auto" (the default) lets accelerate's configuration decide when it is
+    set, else the hardware (`swcm.precision`: bf16 where it is fast, fp32 elsewhere); "no",
+    "bf16" and "fp16" are taken as given. The choice is printed and logged with every step.
     `batch_size` is per process and per micro-batch: one optimizer step sees
     batch_size × grad_accum × processes examples, and its loss is the mean over all their
     target tokens (every token weighs alike, however the step is split). `schedule` is the learning-rate decay after
@@ -93,10 +99,11 @@ class TrainingConfig:
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
     label_smoothing: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True  # reshuffle random-access data (lists, datasets.Dataset) every epoch
+    group_by_length: bool = True  # batches of similar lengths: little padding (see _DataCursor)
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
@@ -124,8 +131,8 @@ class TrainingConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.scheduled_sampling is not None:
@@ -260,6 +267,12 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
 # --- data position -----------------------------------------------------------------------
 
 
+def example_length(example: dict) -> int:
+    """The length batches are grouped by: the longer of source and target (on the demo's
+    zh → x data this leaves less padding than their sum)."""
+    return max(len(example["input_ids"]), len(example.get("labels", ())))
+
+
 class _DataCursor:
     """Reads `examples` in global batches, epoch after epoch, and resumes at an exact position.
 
@@ -269,12 +282,22 @@ class _DataCursor:
     captured after each batch. Any other iterable is re-read and the consumed examples skipped.
     A one-shot iterator ends training when it is exhausted; re-iterable data starts a new
     epoch (calling `set_epoch` when the data has it).
+
+    With `group_by_length`, batches hold examples of similar length, so little of a batch is
+    padding: shuffled random-access data in transformers' length-grouped order (random
+    mega-batches of `GROUP_BATCHES` batches, each sorted by length; a smaller data set is one
+    mega-batch, so its batches keep their members and change order, as in fairseq), streams
+    through a buffer of `GROUP_BATCHES` batches cut by length and yielded in a seeded random
+    order; the buffered batches not yet yielded are part of the position.
     """
 
-    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool):
+    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool, group_by_length: bool = False):
         self.examples = examples
         self.seed = seed
         self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.lengths: list[int] | None = None
+        self.pending: list[list[dict]] = []
         self.random_access = (
             hasattr(examples, "__len__") and hasattr(examples, "__getitem__")
             and not isinstance(examples, torch.utils.data.IterableDataset)
@@ -285,18 +308,24 @@ class _DataCursor:
         self.stream_state = None
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state}
+        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state, "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed, self.stream_state = state["epoch"], state["consumed"], state["stream"]
+        self.pending = state.get("pending", [])
 
-    def _epoch(self) -> Iterator[dict]:
+    def _epoch(self, size: int) -> Iterator[dict]:
         if hasattr(self.examples, "set_epoch"):
             self.examples.set_epoch(self.epoch)
         if self.random_access:
             n = len(self.examples)
-            if self.shuffle:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            if self.shuffle and self.group_by_length:
+                if self.lengths is None:
+                    self.lengths = [example_length(self.examples[i]) for i in range(n)]
+                order = get_length_grouped_indices(self.lengths, size, GROUP_BATCHES, generator)
+            elif self.shuffle:
+                order = torch.randperm(n, generator=generator).tolist()
             else:
                 order = list(range(n))
             return (self.examples[i] for i in order[self.consumed:])
@@ -308,18 +337,44 @@ class _DataCursor:
     def batches(self, size: int) -> Iterator[list[dict]]:
         """Yield lists of up to `size` examples; the last batch of an epoch may be shorter."""
         one_shot = iter(self.examples) is self.examples
+        buffered = self.group_by_length and not self.random_access
         while True:
             produced = False
-            stream = self._epoch()
-            while batch := list(islice(stream, size)):
+            stream = self._epoch(size)
+            while True:
+                while self.pending:  # the rest of a length-grouped buffer (also after a resume)
+                    produced = True
+                    yield self.pending.pop(0)
+                if not (batch := list(islice(stream, size * GROUP_BATCHES if buffered else size))):
+                    break
                 produced = True
                 self.consumed += len(batch)
                 if self.stateful and not self.random_access:
                     self.stream_state = copy.deepcopy(self.examples.state_dict())
-                yield batch
+                if buffered:
+                    self.pending = _length_grouped_batches(batch, size, self.seed + self.epoch + self.consumed)
+                else:
+                    yield batch
             if one_shot or (not produced and self.consumed == 0):  # empty data: no endless loop
                 return
             self.epoch, self.consumed, self.stream_state = self.epoch + 1, 0, None
+
+
+def _length_grouped_batches(examples: list[dict], size: int, seed: int) -> list[list[dict]]:
+    """`examples` sorted by length, cut into batches of `size`, in a random order (for `seed`)."""
+    ordered = sorted(examples, key=example_length)
+    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [batches[i] for i in order]
+
+
+def _padding(batch: dict, seq2seq: bool) -> torch.Tensor:
+    """(padded positions, all positions) of a batch: source positions the attention mask rules
+    out, and for seq2seq batches target positions labelled −100."""
+    padded, total = (batch["attention_mask"] == 0).sum(), batch["attention_mask"].numel()
+    if seq2seq:
+        padded, total = padded + (batch["labels"] == -100).sum(), total + batch["labels"].numel()
+    return torch.stack([padded, torch.as_tensor(total, device=padded.device)])
 
 
 def _local_batches(
@@ -495,20 +550,23 @@ class _Run:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def _accelerator(config: TrainingConfig) -> Accelerator:
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+def _accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
+    precision = resolve_mixed_precision(config.mixed_precision)
+    if precision.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     state = AcceleratorState._shared_state
     # Several runs in one process (tests, experiment grids) may differ in precision; accelerate
     # keeps its state per process, so a single-process run starts from a clean one.
-    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+    if state and state.get("_mixed_precision") != precision.mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
     log_with = "tensorboard" if is_tensorboard_available() else None
     # Without an accelerator device, accelerate treats a torchrun-style launch (what
     # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
     # then it is DDP over gloo, and a single process is unaffected.
     on_cpu = not _has_accelerator_device()
-    return Accelerator(cpu=on_cpu, mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
+                              project_dir=str(config.out_dir))
+    return accelerator, precision
 
 
 def distributed_state() -> PartialState:
@@ -568,7 +626,8 @@ def train(
         raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
-    accelerator = _accelerator(config)
+    accelerator, precision = _accelerator(config)
+    accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("training under DeepSpeed is not supported: its optimizer state, part of every checkpoint, "
                          "is restored only by unpickling (accelerate's load_state), which swcm does not do; use DDP or FSDP")
@@ -583,14 +642,15 @@ def train(
         load_model_weights(model, resume_from)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    # fused: one kernel for all parameters (CPU and GPU) instead of a loop over tensors.
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=True)
     scheduler = _scheduler(optimizer, config)  # stepped once per optimizer step, on every rank
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.gradient_accumulation_steps != config.grad_accum:  # a DeepSpeed config set its own
         raise ValueError(f"the DeepSpeed configuration accumulates {accelerator.gradient_accumulation_steps} micro-batches "
                          f"but grad_accum is {config.grad_accum}; set one value in both")
     unwrapped = accelerator.unwrap_model(model)
-    cursor = _DataCursor(examples, config.seed, config.shuffle)
+    cursor = _DataCursor(examples, config.seed, config.shuffle, config.group_by_length)
     run = _Run(accelerator, model, tokenizer, optimizer, scheduler, cursor, config)
     if resume_from is not None:
         run.restore(resume_from)
@@ -656,6 +716,7 @@ def train(
     loss_sum = torch.zeros((), device=accelerator.device)
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     target_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # summed over ranks
+    padding = torch.zeros(2, dtype=torch.long, device=accelerator.device)  # padded positions, all positions
     window_steps, window_time = 0, 0.0
     last_evaluated = last_saved = None
     model.train()
@@ -697,6 +758,7 @@ def train(
         target_tokens += step_tokens
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation is out of step with the optimizer steps")
+            padding += _padding(batch, seq2seq=loss_fn is None)
         grad_norm = None
         if config.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -714,9 +776,11 @@ def train(
             # token-weighted over the window and every rank
             mean_loss = (accelerator.reduce(loss_sum, "sum") / target_tokens.clamp(min=1)).item()
             seconds = accelerator.reduce(torch.tensor(window_time, device=accelerator.device), "mean").item()
+            padded, positions = accelerator.reduce(padding, "sum").tolist()
             record = {"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": accelerator.reduce(tokens, "sum").item() / max(seconds, 1e-9),
-                      "epoch": cursor.epoch}
+                      "padding_share": padded / max(positions, 1),
+                      "epoch": cursor.epoch, "mixed_precision": precision.mixed_precision}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             if config.scheduled_sampling is not None:
@@ -726,6 +790,7 @@ def train(
             loss_sum.zero_()
             tokens.zero_()
             target_tokens.zero_()
+            padding.zero_()
             window_steps, window_time = 0, 0.0
 
         stop = False

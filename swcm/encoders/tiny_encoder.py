@@ -39,6 +39,7 @@ from transformers import (
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
 
 from ..io import atomic_directory
+from ..precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
 
@@ -198,6 +199,7 @@ class TinyEncoderSettings:
     warmup: int = 30
     mlm_probability: float = 0.15
     seed: int = 0
+    mixed_precision: str = "auto"  # swcm.precision: bf16 where the hardware runs it fast, else fp32
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden", "layers", "heads", "steps", "batch_size"):
@@ -209,6 +211,8 @@ class TinyEncoderSettings:
             raise ValueError(f"max_length {self.max_length} must be between 3 and max_positions - 2 = {self.max_positions - 2}")
         if not 0 < self.mlm_probability < 1 or self.lr <= 0 or self.warmup < 0:
             raise ValueError("need 0 < mlm_probability < 1, lr > 0 and warmup >= 0")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
 
 
 SETTINGS_FILE = "tiny_encoder.json"
@@ -226,7 +230,8 @@ def train_tiny_encoder(
 
     The tokenizer comes from `train_tokenizer`; the model is an `XLMRobertaForMaskedLM` (FFN 4×
     hidden, type vocab 1) trained with masked-language modelling for `settings.steps` AdamW steps
-    (bf16 autocast on CPU, linear warm-up and decay). Settings are a `TinyEncoderSettings`, or its
+    (linear warm-up and decay; autocast in the precision `swcm.precision` resolves for
+    `settings.mixed_precision`, printed and recorded as "mixed_precision"). Settings are a `TinyEncoderSettings`, or its
     fields as keyword overrides. The run is deterministic for a seed. `out_dir` receives
     config.json, model.safetensors, the tokenizer files and `tiny_encoder.json` (settings, corpus
     digest, parameter count, vocabulary size, first and last loss); it is written atomically, and if it already holds an encoder
@@ -246,11 +251,17 @@ def train_tiny_encoder(
     with atomic_directory(out) as tmp:
         tokenizer = train_tokenizer(texts, tmp, settings.vocab_size, model_max_length=settings.max_positions - 2)
         model = _masked_lm(settings, tokenizer)
-        losses = _train_mlm(model, tokenizer, texts, settings, progress)
+        precision = resolve_mixed_precision(settings.mixed_precision, "cpu")
+        if precision.mixed_precision == "fp16":
+            raise ValueError("the stand-in encoder trains on the CPU; fp16 needs a GPU")
+        if progress:
+            tqdm.write(f"tiny encoder: mixed precision {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
+        losses = _train_mlm(model, tokenizer, texts, settings, precision.dtype, progress)
         model.save_pretrained(tmp, safe_serialization=True)
         record["parameters"] = sum(p.numel() for p in model.parameters())
         record["vocab_size"] = len(tokenizer)
         record["loss"] = {"first": losses[0], "last": sum(losses[-20:]) / len(losses[-20:])}
+        record["mixed_precision"] = precision.mixed_precision
         (tmp / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -305,7 +316,8 @@ def mlm_windows(tokenizer, texts: list[str], max_length: int) -> list[list[int]]
     ]
 
 
-def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, progress: bool) -> list[float]:
+def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, dtype: torch.dtype,
+               progress: bool) -> list[float]:
     windows = mlm_windows(tokenizer, texts, settings.max_length)
     collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=settings.seed)
     sampler = torch.Generator().manual_seed(settings.seed)
@@ -317,7 +329,7 @@ def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings
     for _ in bar:
         picks = torch.randint(len(windows), (min(settings.batch_size, len(windows)),), generator=sampler)
         batch = collate([{"input_ids": windows[i]} for i in picks.tolist()])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
