@@ -100,13 +100,16 @@ def _add_overwrite(p, *, replaces: bool = False) -> None:
 def _check_resume(args) -> None:
     """--resume needs a checkpoint in --out (as transformers' Trainer insists), with whole weights."""
     from .io import check_safetensors, weight_files
-    from .training import latest_checkpoint
+    from .training import latest_checkpoint, missing_state_files
 
     if not args.resume:
         return
     checkpoint = latest_checkpoint(args.out)
     if checkpoint is None:
         raise UsageError(f"{args.out}: no checkpoint to resume from (--resume); drop --resume to start a new run")
+    missing = missing_state_files(checkpoint)
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: missing; the checkpoint is incomplete and cannot be resumed")
     for file in weight_files(checkpoint):
         check_safetensors(file)
 

@@ -398,6 +398,11 @@ def _local_batches(
 # --- checkpoints -------------------------------------------------------------------------
 
 
+def missing_state_files(checkpoint: str | Path) -> list[Path]:
+    """The training-state files a checkpoint directory lacks (empty: it can be resumed)."""
+    return [Path(checkpoint) / name for name in _Run.STATE_FILES if not (Path(checkpoint) / name).is_file()]
+
+
 def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
     """Complete checkpoints under OUT/checkpoints, oldest first (temporary dirs are ignored)."""
     root = Path(out_dir) / "checkpoints"
@@ -530,6 +535,9 @@ class _Run:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return directory
+
+    # What `restore` reads besides the weights (scaler.pt, for fp16 only, is optional).
+    STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "data.pt")
 
     def restore(self, directory: Path) -> None:
         """Restore everything but the weights (loaded before `prepare`) from a checkpoint."""
@@ -755,10 +763,10 @@ def train(
                 accelerator.backward(loss * scale)
             loss_sum += loss.detach()
             tokens += batch["attention_mask"].sum() + count
+            padding += _padding(batch, seq2seq=loss_fn is None)
         target_tokens += step_tokens
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation is out of step with the optimizer steps")
-            padding += _padding(batch, seq2seq=loss_fn is None)
         grad_norm = None
         if config.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -80,7 +80,7 @@ def token_step_config(out, batch_size):
     from swcm.training import TrainingConfig
 
     return TrainingConfig(out_dir=out, max_steps=1, batch_size=batch_size, grad_accum=2, lr=1e-3, weight_decay=0.0,
-                          max_grad_norm=None, shuffle=False, progress=False)
+                          max_grad_norm=None, shuffle=False, progress=False, mixed_precision="no")
 
 
 def launch(*args, timeout=180):
