@@ -184,7 +184,7 @@ def check_language_tags(tokenizer, inputs: Sequence[TaskInput]) -> None:
             try:
                 language_tag_id(tokenizer, item.target_lang)
             except ValueError:
-                tags = [t for t in tokenizer.additional_special_tokens if language_tag(t[2:-2]) == t]
+                tags = [t for t in tokenizer.all_special_tokens if language_tag(t[2:-2]) == t]
                 raise ValueError(
                     f"{item.where}: the model has no language tag {language_tag(item.target_lang)} for "
                     f"{item.target_lang!r}; it has {', '.join(tags) or 'none'}"

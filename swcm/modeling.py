@@ -277,7 +277,9 @@ class SWCMPreTrainedModel(PreTrainedModel):
 class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
     """Encoder-decoder whose decoder is built from the encoder's own layers (XLM-SWCM)."""
 
-    _tied_weights_keys = ["lm_head.weight"]
+    # {tied parameter: its source}, the form transformers 5 reads (4.x iterates the keys). Tying
+    # happens only with lm_head="tied" (config.tie_word_embeddings), where lm_head is a Linear.
+    _tied_weights_keys = {"lm_head.weight": "encoder.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: SWCMConfig):
         super().__init__(config)

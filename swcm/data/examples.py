@@ -68,5 +68,13 @@ def pair_separator(tokenizer: PreTrainedTokenizerBase) -> str:
     "</s></s>" for XLM-R / RoBERTa, "[SEP]" for BERT: joining question and context with it
     makes the single-text encoding equal the tokenizer's own pair encoding.
     """
+    if tokenizer.is_fast:
+        # The tokenizer's own pair template (build_inputs_with_special_tokens is gone from fast
+        # tokenizers in transformers 5, and generic fast tokenizers never had it in 4).
+        encoding = tokenizer("a", "b")
+        sequence = encoding.sequence_ids()
+        ids = encoding["input_ids"]
+        between = ids[len(sequence) - 1 - sequence[::-1].index(0) + 1 : sequence.index(1)]
+        return "".join(tokenizer.convert_ids_to_tokens(between))
     ids = tokenizer.build_inputs_with_special_tokens([-1], [-2])  # placeholders for the two texts
     return "".join(tokenizer.convert_ids_to_tokens(ids[ids.index(-1) + 1 : ids.index(-2)]))
