@@ -385,11 +385,15 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Standard seq2seq forward. `labels` (−100 = ignored) give the mean cross-entropy
         loss and, when `decoder_input_ids` is absent, are shifted right behind
-        `decoder_start_token_id` to make it."""
+        `decoder_start_token_id` to make it. `cache` is transformers 5's name for
+        `past_key_values` (generate() passes it so)."""
+        if cache is not None:
+            past_key_values = cache
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         if encoder_outputs is None:
