@@ -56,8 +56,3 @@ def add_extra_special_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[st
         tokenizer.add_special_tokens({"extra_special_tokens": tokens}, replace_extra_special_tokens=False)
     else:
         tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_additional_special_tokens=False)
-
-
-def generation_kwargs(tokenizer: PreTrainedTokenizerBase, target_lang: str | None) -> dict:
-    """`generate()` keyword arguments that make the output start with `target_lang`'s tag."""
-    return {} if target_lang is None else {"forced_bos_token_id": language_tag_id(tokenizer, target_lang)}
