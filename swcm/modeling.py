@@ -433,9 +433,14 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values,
             encoder_last_hidden_state=encoder_hidden_states,
+            **{_CACHE_FIELD: past_key_values},
         )
+
+
+# The output field holding the cache: `cache` in transformers 5 (which warns on the old name),
+# `past_key_values` in 4.x.
+_CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
 def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
