@@ -21,11 +21,20 @@ def main(argv: list[str] | None = None) -> int:
     for add in _SUBCOMMANDS:
         add(sub)
     args = parser.parse_args(argv)
+    _quiet_transformers_progress()
     try:
         return args.func(args) or 0
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"swcm {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _quiet_transformers_progress() -> None:
+    """No transformers progress bars (transformers 5 draws one for every model it loads, above
+    the lines that matter); swcm's own bars stay."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 def _add_tiny_encoder(sub) -> None:

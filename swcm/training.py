@@ -56,7 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .io import atomic_directory
+from .io import atomic_directory, save_tokenizer
 from .modeling import seq2seq_loss
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -421,7 +421,7 @@ class _Run:
             with atomic_directory(directory) as tmp:
                 self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
                 if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(tmp)
+                    save_tokenizer(self.tokenizer, tmp)
                 if extra is not None:
                     extra(tmp)
         self.accelerator.wait_for_everyone()

@@ -27,13 +27,13 @@ def model_dir(tiny_encoder_dir, tmp_path_factory):
     """A tiny SWCM model taught for a few steps to echo the start of UDHR sentences in every
     language, so that what it generates depends on its input (a random one says the same
     thing whatever it reads, and could not tell a mixed-up order)."""
+    torch.manual_seed(0)  # the random decoder layers and tag rows too: the same model whatever ran before
     model = SWCMForConditionalGeneration.from_encoder(str(tiny_encoder_dir))
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     add_language_tags(model, tokenizer, LANGS)
     encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=8)
     batch = Seq2SeqCollator(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
                                         for u in udhr("test") for lang in LANGS])
-    torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(40):

@@ -312,6 +312,8 @@ def test_build_cli_and_auto_classes(built_dir):
     model = AutoModelForSeq2SeqLM.from_pretrained(built_dir)
     tokenizer = AutoTokenizer.from_pretrained(built_dir)
     assert type(model) is SWCMForConditionalGeneration
+    # a class name both transformers majors load (5 would write its own, TokenizersBackend)
+    assert json.loads((built_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     batch = tokenizer([udhr("test")[0]["text"]["bo"]], return_tensors="pt", truncation=True)
     out = model.generate(**batch, max_new_tokens=5, forced_bos_token_id=config.language_tags["zh"])
     assert out[0, 1].item() == config.language_tags["zh"]

@@ -42,9 +42,9 @@ from transformers import (
 from ..configuration import check_encoder_config
 from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
-from ..io import save_model_dir
+from ..io import save_model_dir, save_tokenizer
 from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
-from .tiny_encoder import SENTENCEPIECE_FILE, mlm_windows, save_generic_tokenizer, write_xlmr_tokenizer
+from .tiny_encoder import SENTENCEPIECE_FILE, mlm_windows, write_xlmr_tokenizer
 
 REPORT_FILE = "adapt.json"
 NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
@@ -165,7 +165,7 @@ def save_extended_tokenizer(proto: sp_pb2.ModelProto, out_dir: str | os.PathLike
     extra = [token for _, token in sorted(like.added_tokens_decoder.items()) if token.content not in vocab]
     if extra:
         fast.add_tokens(extra)
-    save_generic_tokenizer(fast, out)
+    save_tokenizer(fast, out)
     return fast
 
 

@@ -12,8 +12,8 @@ text can match references exactly).
 
 It is saved as a generic fast tokenizer (`PreTrainedTokenizerFast`, whose tokenizer.json is the
 whole tokenizer) rather than as `XLMRobertaTokenizer`: transformers 5 rebuilds an
-`XLMRobertaTokenizer` from its vocabulary list and drops byte fallback, transformers 4 reads the
-file as written, and `PreTrainedTokenizerFast` reads it unchanged in both.
+`XLMRobertaTokenizer` from its vocabulary list and drops byte fallback, while both majors read a
+`PreTrainedTokenizerFast` unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
 
-from ..io import atomic_directory
+from ..io import atomic_directory, save_tokenizer
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
 
@@ -113,19 +113,8 @@ def write_xlmr_tokenizer(sentencepiece_model: bytes, out_dir: str | os.PathLike,
         mask_token=AddedToken("<mask>", lstrip=True, special=True),  # XLM-R's: "<mask>" takes the space before it
         model_max_length=model_max_length,
     )
-    save_generic_tokenizer(fast, out)
+    save_tokenizer(fast, out)
     return fast
-
-
-def save_generic_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> None:
-    """`tokenizer.save_pretrained(out_dir)`, naming the class `PreTrainedTokenizerFast` in
-    tokenizer_config.json: transformers 5 writes its own name for it (`TokenizersBackend`),
-    which transformers 4 cannot load; both load `PreTrainedTokenizerFast`."""
-    tokenizer.save_pretrained(out_dir)
-    config_file = Path(out_dir) / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _train_sentencepiece(texts: list[str], model_writer, vocab_size: int, byte_fallback: bool) -> None:
