@@ -326,15 +326,20 @@ def _finetune(args) -> int:
     return 0
 
 
+def _key_values(items: list[str], flag: str, example: str) -> dict[str, str]:
+    """Repeated `flag` KEY=VALUE arguments as a dict; UsageError naming a malformed one."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{flag} {item!r}: expected {example}")
+        pairs[key] = value
+    return pairs
+
+
 def _fields(items: list[str]) -> dict[str, str]:
     """--field NAME=FIELD flags as {task field: JSON key}."""
-    fields = {}
-    for item in items:
-        name, sep, key = item.partition("=")
-        if not sep or not name or not key:
-            raise UsageError(f"--field {item!r}: expected NAME=FIELD, e.g. document=article")
-        fields[name] = key
-    return fields
+    return _key_values(items, "--field", "NAME=FIELD, e.g. document=article")
 
 
 def _add_task_input_args(p, *, task_required: bool) -> None:
@@ -362,12 +367,10 @@ def _add_task_input_args(p, *, task_required: bool) -> None:
 
 def _language_options(args) -> dict:
     """--lang-codes, --lang-code (which wins) and --source-prefix as keyword arguments."""
-    from .languages import parse_language_codes, read_language_codes
+    from .languages import read_language_codes
 
-    try:
-        codes = {**(read_language_codes(args.lang_codes) if args.lang_codes else {}), **parse_language_codes(args.lang_code)}
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    codes = read_language_codes(args.lang_codes) if args.lang_codes else {}
+    codes.update(_key_values(args.lang_code, "--lang-code", "LANG=CODE, e.g. bo=bod_Tibt"))
     return {"lang_codes": codes, "source_prefix": args.source_prefix}
 
 

@@ -161,13 +161,3 @@ def read_language_codes(path: str | os.PathLike) -> dict[str, str]:
         codes[parts[0]] = parts[1]
     return codes
 
-
-def parse_language_codes(items: Iterable[str]) -> dict[str, str]:
-    """--lang-code LANG=CODE flags as a map; ValueError naming a malformed one."""
-    codes = {}
-    for item in items:
-        lang, sep, code = item.partition("=")
-        if not sep or not lang or not code:
-            raise ValueError(f"--lang-code {item!r}: expected LANG=CODE, e.g. bo=bod_Tibt")
-        codes[lang] = code
-    return codes
