@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from .configuration import SWCMConfig, check_encoder_config
 from .diagnostics import hidden_state_similarity, sample_pairs
-from .io import save_model_dir
+from .io import read_json_object, save_model_dir
 from .modeling import SWCMForConditionalGeneration, count_parameters
 from .tokenization import add_language_tags
 
@@ -23,13 +23,10 @@ def load_encoder_config(path: str | os.PathLike) -> PretrainedConfig:
     if path.is_dir():
         config = AutoConfig.from_pretrained(path)
     else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
-        if not isinstance(data, dict) or "model_type" not in data:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        data = read_json_object(path)
+        if "model_type" not in data:
             raise ValueError(f"{path}:1: missing field \"model_type\" (an encoder config.json is expected)")
         # Validate the type before transformers tries to interpret the rest.
         check_encoder_config(SimpleNamespace(model_type=data["model_type"]), str(path))

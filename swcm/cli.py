@@ -8,7 +8,10 @@ that `swcm --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import warnings
 
 
 class UsageError(Exception):
@@ -16,25 +19,102 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `swcm` command line; returns the exit status.
+
+    A problem with the user's input (a missing or malformed file, a number out of range, an
+    output that would replace something swcm did not write) is one line on stderr, naming the
+    file or flag, and exit status 2; SWCM_DEBUG=1 shows the traceback instead. The notices of
+    transformers and other libraries are shown with -v only.
+    """
     parser = argparse.ArgumentParser(prog="swcm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
+    for p in sub.choices.values():  # `swcm build -v` as well as `swcm -v build`
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
-    _quiet_transformers_progress()
+    with _library_notices(args.verbose):
+        try:
+            return args.func(args) or 0
+        except Exception as err:
+            if not _is_input_error(err) or os.environ.get("SWCM_DEBUG", "0") not in ("", "0"):
+                raise
+            print(f"swcm {args.command}: error: {_error_line(err)}", file=sys.stderr)
+            return 2
+
+
+_VERBOSE_HELP = "show the notices of transformers and other libraries (hidden by default)"
+
+
+def _is_input_error(err: Exception) -> bool:
+    # SafetensorError (a corrupt weights file the checks did not catch) derives from Exception only.
+    return isinstance(err, (UsageError, ValueError, OSError)) or type(err).__name__ == "SafetensorError"
+
+
+def _error_line(err: Exception, limit: int = 400) -> str:
+    """`err` as one line: "FILE: problem" for OS errors, else the message's first line (at most `limit` characters)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def _library_notices(verbose: bool):
+    """Hide the notices of transformers, accelerate and Python warnings unless `verbose`:
+    they concern the libraries (resizing rules, tokenizer conversions, deprecations), not the run."""
+    if verbose:
+        yield
+        return
+    import logging
+
+    saved_env = os.environ.get("TRANSFORMERS_VERBOSITY")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"  # read when transformers is first imported
+    loggers = [logging.getLogger(name) for name in ("transformers", "accelerate", "huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    from transformers.utils import logging as transformers_logging  # after TRANSFORMERS_VERBOSITY is set
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # transformers 5 draws one for every model it loads
     try:
-        return args.func(args) or 0
-    except (UsageError, ValueError, FileNotFoundError) as err:
-        print(f"swcm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if bars:
+            transformers_logging.enable_progress_bar()
+        if saved_env is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = saved_env
 
 
-def _quiet_transformers_progress() -> None:
-    """No transformers progress bars (transformers 5 draws one for every model it loads, above
-    the lines that matter); swcm's own bars stay."""
-    from transformers.utils import logging
+def _add_overwrite(p, *, replaces: bool = False) -> None:
+    """--overwrite, for a command that writes an output directory (`replaces`: as a whole, atomically)."""
+    what = "it is replaced" if replaces else "files are written into it"
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the output even where a file, or a non-empty directory that this command did not "
+                   f"write, is in the way (a file is deleted; a directory is taken over and {what})")
 
-    logging.disable_progress_bar()
+
+def _check_resume(args) -> None:
+    """--resume needs a checkpoint in --out (as transformers' Trainer insists), with whole weights."""
+    from .io import check_safetensors, weight_files
+    from .training import latest_checkpoint
+
+    if not args.resume:
+        return
+    checkpoint = latest_checkpoint(args.out)
+    if checkpoint is None:
+        raise UsageError(f"{args.out}: no checkpoint to resume from (--resume); drop --resume to start a new run")
+    for file in weight_files(checkpoint):
+        check_safetensors(file)
 
 
 def _add_tiny_encoder(sub) -> None:
@@ -56,6 +136,7 @@ def _add_tiny_encoder(sub) -> None:
     p.add_argument("--layers", type=int, default=S.layers, help=f"transformer layers (default {S.layers})")
     p.add_argument("--vocab-size", type=int, default=S.vocab_size, help=f"SentencePiece vocabulary bound (default {S.vocab_size})")
     p.add_argument("--seed", type=int, default=S.seed, help=f"random seed (default {S.seed})")
+    _add_overwrite(p, replaces=True)
     p.set_defaults(func=_tiny_encoder)
 
 
@@ -64,13 +145,15 @@ def _tiny_encoder(args) -> int:
 
     from .resources import udhr
     from .encoders.tiny_encoder import SETTINGS_FILE, read_corpus, train_tiny_encoder
+    from .io import output_directory
 
     if args.corpus:
         texts = read_corpus(args.corpus)
     else:
         texts = [text for unit in udhr("train") for text in unit["text"].values()]
-    out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
-                             vocab_size=args.vocab_size, seed=args.seed)
+    with output_directory(args.out, "tiny-encoder", args.overwrite):
+        out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
+                                 vocab_size=args.vocab_size, seed=args.seed)
     record = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     print(f"{out}: XLM-R masked LM, hidden {args.hidden}, {args.layers} layers, "
           f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']:,}; "
@@ -96,18 +179,28 @@ def _add_adapt(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per MLM window (default 128)")
     _add_training_args(p, max_steps=1000, lr=1e-4, batch_size=16)
+    _add_overwrite(p)
     p.set_defaults(func=_adapt)
 
 
 def _adapt(args) -> int:
+    from .configuration import SUPPORTED_ENCODER_TYPES
     from .encoders.adapt import adapt_encoder, print_report
+    from .io import check_model_dir, output_directory
 
     if args.max_steps < 0:
         raise UsageError(f"--max-steps must be >= 0, got {args.max_steps}")
     if args.max_steps == 0 and not args.extend_vocab:
         raise UsageError("nothing to do: give --extend-vocab N and/or --max-steps > 0")
+    if args.extend_vocab is not None and args.extend_vocab < 1:
+        raise UsageError(f"--extend-vocab must be at least 1, got {args.extend_vocab}")
+    if args.max_length < 3:
+        raise UsageError(f"--max-length must be at least 3, got {args.max_length}")
     config = _training_config(args) if args.max_steps > 0 else None
-    report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha, out_dir=args.out)
+    check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder")
+    _check_resume(args)
+    with output_directory(args.out, "adapt", args.overwrite):
+        report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha, out_dir=args.out)
     print_report(report)
     return 0
 
@@ -124,6 +217,7 @@ def _add_build(sub) -> None:
     p.add_argument("--langs", help="comma-separated language codes to add tags for, e.g. zh,bo,ug")
     p.add_argument("--dry-run", action="store_true", help="allocate nothing (meta device); report the plan")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_overwrite(p, replaces=True)
     p.set_defaults(func=_build)
 
 
@@ -131,7 +225,11 @@ def _build(args) -> int:
     import json
 
     from .building import build_model_dir, dry_run_report, load_encoder_config
+    from .configuration import SUPPORTED_ENCODER_TYPES
+    from .io import check_model_dir, output_directory
 
+    if args.encoder is not None:
+        check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder", weights=not args.dry_run)
     if args.dry_run:
         config = load_encoder_config(args.encoder_config or args.encoder)
         report = dry_run_report(config, args.insert_every, args.variant, args.lm_head)
@@ -143,8 +241,9 @@ def _build(args) -> int:
         return 0
     if args.encoder is None or args.out is None:
         raise UsageError("build needs --encoder and --out (or --dry-run)")
-    langs = [lang for lang in (args.langs or "").split(",") if lang]
-    report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs)
+    langs = _language_list(args.langs)
+    with output_directory(args.out, "build", args.overwrite):
+        report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs)
     print(json.dumps(report) if args.json else f"wrote {args.out}: {report['parameters']:,} parameters, "
           f"decoder plan " + " ".join(k[0].upper() for k in report["layers"]))
     if not args.json:
@@ -156,10 +255,20 @@ def _build(args) -> int:
     return 0
 
 
+def _language_list(text: str | None, flag: str = "--langs") -> list[str]:
+    """Comma-separated language codes of a flag, each checked (UsageError naming the flag)."""
+    from .data.readers import check_language
+
+    try:
+        return [check_language(code) for code in (text or "").split(",") if code]
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from None
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser(
         "score",
-        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, script rate",
+        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, spBLEU, script rate",
         description="Score plain-text predictions against references (UTF-8, one segment per line, "
         "aligned by line). Tokenisation follows the Unicode script of the references (Han characters, "
         "Tibetan syllables, words elsewhere), so any language scores correctly. All scores on 0-100.",
@@ -169,7 +278,8 @@ def _add_score(sub) -> None:
     p.add_argument("--lang", metavar="L", help="target language code; fixes the target script where the code "
                    "implies one (zh, bo, ug, kk-Arab, mn-Mong, ...), else it is read from the references")
     p.add_argument("--json", action="store_true", help='print one JSON object: {"rougeL": {"f", "p", "r"}, '
-                   '"chrf", "bleu", "script_rate"}')
+                   '"chrf", "bleu", "spbleu", "script_rate"}; spbleu is null without the FLORES-200 '
+                   'SentencePiece model in sacrebleu\'s cache')
     p.set_defaults(func=_score)
 
 
@@ -178,6 +288,8 @@ def _score(args) -> int:
 
     from .metrics import COLUMN_HEADERS, bleu_tokenize, flatten_scores, read_segments, score, target_script
 
+    if args.lang is not None:
+        _language_list(args.lang, "--lang")
     predictions, references = read_segments(args.pred), read_segments(args.ref)
     if len(predictions) != len(references):
         raise UsageError(f"{args.pred} has {len(predictions)} lines but {args.ref} has {len(references)}")
@@ -185,11 +297,12 @@ def _score(args) -> int:
         raise UsageError(f"{args.ref} is empty")
     result = score(predictions, references, args.lang)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "script_rate")}))
+        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "spbleu", "script_rate")}))
         return 0
     row = flatten_scores(result)
-    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate"):
-        print(f"{COLUMN_HEADERS[key]:<12} {row[key]:6.2f}")
+    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate"):
+        value = "     –  (no FLORES-200 SentencePiece model in sacrebleu's cache)" if row[key] is None else f"{row[key]:6.2f}"
+        print(f"{COLUMN_HEADERS[key]:<12} {value}")
     script = target_script(references, args.lang)
     print(f"{result['n']} segments; script {script}; BLEU tokenize {bleu_tokenize(script)}")
     return 0
@@ -250,7 +363,8 @@ def _add_pretrain(sub) -> None:
                    help="parallel pairs: TSV src<TAB>tgt or JSONL {src, tgt, src_lang, tgt_lang}; repeat")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--langs", help="comma-separated language codes the data may use (others are errors)")
-    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
+    p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha, q_i the "
+                   "language's share of the tokens (default 0.3)")
     p.add_argument("--mt-ratio", type=float, default=0.1, help="share of MT examples when there are parallel data (default 0.1)")
     # Noise flags left unset keep swcm.data.NoiseConfig's defaults (mBART's), named in the help only.
     p.add_argument("--mask-ratio", type=float, help="text infilling: share of tokens masked (default 0.35)")
@@ -261,18 +375,19 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--max-target-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     _add_training_args(p, max_steps=10000, lr=1e-4, batch_size=8)
+    _add_overwrite(p)
     p.set_defaults(func=_pretrain)
 
 
 def _pretrain(args) -> int:
     from .data.noise import NoiseConfig
-    from .data.readers import check_language
+    from .io import check_model_dir, output_directory
     from .pretraining import PretrainSettings, pretrain
     from .training import distributed_state
 
     if not args.mono and not args.parallel:
         raise UsageError("pretrain needs data: --mono and/or --parallel")
-    langs = [check_language(code) for code in (args.langs or "").split(",") if code] or None
+    langs = _language_list(args.langs) or None
     noise = {k: getattr(args, k) for k in ("mask_ratio", "poisson_lambda", "deletion_ratio") if getattr(args, k) is not None}
     settings = PretrainSettings(
         mono=args.mono, parallel=args.parallel, langs=langs, alpha=args.alpha, mt_ratio=args.mt_ratio,
@@ -280,7 +395,11 @@ def _pretrain(args) -> int:
         max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         on_bad_record=args.on_bad_record,
     )
-    result = pretrain(args.model, _training_config(args), settings)
+    config = _training_config(args)
+    check_model_dir(args.model, ["swcm"], "an SWCM model (swcm build makes one)")
+    _check_resume(args)
+    with output_directory(args.out, "pretrain", args.overwrite):
+        result = pretrain(args.model, config, settings)
     if distributed_state().is_main_process:
         last = f"; loss {result.history[-1]['loss']:.3f}" if result.history else ""
         print(f"pretrained {result.step} steps{last}; final model in {result.final_dir}")
@@ -296,23 +415,27 @@ def _add_finetune(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--field", action="append", default=[], metavar="NAME=FIELD",
                    help="read a task field from another JSON key, e.g. --field document=article")
-    p.add_argument("--train-size", type=int, help="use only the first N training records")
+    p.add_argument("--train-size", type=int, help="use N training records, drawn with --seed, each language keeping its share")
     p.add_argument("--max-source-length", type=int, default=256)
     p.add_argument("--max-target-length", type=int, default=128)
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--eval-every", type=int, default=200, help="validate every N steps")
     p.add_argument("--metric", default="rougeL_f", choices=["rougeL_f", "loss"], help="selects OUT/best")
     p.add_argument("--patience", type=int, help="stop after N validations without improvement")
-    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for (0: all)")
+    p.add_argument("--max-valid", type=int, default=200, help="validation records generated for, drawn with --seed, "
+                   "each language keeping its share (0: all)")
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
     p.add_argument("--max-new-tokens", type=int, default=128, help="for validation generation")
     _add_training_args(p, max_steps=2000, lr=1e-4, batch_size=16)
+    _add_overwrite(p)
     p.set_defaults(func=_finetune)
 
 
 def _finetune(args) -> int:
     from .finetuning import FinetuneSettings, finetune
+    from .io import check_model_dir, output_directory
 
+    _check_at_least(args, train_size=1, max_valid=0, num_beams=1, max_new_tokens=1)
     fields = _fields(args.field)
     settings = FinetuneSettings(
         task=args.task, max_source_length=args.max_source_length, max_target_length=args.max_target_length,
@@ -320,7 +443,10 @@ def _finetune(args) -> int:
         generation={"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens},
     )
     config = _training_config(args, eval_every=args.eval_every, metric=args.metric, patience=args.patience)
-    result = finetune(args.model, args.train, args.valid, config, settings, train_size=args.train_size)
+    check_model_dir(args.model, ["swcm"], "an SWCM model (swcm build makes one)")
+    _check_resume(args)
+    with output_directory(args.out, "finetune", args.overwrite):
+        result = finetune(args.model, args.train, args.valid, config, settings, train_size=args.train_size)
     best = f"; best {config.metric} {result.best_metric:.4g} at step {result.best_step} in {result.best_dir}" if result.best_dir else ""
     print(f"fine-tuned {result.step} steps; final model in {result.final_dir}{best}")
     return 0
@@ -394,6 +520,12 @@ def _add_generation_args(p) -> None:
 
 def _generation_options(args) -> dict:
     """The generation flags as keyword arguments of swcm.generation.generate_sequences."""
+    _check_at_least(args, batch_size=1, max_source_length=1, max_new_tokens=1, num_beams=1, num_return_sequences=1,
+                    top_k=1, no_repeat_ngram_size=0)
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature is not None and not args.temperature > 0:
+        raise UsageError(f"--temperature must be positive, got {args.temperature}")
     sampling = {k: getattr(args, k) for k in ("top_k", "top_p", "temperature") if getattr(args, k) is not None}
     if sampling and not args.do_sample:
         raise UsageError("--top-k, --top-p and --temperature need --do-sample")
@@ -405,6 +537,14 @@ def _generation_options(args) -> dict:
     if args.do_sample:
         options["do_sample"] = True
     return options
+
+
+def _check_at_least(args, **minimums: int) -> None:
+    """UsageError naming the flag when an integer flag given is below its minimum."""
+    for dest, low in minimums.items():
+        value = getattr(args, dest)
+        if value is not None and value < low:
+            raise UsageError(f"--{dest.replace('_', '-')} must be at least {low}, got {value}")
 
 
 def _add_generate(sub) -> None:
@@ -421,6 +561,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
     p.add_argument("--keep-special-tokens", action="store_true",
                    help="keep <s>, the language tag and </s> in the predictions (to inspect the forced tag)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output even if it is not an earlier output of swcm generate")
     _add_task_input_args(p, task_required=False)
     _add_generation_args(p)
     p.set_defaults(func=_generate)
@@ -434,11 +576,14 @@ def _generate(args) -> int:
 
     from .data.readers import Problems
     from .generation import generate_file, load_generator
+    from .io import check_model_dir, check_output_file, seq2seq_model_types
     from .languages import language_convention
 
     options = _generation_options(args)
     fields = _fields(args.field)
     language_options = _language_options(args)
+    check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
+    check_output_file(args.output, args.overwrite, is_own=_is_prediction_file)
     start = time.perf_counter()
     model, tokenizer = load_generator(args.model, args.device)
     languages = language_convention(model, tokenizer, language_options["lang_codes"], language_options["source_prefix"])
@@ -454,6 +599,20 @@ def _generate(args) -> int:
     langs = ", ".join(f"{lang} {n}" for lang, n in Counter(i.target_lang for i in inputs).items())
     print(f"wrote {len(inputs)} predictions to {args.output} ({langs}) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _is_prediction_file(path) -> bool:
+    """Whether `path` looks like an earlier output of swcm generate: its first line is a JSON
+    object with a "prediction" field."""
+    import json
+
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "prediction" in record
 
 
 def _add_evaluate(sub) -> None:
@@ -472,6 +631,7 @@ def _add_evaluate(sub) -> None:
                    help="the language the model was fine-tuned on: titles the table as cross-lingual transfer")
     _add_task_input_args(p, task_required=True)
     _add_generation_args(p)
+    _add_overwrite(p)
     p.set_defaults(func=_evaluate)
 
 
@@ -479,14 +639,19 @@ def _evaluate(args) -> int:
     from transformers import set_seed
 
     from .evaluating import evaluate_model, results_markdown
+    from .io import check_model_dir, output_directory, seq2seq_model_types
 
     options = _generation_options(args)
+    fields = _fields(args.field)
+    check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
     set_seed(args.seed)
-    rows = evaluate_model(
-        args.model, args.task, args.test, args.out, fields=_fields(args.field), tgt_lang=args.tgt_lang,
-        transfer_from=args.transfer_from, device=args.device, on_bad_record=args.on_bad_record, **_language_options(args),
-        **options,
-    )
+    language_options = _language_options(args)
+    with output_directory(args.out, "evaluate", args.overwrite):
+        rows = evaluate_model(
+            args.model, args.task, args.test, args.out, fields=fields, tgt_lang=args.tgt_lang,
+            transfer_from=args.transfer_from, device=args.device, on_bad_record=args.on_bad_record, **language_options,
+            **options,
+        )
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")
     return 0
@@ -497,14 +662,18 @@ def _add_experiment(sub) -> None:
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("--out", help="output directory (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true")
+    _add_overwrite(p)
     p.set_defaults(func=_experiment)
 
 
 def _experiment(args) -> int:
     from .experiments import load_experiment, run_experiment
+    from .io import output_directory
 
     config = load_experiment(args.config)
-    outcome = run_experiment(config, args.out or f"runs/{config.name}", progress=not args.no_progress)
+    out = args.out or f"runs/{config.name}"
+    with output_directory(out, "experiment", args.overwrite):
+        outcome = run_experiment(config, out, progress=not args.no_progress)
     print(open(outcome["report"], encoding="utf-8").read())
     print(f"report: {outcome['report']}")
     return 0
@@ -514,13 +683,16 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole method on the vendored UDHR corpus: ws beside random")
     p.add_argument("--out", default="swcm-demo", help="output directory (re-runs reuse finished stages)")
     p.add_argument("--no-progress", action="store_true")
+    _add_overwrite(p)
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
     from .experiments import run_demo
+    from .io import output_directory
 
-    table = run_demo(args.out, progress=not args.no_progress)
+    with output_directory(args.out, "experiment", args.overwrite):
+        table = run_demo(args.out, progress=not args.no_progress)
     print(table)
     print(f"report with training curves: {args.out}/report.md")
     return 0

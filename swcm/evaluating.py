@@ -3,7 +3,7 @@
 `evaluate_model` is `swcm evaluate`: for every test file it writes the predictions
 (OUT/predictions/<file stem>.jsonl, the input records with a "prediction" field), scores all
 of them one language at a time (`swcm.metrics.evaluate_predictions`: ROUGE-L F/P/R, chrF++,
-BLEU, script rate) and writes OUT/results.json and OUT/results.md, a table shaped like the
+BLEU, spBLEU, script rate) and writes OUT/results.json and OUT/results.md, a table shaped like the
 paper's Tables 1 and 2. For cross-lingual transfer (Table 2: fine-tuned on Chinese, evaluated on
 Tibetan, Uyghur, Kazakh and Mongolian) `transfer_from` records the fine-tuning language and
 titles the table accordingly; the script rate shows how much of each output is in the target
@@ -26,8 +26,8 @@ from .generation import generate_file, load_generator
 from .languages import language_convention
 from .io import atomic_text_file
 
-# The paper's table shape: language, ROUGE-L F/P/R, then chrF++, BLEU, script rate and size.
-RESULT_COLUMNS = ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n")
+# The paper's table shape: language, ROUGE-L F/P/R, then chrF++, BLEU, spBLEU, script rate and size.
+RESULT_COLUMNS = ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate", "n")
 TASK_NAMES = {"sum": "summarisation", "mrc": "reading comprehension", "mt": "translation"}
 
 
@@ -85,7 +85,7 @@ def evaluate_model(
 
     Writes OUT/predictions/<stem>.jsonl, OUT/results.json ({"model", "task", "transfer_from",
     "test_files", "languages", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows:
-    {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n"}.
+    {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate", "n"}.
     """
     if not test_files:
         raise ValueError("no test files")

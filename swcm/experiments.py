@@ -24,10 +24,53 @@ from pathlib import Path
 
 import yaml
 
-from .io import atomic_text_file
+from .io import atomic_text_file, mark_output_dir
 
 GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
+# Settings a run takes from each section (beyond the training loop's; see `section_keys`).
+DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs")
+PRETRAIN_KEYS = ("lm_head", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
+FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map")
+GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
+# Training-loop settings a grid point decides itself.
+_RUN_OWNED = ("out_dir", "seed", "resume", "progress")
+
+
+def section_keys() -> dict[str, frozenset[str]]:
+    """The keys each section of an experiment file may hold: data; pretrain (the training loop's
+    settings, `PRETRAIN_KEYS` and the DAE noise's `NoiseConfig` fields); finetune (the loop's and
+    `FINETUNE_KEYS`); generate (`GENERATE_KEYS` and every `transformers.GenerationConfig` setting)."""
+    from dataclasses import fields
+
+    from transformers import GenerationConfig
+
+    from .data.noise import NoiseConfig
+    from .training import TrainingConfig
+
+    loop = {f.name for f in fields(TrainingConfig)} - set(_RUN_OWNED)
+    return {
+        "data": frozenset(DATA_KEYS),
+        "pretrain": frozenset(loop | set(PRETRAIN_KEYS) | {f.name for f in fields(NoiseConfig)}),
+        "finetune": frozenset(loop | set(FINETUNE_KEYS)),
+        "generate": frozenset(set(GENERATE_KEYS) | set(GenerationConfig().to_dict()) - {"transformers_version"}),
+    }
+
+
+def _key_line(text: str, *keys: str) -> str:
+    """":LINE" of the nested mapping key `keys` in YAML `text`, or "" when it cannot be found."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return ""
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return ""
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
+        if match is None:
+            return ""
+        found, node = match
+    return f":{found.start_mark.line + 1}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +116,8 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -86,6 +131,17 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
     for key in ("encoder", "data"):
         if key not in raw:
             raise ValueError(f"{path}: missing key {key!r}")
+    text = path.read_text(encoding="utf-8")
+    for section, allowed in section_keys().items():
+        value = raw.get(section)
+        if section == "data" and isinstance(value, str):  # a vendored corpus by name
+            continue
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{path}{_key_line(text, section)}: {section} must be a mapping of settings")
+        for key in value or {}:
+            if key not in allowed:
+                raise ValueError(f"{path}{_key_line(text, section, key)}: unknown key {section}.{key} "
+                                 f"(known: {', '.join(sorted(allowed))})")
     grid = raw.get("grid") or {}
     bad = sorted(set(grid) - set(GRID_KEYS))
     if bad:
@@ -230,25 +286,35 @@ def render_tables(agg: dict, metric_name: str = "ROUGE-L F") -> str:
     return "\n".join(parts)
 
 
-def plot_figure4(agg: dict, out_png: str | os.PathLike, variant: str = "ws") -> bool:
-    """ROUGE-L (language average) against X, one line per training-set size. False if < 2 X values."""
-    points: dict[object, list[tuple[int, float, float]]] = {}
-    for (v, x, _objectives, size), stats in agg.items():
+def figure4_series(agg: dict, variant: str = "ws") -> dict[tuple[str, int | None], list[tuple[int, float, float]]]:
+    """Figure 4's lines: {(objectives, train size): [(X, mean, std), ...] sorted by X}, the
+    language-average score of `variant`'s runs. Runs pretrained with different objectives are
+    different lines, never points of one."""
+    points: dict[tuple[str, int | None], list[tuple[int, float, float]]] = {}
+    for (v, x, objectives, size), stats in agg.items():
         if v == variant:
             m, s, _ = stats["avg"]
-            points.setdefault(size, []).append((x, m, s))
+            points.setdefault((objectives, size), []).append((x, m, s))
+    return {key: sorted(series) for key, series in points.items()}
+
+
+def plot_figure4(agg: dict, out_png: str | os.PathLike, variant: str = "ws") -> bool:
+    """ROUGE-L (language average) against X, one line per training-set size (and per objective
+    mix when the runs have several: `figure4_series`). False if < 2 X values."""
+    points = figure4_series(agg, variant)
     if len({x for series in points.values() for x, _, _ in series}) < 2:
         return False
+    several_objectives = len({objectives for objectives, _ in points}) > 1
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for size, series in sorted(points.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-        series.sort()
+    for (objectives, size), series in sorted(points.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or 0)):
         xs, ms, ss = zip(*series)
-        ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=f"n = {size or 'all'}")
+        label = f"n = {size or 'all'}" + (f", {objectives}" if several_objectives else "")
+        ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=label)
     ax.set_xlabel("insertion frequency X")
     ax.set_ylabel("ROUGE-L F (avg over languages)")
     ax.set_title("Figure 4 — ROUGE-L against X")
@@ -350,6 +416,41 @@ def _done(directory: Path) -> bool:
     return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
 
+def pretrain_settings(spec: RunSpec, config: ExperimentConfig, data: dict):
+    """The `PretrainSettings` of a grid point: its objectives' data, the pretrain section's
+    sampling, length and DAE noise settings (mask_ratio, poisson_lambda, ...)."""
+    from dataclasses import fields
+
+    from .data.noise import NoiseConfig
+    from .pretraining import PretrainSettings
+
+    noise = {f.name: config.pretrain[f.name] for f in fields(NoiseConfig) if f.name in config.pretrain}
+    return PretrainSettings(
+        mono=data["mono"] if "dae" in spec.objectives else (),
+        parallel=data["parallel"] if "mt" in spec.objectives else (),
+        langs=data.get("langs"),
+        alpha=config.pretrain.get("alpha", 0.3),
+        mt_ratio=config.pretrain.get("mt_ratio", 0.1) if spec.objectives == "dae+mt" else 1.0,
+        noise=NoiseConfig(**noise),
+        max_source_length=config.pretrain.get("max_source_length"),
+        max_target_length=config.pretrain.get("max_target_length"),
+        on_bad_record=config.pretrain.get("on_bad_record", "error"),
+    )
+
+
+def finetune_settings(config: ExperimentConfig, data: dict):
+    """The `FinetuneSettings` of every grid point. Validation decodes as the test does, with the
+    generate section's settings (beams, length, sampling, ...); only the test's batch size and
+    source length stay the test's: validation reads sources as fine-tuning does."""
+    from .finetuning import FinetuneSettings
+
+    return FinetuneSettings(
+        task=data["task"],
+        **{k: config.finetune[k] for k in FINETUNE_KEYS if k in config.finetune},
+        generation={k: v for k, v in config.generate.items() if k not in ("batch_size", "max_source_length")},
+    )
+
+
 def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dict, out: Path, progress: bool = True) -> dict:
     """Build → pretrain → fine-tune → evaluate one grid point; each stage resumes or is skipped
     when its output exists. Returns the run's result ({"spec", "rows", "logs"})."""
@@ -357,8 +458,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
 
     from .building import build_model_dir
     from .evaluating import evaluate_model
-    from .finetuning import FinetuneSettings, finetune
-    from .pretraining import PretrainSettings, pretrain
+    from .finetuning import finetune
+    from .pretraining import pretrain
 
     langs = data.get("langs")
     stage_dir = out / "pretrain" / spec.pretrain_id
@@ -370,14 +471,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     logs = {}
     pretrained = built
     if spec.objectives != "none":
-        settings = PretrainSettings(
-            mono=data["mono"] if "dae" in spec.objectives else (),
-            parallel=data["parallel"] if "mt" in spec.objectives else (),
-            alpha=config.pretrain.get("alpha", 0.3),
-            mt_ratio=config.pretrain.get("mt_ratio", 0.1) if spec.objectives == "dae+mt" else 1.0,
-            max_source_length=config.pretrain.get("max_source_length"),
-            max_target_length=config.pretrain.get("max_target_length"),
-        )
+        settings = pretrain_settings(spec, config, data)
         pretrained = stage_dir / "final"
         if not _done(pretrained):
             pretrain(built, _training_config(config.pretrain, stage_dir, spec.seed, progress=progress), settings)
@@ -385,12 +479,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
 
     run_dir = out / "runs" / spec.run_id
     ft_dir = run_dir / "finetune"
-    settings = FinetuneSettings(
-        task=data["task"],
-        max_source_length=config.finetune.get("max_source_length", 256),
-        max_target_length=config.finetune.get("max_target_length", 128),
-        generation={"num_beams": 1, "max_new_tokens": config.generate.get("max_new_tokens", 128)},
-    )
+    settings = finetune_settings(config, data)
     best = ft_dir / "best"
     if not (_done(best) and (ft_dir / "final" / "config.json").is_file()):
         ft_config = _training_config(config.finetune, ft_dir, spec.seed, metric=config.finetune.get("metric", "rougeL_f"),
@@ -411,8 +500,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
 
     Returns {"results": [...], "aggregate": ..., "report": path}.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = mark_output_dir(out_dir, "experiment")
     encoder_dir = prepare_encoder(config.encoder, out, progress)
     from .resources import CORPORA
 
@@ -482,6 +570,7 @@ def plot_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
 
 def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: Path) -> Path:
     """OUT/report.md: per-run results, the paper-shaped tables, Figure 4 and training curves."""
+    from .evaluating import RESULT_COLUMNS
     from .metrics import markdown_table
 
     parts = [f"# {config.name}", "",
@@ -496,7 +585,7 @@ def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: 
     parts += ["## Every run", ""]
     for result in results:
         parts += [f"### {RunSpec(**result['spec']).run_id}", "",
-                  markdown_table(result["rows"], ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "script_rate", "n"))]
+                  markdown_table(result["rows"], RESULT_COLUMNS)]
     path = out / "report.md"
     with atomic_text_file(path) as f:
         f.write("\n".join(parts))

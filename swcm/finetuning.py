@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -20,6 +21,7 @@ from transformers import AutoTokenizer
 from .data.collate import Seq2SeqCollator
 from .data.examples import ExampleEncoder, pair_separator
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
+from .data.sampling import stratified_sample
 from .metrics import evaluate_predictions
 from .generation import generate_texts
 from .modeling import SWCMForConditionalGeneration
@@ -63,13 +65,30 @@ def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSet
     return [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
 
 
-def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, batch_size: int = 16):
+def by_language_sample(records: Sequence[TextPair], n: int | None, seed: int) -> list[TextPair]:
+    """`n` records drawn with `seed`, each target language keeping its share (all when n is None)."""
+    return stratified_sample(records, n, seed, key=lambda r: r.target_lang)
+
+
+def _subset(records: list[TextPair], n: int | None, seed: int, what: str) -> list[TextPair]:
+    """`by_language_sample`, saying on stderr what was kept when it is a subset."""
+    kept = by_language_sample(records, n, seed)
+    if len(kept) < len(records):
+        langs = Counter(r.target_lang for r in kept)
+        print(f"{what}: {len(kept)} of {len(records)} records, drawn with seed {seed}: "
+              + ", ".join(f"{lang} {count}" for lang, count in langs.items()), file=sys.stderr)
+    return kept
+
+
+def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, batch_size: int = 16, seed: int = 0):
     """An `evaluate(model) -> {"rougeL_f", "loss"}` hook over validation records.
 
+    At most `settings.max_valid_examples` records are used, drawn with `seed`, stratified by
+    language (not the first N: on a file sorted by language that would be one language).
     ROUGE-L F is scored per target language and averaged over languages, so a large
     language does not drown the others; the loss is the mean token cross-entropy.
     """
-    records = list(records)[: settings.max_valid_examples]
+    records = by_language_sample(list(records), settings.max_valid_examples, seed)
     examples = encode_records(tokenizer, records, settings)
     collate = Seq2SeqCollator(tokenizer)
 
@@ -105,22 +124,23 @@ def finetune(
     train_size: int | None = None,
 ) -> TrainingResult:
     """Fine-tune the model in `model_dir` on a task file; OUT/best (by `config.metric`) and
-    OUT/final load with `from_pretrained`. `train_size` keeps the first N training records."""
+    OUT/final load with `from_pretrained`. `train_size` keeps N training records drawn with
+    the run's seed, stratified by language (Figure 4's 10K / 20K / 50K)."""
     if config.metric not in EVAL_METRICS:
         raise ValueError(f"unknown metric {config.metric!r}; expected one of {', '.join(EVAL_METRICS)}")
     model = SWCMForConditionalGeneration.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     problems = Problems()
     train_records = read_task_pairs(train_file, tokenizer, settings, problems)
-    if train_size is not None:
-        train_records = train_records[:train_size]
+    train_records = _subset(train_records, train_size, config.seed, f"{train_file} (--train-size)")
     valid_records = read_task_pairs(valid_file, tokenizer, settings, problems) if valid_file else []
+    valid_records = _subset(valid_records, settings.max_valid_examples, config.seed, f"{valid_file} (--max-valid)")
     if problems.total:
         print(problems.summary(), file=sys.stderr)
     if not train_records:
         raise ValueError(f"{train_file}: no training records")
     add_language_tags(model, tokenizer, sorted({r.target_lang for r in train_records + valid_records}))
-    evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size) if valid_records else None
+    evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size, config.seed) if valid_records else None
     if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
         config = replace(config, eval_every=None, patience=None)
     examples = encode_records(tokenizer, train_records, settings)

@@ -1,12 +1,14 @@
-"""Metrics that work for any script: ROUGE-L, chrF++, BLEU and script rate.
+"""Metrics that work for any script: ROUGE-L, chrF++, BLEU, spBLEU and script rate.
 
 Google's `rouge-score` tokenizer keeps only [a-z0-9], so Chinese, Tibetan, Uyghur, Kazakh
 and Mongolian text all score 0. Here the scoring is done by the same libraries
 (`rouge-score`, `sacrebleu`), fed with a tokenisation chosen by the Unicode script of the
 text itself, so a language the tool has never heard of still scores correctly:
 
-- Han (and kana) characters are one token each; Chinese has no word spacing and
-  character-level ROUGE is the field's usual choice for it.
+- Scripts written without spaces between words are split into characters, one token per
+  letter with the combining marks (vowel signs, tone marks) that follow it: Han (character-level ROUGE
+  is the field's usual choice for Chinese), Japanese kana, Thai, Lao, Khmer, Myanmar, and Yi,
+  whose characters are syllables.
 - Everything else is split into runs of letters, combining marks and digits, dropping
   punctuation and symbols as `rouge-score` does. This is "whitespace words" for Arabic-script,
   Cyrillic and Mongolian text (marks and the joiners ZWNJ/ZWJ and the Mongolian vowel
@@ -28,23 +30,57 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import regex
-from fontTools.unicodedata import script as _script_code
-from fontTools.unicodedata import script_name as _script_name
 
-# One token per character for scripts written without spaces between words.
-_CHARACTER_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}"
-# A character token, or a run of word characters (letters, marks, digits, joiners, and the
-# Mongolian vowel separator U+180E, which sits inside a word before its final vowel);
-# underscore and other connector punctuation split, as they do for rouge-score.
+# Scripts written without spaces between words: one token per character.
+CHARACTER_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar", "Yi")
+_CHARACTER_CLASS = "".join(rf"\p{{Script={name}}}" for name in CHARACTER_SCRIPTS)
+# A character token (a character of a character script with the combining marks after it, so
+# that Thai, Khmer or Myanmar vowel signs and tone marks stay with their consonant), or a run
+# of word characters (letters, marks, digits, joiners, and the Mongolian vowel separator
+# U+180E, which sits inside a word before its final vowel); underscore and other connector
+# punctuation split, as they do for rouge-score.
 _TOKEN_RE = regex.compile(
-    rf"[{_CHARACTER_SCRIPTS}]|[[\w\u180E]--[\p{{Pc}}{_CHARACTER_SCRIPTS}]]+", regex.V1
+    rf"[{_CHARACTER_CLASS}]\p{{M}}*|[[\w\u180E]--[\p{{Pc}}{_CHARACTER_CLASS}]]+", regex.V1
 )
-_LETTER_RE = regex.compile(r"\p{L}")
 
 # Scripts whose text has no usable word spacing: BLEU and chrF++ word n-grams are computed
-# on the metric tokens (Tibetan syllables, kana) joined by spaces. Han uses sacrebleu's own
-# "zh" tokenizer for BLEU, the standard for published Chinese BLEU.
-_UNSPACED_SCRIPTS = frozenset({"Han", "Tibetan", "Hiragana", "Katakana"})
+# on the metric tokens (Tibetan syllables, characters) joined by spaces. Han uses sacrebleu's
+# own "zh" tokenizer for BLEU, the standard for published Chinese BLEU.
+_UNSPACED_SCRIPTS = frozenset({"Tibetan", *CHARACTER_SCRIPTS})
+
+# ISO 15924 code → Unicode script name (the Script property values of Scripts.txt, Unicode
+# 16), Common, Inherited and Unknown left out: the names `regex`'s \p{Script=…} knows.
+_SCRIPT_CODES = dict(item.split("=") for item in """
+Adlm=Adlam Aghb=Caucasian_Albanian Ahom=Ahom Arab=Arabic Armi=Imperial_Aramaic Armn=Armenian
+Avst=Avestan Bali=Balinese Bamu=Bamum Bass=Bassa_Vah Batk=Batak Beng=Bengali Berf=Beria_Erfe
+Bhks=Bhaiksuki Bopo=Bopomofo Brah=Brahmi Brai=Braille Bugi=Buginese Buhd=Buhid Cakm=Chakma
+Cans=Canadian_Aboriginal Cari=Carian Cham=Cham Cher=Cherokee Chrs=Chorasmian Copt=Coptic
+Cpmn=Cypro_Minoan Cprt=Cypriot Cyrl=Cyrillic Deva=Devanagari Diak=Dives_Akuru Dogr=Dogra
+Dsrt=Deseret Dupl=Duployan Egyp=Egyptian_Hieroglyphs Elba=Elbasan Elym=Elymaic Ethi=Ethiopic
+Gara=Garay Geor=Georgian Glag=Glagolitic Gong=Gunjala_Gondi Gonm=Masaram_Gondi Goth=Gothic
+Gran=Grantha Grek=Greek Gujr=Gujarati Gukh=Gurung_Khema Guru=Gurmukhi Hang=Hangul Hani=Han
+Hano=Hanunoo Hatr=Hatran Hebr=Hebrew Hira=Hiragana Hluw=Anatolian_Hieroglyphs
+Hmng=Pahawh_Hmong Hmnp=Nyiakeng_Puachue_Hmong Hung=Old_Hungarian Ital=Old_Italic
+Java=Javanese Jurc=Jurchen Kali=Kayah_Li Kana=Katakana Kawi=Kawi Khar=Kharoshthi Khmr=Khmer
+Khoj=Khojki Kits=Khitan_Small_Script Knda=Kannada Krai=Kirat_Rai Kthi=Kaithi Lana=Tai_Tham
+Laoo=Lao Latn=Latin Lepc=Lepcha Limb=Limbu Lina=Linear_A Linb=Linear_B Lisu=Lisu Lyci=Lycian
+Lydi=Lydian Mahj=Mahajani Maka=Makasar Mand=Mandaic Mani=Manichaean Marc=Marchen
+Medf=Medefaidrin Mend=Mende_Kikakui Merc=Meroitic_Cursive Mero=Meroitic_Hieroglyphs
+Mlym=Malayalam Modi=Modi Mong=Mongolian Mroo=Mro Mtei=Meetei_Mayek Mult=Multani Mymr=Myanmar
+Nagm=Nag_Mundari Nand=Nandinagari Narb=Old_North_Arabian Nbat=Nabataean Newa=Newa Nkoo=Nko
+Nshu=Nushu Ogam=Ogham Olck=Ol_Chiki Onao=Ol_Onal Orkh=Old_Turkic Orya=Oriya Osge=Osage
+Osma=Osmanya Ougr=Old_Uyghur Palm=Palmyrene Pauc=Pau_Cin_Hau Pcun=Proto_Cuneiform
+Perm=Old_Permic Phag=Phags_Pa Phli=Inscriptional_Pahlavi Phlp=Psalter_Pahlavi
+Phnx=Phoenician Plrd=Miao Prti=Inscriptional_Parthian Rjng=Rejang Rohg=Hanifi_Rohingya
+Runr=Runic Samr=Samaritan Sarb=Old_South_Arabian Saur=Saurashtra Seal=Seal Sgnw=SignWriting
+Shaw=Shavian Shrd=Sharada Sidd=Siddham Sidt=Sidetic Sind=Khudawadi Sinh=Sinhala Sogd=Sogdian
+Sogo=Old_Sogdian Sora=Sora_Sompeng Soyo=Soyombo Sund=Sundanese Sunu=Sunuwar
+Sylo=Syloti_Nagri Syrc=Syriac Tagb=Tagbanwa Takr=Takri Tale=Tai_Le Talu=New_Tai_Lue
+Taml=Tamil Tang=Tangut Tavt=Tai_Viet Tayo=Tai_Yo Telu=Telugu Tfng=Tifinagh Tglg=Tagalog
+Thaa=Thaana Thai=Thai Tibt=Tibetan Tirh=Tirhuta Tnsa=Tangsa Todr=Todhri Tols=Tolong_Siki
+Toto=Toto Tutg=Tulu_Tigalari Ugar=Ugaritic Vaii=Vai Vith=Vithkuqi Wara=Warang_Citi
+Wcho=Wancho Xpeo=Old_Persian Xsux=Cuneiform Yezi=Yezidi Yiii=Yi Zanb=Zanabazar_Square
+""".split())
 
 # Languages whose script is not in doubt. Kazakh (Cyrillic or Arabic) and Mongolian
 # (Cyrillic or traditional) are left to the text; a script subtag ("kk-Arab") decides too.
@@ -58,9 +94,19 @@ NO_SCRIPT = "Common"  # what dominant_script returns for text without letters
 # --- scripts -----------------------------------------------------------------------------
 
 
+# One named group per script: the group a letter matches names its script. Most used first.
+_FIRST_SCRIPTS = ("Han", "Latin", "Tibetan", "Arabic", "Cyrillic", "Mongolian")
+_SCRIPT_RE = regex.compile("|".join(
+    rf"(?P<{name}>\p{{Script={name}}})"
+    for name in dict.fromkeys([*_FIRST_SCRIPTS, *_SCRIPT_CODES.values()])
+))
+_LETTER_RE = regex.compile(r"\p{L}")
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _char_script(ch: str) -> str:
-    return _script_name(_script_code(ch))
+def _char_script(ch: str) -> str | None:
+    match = _SCRIPT_RE.match(ch)
+    return match.lastgroup if match else None  # None: Common, Inherited or unassigned
 
 
 def letter_scripts(text: str) -> Counter:
@@ -69,8 +115,7 @@ def letter_scripts(text: str) -> Counter:
     Letters shared by several scripts (Common, Inherited) are not counted.
     """
     counts = Counter(_char_script(ch) for ch in _LETTER_RE.findall(text))
-    for neutral in ("Common", "Inherited", "Unknown"):
-        counts.pop(neutral, None)
+    counts.pop(None, None)
     return counts
 
 
@@ -95,7 +140,7 @@ def script_for_lang(lang: str | None) -> str | None:
     subtags = regex.split(r"[-_]", lang.strip())
     for subtag in subtags[1:]:
         if len(subtag) == 4 and subtag.isalpha():
-            name = _SCRIPT_SUBTAGS.get(subtag.lower()) or _script_name(subtag.title(), None)
+            name = _SCRIPT_SUBTAGS.get(subtag.lower()) or _SCRIPT_CODES.get(subtag.title())
             if name is not None:
                 return name
     return _LANG_SCRIPTS.get(subtags[0].lower())
@@ -178,8 +223,33 @@ def _words_for_sacrebleu(texts: Sequence[str], script: str) -> list[str]:
     return list(texts)
 
 
-def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str) -> dict[str, float]:
-    """Corpus chrF++ and BLEU (sacrebleu) for text in `script`: {"chrf": ..., "bleu": ...}."""
+def spbleu_model_path() -> str:
+    """Where sacrebleu keeps the FLORES-200 SentencePiece model spBLEU tokenises with
+    ($SACREBLEU/models, ~/.sacrebleu/models by default)."""
+    from sacrebleu.tokenizers import tokenizer_spm
+
+    return os.path.join(tokenizer_spm.SACREBLEU_DIR, "models", os.path.basename(tokenizer_spm.SPM_MODELS["flores200"]["url"]))
+
+
+def spbleu(predictions: Sequence[str], references: Sequence[str]) -> float | None:
+    """Corpus spBLEU: sacrebleu's BLEU on FLORES-200 SentencePiece pieces (tokenize="flores200"),
+    the BLEU that low-resource MT papers report, one tokenisation for every language.
+
+    None when the model is not in sacrebleu's cache (`spbleu_model_path()`): sacrebleu would
+    download it, and nothing here downloads at run time. Fetch it once where you are online:
+    `python -c "from sacrebleu.tokenizers.tokenizer_spm import Flores200Tokenizer as T; T()"`.
+    """
+    from sacrebleu.metrics import BLEU
+
+    _check_pairs(predictions, references)
+    if not os.path.isfile(spbleu_model_path()):
+        return None
+    return min(100.0, BLEU(tokenize="flores200").corpus_score(list(predictions), [list(references)]).score)
+
+
+def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str) -> dict[str, float | None]:
+    """Corpus chrF++, BLEU and spBLEU (sacrebleu) for text in `script`:
+    {"chrf": ..., "bleu": ..., "spbleu": ... or None (see `spbleu`)}."""
     from sacrebleu.metrics import BLEU, CHRF
 
     _check_pairs(predictions, references)
@@ -191,6 +261,7 @@ def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str
         "chrf": CHRF(word_order=2).corpus_score(hyps, [refs]).score,
         # exp(log p) puts a perfect BLEU a rounding error above 100.
         "bleu": min(100.0, BLEU(tokenize=tokenize).corpus_score(list(bleu_hyps), [list(bleu_refs)]).score),
+        "spbleu": spbleu(predictions, references),
     }
 
 
@@ -221,7 +292,8 @@ def score(predictions: Sequence[str], references: Sequence[str], lang: str | Non
 
     `lang` (optional) fixes the target script where the code implies one (see
     `script_for_lang`); otherwise it comes from the references. Returns
-    {"rougeL": {"f", "p", "r"}, "chrf", "bleu", "script_rate", "n"}, scores on 0-100.
+    {"rougeL": {"f", "p", "r"}, "chrf", "bleu", "spbleu", "script_rate", "n"}, scores on 0-100
+    (spbleu None when its SentencePiece model is not at hand, see `spbleu`).
     Raises ValueError when the lists differ in length or are empty.
     """
     predictions, references = list(predictions), list(references)
@@ -260,7 +332,7 @@ def read_segments(path: str | os.PathLike) -> list[str]:
 
 
 def flatten_scores(scores: dict) -> dict:
-    """`score()`'s result as one flat row: rougeL_f, rougeL_p, rougeL_r, chrf, bleu, script_rate, n."""
+    """`score()`'s result as one flat row: rougeL_f, rougeL_p, rougeL_r, chrf, bleu, spbleu, script_rate, n."""
     row = {f"rougeL_{k}": v for k, v in scores["rougeL"].items()}
     row.update({k: v for k, v in scores.items() if k != "rougeL"})
     return row
@@ -278,7 +350,7 @@ def evaluate_predictions(
 
     `records` are dicts holding a prediction, a reference and a language code (e.g. the
     `swcm generate` output of a task file). Returns one row per language, in order of first
-    appearance: {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu",
+    appearance: {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu",
     "script_rate", "n"}, where "script" is the script the language was scored in. A record
     missing a field raises ValueError naming `source` (a file name) and its line.
     """
@@ -306,6 +378,7 @@ COLUMN_HEADERS = {
     "rougeL_r": "ROUGE-L R",
     "chrf": "chrF++",
     "bleu": "BLEU",
+    "spbleu": "spBLEU",
     "script_rate": "script rate",
     "n": "n",
 }

@@ -72,7 +72,9 @@ def pretraining_stream(tokenizer: PreTrainedTokenizerBase, settings: PretrainSet
     return PretrainingStream(
         tokenizer, settings.mono, settings.parallel, noise=settings.noise, alpha=settings.alpha,
         mt_fraction=settings.mt_ratio if settings.parallel else 0.0,
-        max_source_length=settings.max_source_length or limit, max_target_length=settings.max_target_length or limit,
+        # Explicit lengths are capped too: positions past the table cannot be embedded.
+        max_source_length=min(settings.max_source_length or limit, limit),
+        max_target_length=min(settings.max_target_length or limit, limit),
         seed=seed, rank=state.process_index, world_size=state.num_processes, langs=settings.langs,
         on_bad_record=settings.on_bad_record,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -32,9 +33,13 @@ def add_language_tags(
 ) -> dict[str, int]:
     """Add a tag token for every language in `langs` that lacks one, and grow the model.
 
-    The shared embeddings and the LM head are resized; new rows are drawn from a normal
-    distribution with the mean and covariance of the existing rows (transformers'
-    `mean_resizing`), so the tags start inside the embedding cloud rather than far from it.
+    The shared embeddings and the LM head are resized. Each new tag's embedding row, and its
+    LM-head row (weight and bias) when the head is not tied, is a draw from a normal
+    distribution with the mean and the full covariance of the existing rows
+    (`sample_like_rows`): the tags start inside the embedding cloud and as far from one another
+    as ordinary tokens are, so that the target-language signal exists from the first step.
+    (transformers' `mean_resizing` scales the covariance by 1e-9, which makes all tags one
+    point.) Draws come from torch's global generator: seed it for a reproducible model.
     Records the tags in `model.config.language_tags` and returns {lang: id} for `langs`.
     """
     langs = list(dict.fromkeys(langs))
@@ -43,7 +48,13 @@ def add_language_tags(
     if new:
         add_extra_special_tokens(tokenizer, new)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set below
+    if new:
+        new_ids = tokenizer.convert_tokens_to_ids(new)
+        embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+        _init_rows(embeddings.weight, None, new_ids)
+        if head is not None and head.weight is not embeddings.weight:
+            _init_rows(head.weight, getattr(head, "bias", None), new_ids)
     ids = {lang: language_tag_id(tokenizer, lang) for lang in langs}
     model.config.language_tags = {**getattr(model.config, "language_tags", {}), **ids}
     return ids
@@ -56,3 +67,27 @@ def add_extra_special_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[st
         tokenizer.add_special_tokens({"extra_special_tokens": tokens}, replace_extra_special_tokens=False)
     else:
         tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_additional_special_tokens=False)
+
+
+def sample_like_rows(rows: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`n` draws from N(mean, covariance) of the rows of `rows` (m × d), as an n × d tensor.
+
+    Drawn as mean + zᵀ(rows − mean)/√(m − 1) with z ~ N(0, I_m), which has exactly that
+    covariance without forming the d × d matrix (cheap for a 250k-row vocabulary).
+    """
+    rows = rows.detach().double()
+    centered = rows - rows.mean(0)
+    z = torch.randn(n, rows.shape[0], dtype=torch.float64, generator=generator, device=rows.device)
+    return rows.mean(0) + z @ centered / max(rows.shape[0] - 1, 1) ** 0.5
+
+
+@torch.no_grad()
+def _init_rows(weight: torch.Tensor, bias: torch.Tensor | None, new_ids: list[int]) -> None:
+    """Set rows `new_ids` of a (V × d) weight and its bias from the other rows' distribution."""
+    old = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    old[new_ids] = False
+    rows = weight if bias is None else torch.cat([weight, bias[:, None]], dim=1)
+    drawn = sample_like_rows(rows[old], len(new_ids)).to(weight.dtype)
+    weight[new_ids] = drawn[:, : weight.shape[1]]
+    if bias is not None:
+        bias[new_ids] = drawn[:, -1]

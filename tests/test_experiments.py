@@ -4,7 +4,10 @@ import math
 
 import pytest
 
-from swcm.experiments import RunSpec, aggregate, expand_grid, load_experiment, mean_std, plot_figure4, render_tables
+from swcm.experiments import (
+    RunSpec, aggregate, expand_grid, figure4_series, finetune_settings, load_experiment, mean_std, plot_figure4, pretrain_settings,
+    render_tables,
+)
 
 
 def _result(variant, x, objectives, size, seed, scores):
@@ -57,6 +60,15 @@ def test_figure4_needs_two_values_of_x(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_figure4_draws_one_line_per_objective_mix_and_size(tmp_path):
+    results = [_result("ws", x, objectives, 10, 0, {"bo": float(x) + (5 if objectives == "dae" else 0)})
+               for x in (1, 3) for objectives in ("dae+mt", "dae")]
+    results.append(_result("random", 1, "dae", 10, 0, {"bo": 99.0}))  # another variant: not in the figure
+    series = figure4_series(aggregate(results))
+    assert series == {("dae+mt", 10): [(1, 1.0, 0.0), (3, 3.0, 0.0)], ("dae", 10): [(1, 6.0, 0.0), (3, 8.0, 0.0)]}
+    assert plot_figure4(aggregate(results), tmp_path / "f.png") is True
+
+
 def test_experiment_files_are_validated(tmp_path):
     good = tmp_path / "exp.yaml"
     good.write_text("name: t\nencoder: tiny-udhr\ndata: udhr\ngrid:\n  variant: [ws, random]\n  seed: [0]\n")
@@ -87,3 +99,46 @@ def test_data_paths_are_resolved_against_the_experiment_file(tmp_path):
     assert config.data["parallel"] == ["zh-bo=/data/zh-bo.tsv"]
     assert config.data["train"] == f"{base}/mt/train.jsonl" and config.data["task"] == "mt"
     assert config.encoder == "/models/cino"
+
+
+@pytest.mark.parametrize("section, line", [
+    ("pretrain: {max_steps: 10, mask_ration: 0.3}", "pretrain.mask_ration"),
+    ("finetune:\n  lr: 1.0e-4\n  eval_evry: 50", "finetune.eval_evry"),
+    ("generate: {num_beams: 4, no_repeat_ngram: 3}", "generate.no_repeat_ngram"),
+    ("data:\n  mono: [bo=bo.txt]\n  tests: [t.jsonl]", "data.tests"),
+])
+def test_unknown_keys_are_an_error_naming_file_line_and_key(tmp_path, section, line):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: t\nencoder: tiny-udhr\n{section}\n" + ("data: udhr\n" if "data" not in section else ""))
+    text_line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if line.split(".")[1] + ":" in text)
+    with pytest.raises(ValueError, match=rf"^{path}:{text_line}: unknown key {line} \(known: .*\)$"):
+        load_experiment(path)
+
+
+def test_every_shipped_experiment_file_is_valid():
+    from pathlib import Path
+
+    import swcm
+
+    files = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+    files.append(Path(swcm.__file__).parent / "resources" / "demo.yaml")
+    assert len(files) >= 6
+    for path in files:
+        load_experiment(path)
+
+
+def test_settings_reach_pretraining_and_validation_decodes_as_the_test(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "encoder: tiny-udhr\ndata: udhr\n"
+        "pretrain: {max_steps: 5, mask_ratio: 0.2, poisson_lambda: 2.0, permute_sentences: false, alpha: 0.5}\n"
+        "finetune: {max_source_length: 64, max_valid_examples: 20}\n"
+        "generate: {num_beams: 3, max_new_tokens: 40, no_repeat_ngram_size: 2, batch_size: 4, max_source_length: 96}\n")
+    config = load_experiment(path)
+    data = {"mono": ["bo=bo.txt"], "parallel": ["zh-bo=p.tsv"], "task": "mt", "langs": ["zh", "bo"]}
+    pre = pretrain_settings(RunSpec(objectives="dae"), config, data)
+    assert (pre.noise.mask_ratio, pre.noise.poisson_lambda, pre.noise.permute_sentences) == (0.2, 2.0, False)
+    assert pre.alpha == 0.5 and pre.parallel == () and pre.langs == ["zh", "bo"]
+    fine = finetune_settings(config, data)
+    assert fine.max_source_length == 64 and fine.max_valid_examples == 20
+    assert fine.generation == {"num_beams": 3, "max_new_tokens": 40, "no_repeat_ngram_size": 2}

@@ -65,3 +65,21 @@ def test_finetune_rejects_bad_records_with_file_and_line(model_dir, tmp_path, ca
                 "--out", str(tmp_path / "ft2"), "--max-steps", "2", "--batch-size", "2", "--no-progress"])
     assert code == 0
     assert "skipped 1 bad record" in capsys.readouterr().err
+
+
+def test_subsets_are_drawn_by_language_with_the_seed(model_dir, tmp_path, capsys):
+    """--train-size and --max-valid on files sorted by language take every language's share,
+    drawn with the run's seed, not the first N records (which would be one language)."""
+    def sorted_by_language(path, split):
+        write_mt(tmp_path / "bo.jsonl", split, ["bo"], limit=8)
+        write_mt(tmp_path / "ug.jsonl", split, ["ug"], limit=8)
+        path.write_text((tmp_path / "bo.jsonl").read_text() + (tmp_path / "ug.jsonl").read_text(), encoding="utf-8")
+        return path
+
+    train, valid = sorted_by_language(tmp_path / "train.jsonl", "train"), sorted_by_language(tmp_path / "valid.jsonl", "valid")
+    args = ["finetune", "--task", "mt", "--model", str(model_dir), "--train", str(train), "--valid", str(valid),
+            "--train-size", "6", "--max-valid", "4", "--max-steps", "1", "--batch-size", "2", "--no-progress"]
+    assert cli([*args, "--out", str(tmp_path / "ft"), "--seed", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"{train} (--train-size): 6 of 16 records, drawn with seed 3: bo 3, ug 3" in err
+    assert f"{valid} (--max-valid): 4 of 16 records, drawn with seed 3: bo 2, ug 2" in err

@@ -36,7 +36,7 @@ def model_dir(tiny_encoder_dir, tmp_path_factory):
                                         for u in udhr("test") for lang in LANGS])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(40):
+    for _ in range(60):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -113,11 +113,12 @@ def test_generate_bad_line_is_one_line_error_and_leaves_output_untouched(model_d
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    out.write_text("an older result\n", encoding="utf-8")
+    older = '{"src": "older", "prediction": "an older result"}\n'  # an earlier output: generate may replace it
+    out.write_text(older, encoding="utf-8")
     assert main(["generate", "--model", str(model_dir), "--input", str(src), "--output", str(out), *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"swcm generate: error: {src}:3: malformed JSON") and "\n" not in err
-    assert out.read_text(encoding="utf-8") == "an older result\n"
+    assert out.read_text(encoding="utf-8") == older
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left
 
     # --on-bad-record skip: the bad record is left out and counted, the others are generated.
@@ -126,12 +127,12 @@ def test_generate_bad_line_is_one_line_error_and_leaves_output_untouched(model_d
     assert f"{src}: skipped 1 bad record: 1 malformed JSON (first at {src}:3)" in capsys.readouterr().err
     assert [r["id"] for r in read_jsonl(out)] == [r["id"] for i, r in enumerate(records) if i != 2]
 
-    out.write_text("an older result\n", encoding="utf-8")
+    out.write_text(older, encoding="utf-8")
     lines[2] = json.dumps({"src": "人人", "tgt_lang": "xx"})  # a language the model has no tag for
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["generate", "--model", str(model_dir), "--input", str(src), "--output", str(out), *FAST]) == 2
     assert f"{src}:3: the model has no language tag __xx__ for 'xx'; it has __zh__, __bo__" in capsys.readouterr().err
-    assert out.read_text(encoding="utf-8") == "an older result\n"
+    assert out.read_text(encoding="utf-8") == older
 
 
 def test_task_sources_match_training_and_languages_fall_back(model_dir, tmp_path):
@@ -202,7 +203,7 @@ def test_evaluate_two_files_two_languages_gives_a_row_per_language(model_dir, tm
                  "--out", str(out), "--transfer-from", "zh", "--num-beams", "2", *FAST]) == 0
     printed = capsys.readouterr().out
     assert "Cross-lingual transfer (summarisation): fine-tuned on zh, evaluated on kk" in printed
-    assert "| language | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | script rate | n |" in printed
+    assert "| language | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | spBLEU | script rate | n |" in printed
     assert "\n| zh |" in printed and "\n| kk |" in printed
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import pytest
 import regex
@@ -23,6 +24,8 @@ from swcm.metrics import (
     score,
     script_for_lang,
     script_rate,
+    spbleu,
+    spbleu_model_path,
     target_script,
     tokenize_for_metrics,
 )
@@ -139,12 +142,52 @@ def test_tibetan_rouge_is_the_lcs_of_syllables():
     assert rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure == 0
 
 
+# UDHR Article 1 (its opening) in scripts written without spaces between words, and Yi,
+# "ꆈꌠꁱꂷ ꆈꌠꉙ" (Nuosu script, Nuosu language): (text, its characters).
+UNSPACED = {
+    "th": ("มนุษย์ทั้งหลายเกิดมามีอิสระและเสมอกันในเกียรติศักดิ์และสิทธิ", "Thai"),
+    "lo": ("ມະນຸດເກີດມາມີສິດເສລີພາບ ແລະ ສະເໝີພາບກັນ ໃນທາງກຽດຕິສັກ ແລະ ສິດທິ", "Lao"),
+    "km": ("មនុស្សទាំងអស់កើតមកមានសេរីភាព និងសមភាព ក្នុងផ្នែកសេចក្ដីថ្លៃថ្នូរ និងសិទ្ធិ", "Khmer"),
+    "my": ("လူတိုင်းသည် တူညီလွတ်လပ်သော ဂုဏ်သိက္ခာဖြင့်လည်းကောင်း", "Myanmar"),
+    "ja": ("すべてのにんげんは、うまれながらにしてじゆうであり、かつ、そんげんとけんりとについてびょうどうである。", "Hiragana"),
+    "ii": ("ꆈꌠꁱꂷ ꆈꌠꉙ", "Yi"),
+}
+
+
+@pytest.mark.parametrize("lang", UNSPACED)
+def test_scripts_without_spaces_are_split_into_characters(lang):
+    text, script = UNSPACED[lang]
+    tokens = tokenize_for_metrics(text)
+    assert dominant_script(text) == script
+    # Each token is one letter of the script with the combining marks (vowel signs, tone
+    # marks) after it; together they are the text without spaces and punctuation.
+    assert all(regex.fullmatch(r"\p{L}\p{M}*", t) for t in tokens)
+    normal = unicodedata.normalize("NFKC", text)  # Lao ໝ is ຫ + ມ
+    assert "".join(tokens) == regex.sub(r"[\s\p{P}]", "", normal)
+    assert len(tokens) == len(regex.findall(r"\p{L}", normal)) > 3
+    # A near-perfect prediction, one character short, scores its LCS: P = 1, R = (n - 1) / n.
+    cut = normal.index(tokens[len(tokens) // 2])
+    prediction = normal[:cut] + normal[cut + len(tokens[len(tokens) // 2]):]
+    n = len(tokens)
+    assert rouge_l([prediction], [text]) == pytest.approx(
+        {"f": 100 * 2 * (n - 1) / (2 * n - 1), "p": 100.0, "r": 100 * (n - 1) / n})
+    result = score([text], [text], lang)
+    assert result["chrf"] == pytest.approx(100.0) and result["bleu"] == pytest.approx(100.0)
+
+
+def test_thai_and_myanmar_marks_stay_with_their_letter():
+    assert tokenize_for_metrics("กินข้าว") == ["กิ", "น", "ข้", "า", "ว"]
+    assert tokenize_for_metrics("မြန်မာ") == ["မြ", "န်", "မာ"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_tokens_are_words_and_a_space_separates_them(a, b):
     tokens = tokenize_for_metrics(a)
     assert all(regex.fullmatch(r"[\w\u180E]+", t) and "_" not in t for t in tokens)
-    assert all(len(t) == 1 for t in tokens if regex.search(r"\p{Han}", t))
+    # A token holding a character of an unspaced script is that character and its marks.
+    unspaced = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Yi}]"
+    assert all(regex.fullmatch(unspaced + r"\p{M}*", t) for t in tokens if regex.search(unspaced, t))
     assert tokenize_for_metrics(a + " " + b) == tokens + tokenize_for_metrics(b)
 
 
@@ -171,6 +214,43 @@ def test_a_wrong_prediction_scores_below_a_partly_right_one(lang):
     for metric in ("chrf", "bleu"):
         assert 0 <= wrong[metric] < partly[metric] < 100
     assert wrong["rougeL"]["f"] < partly["rougeL"]["f"] < 100
+
+
+@pytest.fixture
+def flores200_stand_in(tmp_path, monkeypatch):
+    """sacrebleu's cache holding a SentencePiece model where its FLORES-200 model would be: the
+    real model is not shipped by any package and nothing here downloads. Trained on UDHR text."""
+    import sentencepiece as spm
+    from sacrebleu.tokenizers import tokenizer_spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(text for unit in UNITS for text in unit["text"].values()), encoding="utf-8")
+    monkeypatch.setattr(tokenizer_spm, "SACREBLEU_DIR", str(tmp_path / "sacrebleu"))
+    path = spbleu_model_path()
+    assert path.startswith(str(tmp_path)) and not __import__("os").path.exists(path)
+    assert spbleu(["a"], ["a"]) is None and score(["a"], ["a"])["spbleu"] is None  # no model: no score
+    (tmp_path / "sacrebleu" / "models").mkdir(parents=True)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spm"), vocab_size=1000,
+                                   character_coverage=1.0, minloglevel=2)
+    (tmp_path / "spm.model").rename(path)
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+@pytest.mark.parametrize("lang", ["zh", "bo", "ug"])
+def test_spbleu_is_bleu_on_the_sentencepiece_pieces(flores200_stand_in, lang):
+    from sacrebleu.metrics import BLEU
+
+    refs = texts(lang)
+    shifted = refs[1:] + refs[:1]
+    halves = [ref[: len(ref) // 2] + shifted[i][len(shifted[i]) // 2:] for i, ref in enumerate(refs)]
+    pieces = lambda lines: [" ".join(flores200_stand_in.encode(line, out_type=str)) for line in lines]  # noqa: E731
+    expected = BLEU(tokenize="none").corpus_score(pieces(halves), [pieces(refs)]).score
+    result = score(halves, refs, lang)
+    assert result["spbleu"] == pytest.approx(expected) and 0 < expected < 100
+    assert score(shifted, refs, lang)["spbleu"] < result["spbleu"] < score(refs, refs, lang)["spbleu"] == 100.0
+    assert evaluate_predictions(
+        [{"p": h, "r": r, "l": lang} for h, r in zip(halves, refs)], reference_field="r", lang_field="l",
+        prediction_field="p")[0]["spbleu"] == pytest.approx(expected)
 
 
 def test_script_rate():
@@ -209,10 +289,10 @@ def test_evaluate_predictions_one_row_per_language_in_order():
 
     table = markdown_table(rows)
     lines = table.splitlines()
-    assert lines[0] == "| language | script | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | script rate | n |"
-    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    assert lines[3] == "| zh | Han | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 9 |"
-    assert len(lines) == 2 + len(rows) and len(METRIC_COLUMNS) == 9
+    assert lines[0] == "| language | script | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | spBLEU | script rate | n |"
+    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"  # spBLEU: no model here
+    assert lines[3] == "| zh | Han | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | – | 100.00 | 9 |"
+    assert len(lines) == 2 + len(rows) and len(METRIC_COLUMNS) == 10
 
     with pytest.raises(ValueError, match='^test.jsonl:2: missing field "tgt_lang"$'):
         evaluate_predictions([records[0], {"tgt": "x", "prediction": "y"}], reference_field="tgt",
@@ -241,7 +321,7 @@ def test_cli_score_json(tmp_path, capsys):
     assert len(out.strip().splitlines()) == 1
     printed = json.loads(out)
     expected = score(texts("zh"), texts("bo"), "bo")
-    assert printed == {k: expected[k] for k in ("rougeL", "chrf", "bleu", "script_rate")}
+    assert printed == {k: expected[k] for k in ("rougeL", "chrf", "bleu", "spbleu", "script_rate")}
     assert printed["script_rate"] == 0.0
 
     assert main(["score", "--pred", ref, "--ref", ref]) == 0

@@ -281,11 +281,21 @@ def test_language_tags_resize_and_force_the_first_token(tiny_encoder_dir, tmp_pa
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) == old_rows.shape[0] + len(LANGS)
     assert model.lm_head.weight.shape[0] == model.lm_head.bias.shape[0] == len(tokenizer)
     assert model.config.vocab_size == len(tokenizer) and model.config.language_tags == ids
-    # new rows lie inside the existing embedding distribution
-    new_rows = model.get_input_embeddings().weight[list(ids.values())].detach()
-    old_norms = old_rows.norm(dim=-1)
-    assert ((new_rows.norm(dim=-1) > old_norms.min() * 0.5) & (new_rows.norm(dim=-1) < old_norms.max() * 2)).all()
-    assert (new_rows - old_rows.mean(0)).norm(dim=-1).max() < (old_rows - old_rows.mean(0)).norm(dim=-1).max() * 2
+    # The tags start distinct and as far apart as ordinary tokens, inside the cloud of rows,
+    # both as embeddings and as LM-head rows (weight and bias): a target-language signal from
+    # the first step. (mean resizing made them one point: 8e-6 apart against 0.2.)
+    tag_ids = list(ids.values())
+    old_head = torch.cat([model.lm_head.weight[: old_rows.shape[0]], model.lm_head.bias[: old_rows.shape[0], None]], 1)
+    new_head = torch.cat([model.lm_head.weight[tag_ids], model.lm_head.bias[tag_ids, None]], 1)
+    assert not torch.equal(model.lm_head.weight[tag_ids[0]], model.get_input_embeddings().weight[tag_ids[0]])
+    for old, new in ((old_rows, model.get_input_embeddings().weight[tag_ids]), (old_head, new_head)):
+        old, new = old.detach(), new.detach()
+        ordinary = torch.pdist(old[torch.randperm(old.shape[0], generator=torch.Generator().manual_seed(0))[:200]])
+        tags = torch.pdist(new)
+        assert tags.min() > 0.5 * ordinary.median() and tags.max() < 2 * ordinary.max()
+        assert 0.5 < tags.median() / ordinary.median() < 2
+        spread = (old - old.mean(0)).norm(dim=-1)
+        assert ((new - old.mean(0)).norm(dim=-1) < 2 * spread.max()).all()
     # adding again is a no-op; the tag is one token
     assert add_language_tags(model, tokenizer, ["bo"]) == {"bo": ids["bo"]}
     assert tokenizer.convert_ids_to_tokens(tokenizer(language_tag("bo"), add_special_tokens=False)["input_ids"]) == ["__bo__"]

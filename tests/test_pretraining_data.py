@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForSeq2Seq
 
-from swcm.data import ExampleEncoder, NoiseConfig, PretrainingStream, Seq2SeqCollator, sentence_end_ids
+from swcm.data import (
+    ExampleEncoder, NoiseConfig, PretrainingStream, Seq2SeqCollator, protected_ids, sentence_end_ids,
+)
 from swcm.data.readers import BadRecord
 from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag_id
@@ -115,6 +117,28 @@ def test_dae_and_mt_examples(tokenizer, corpus):
     assert {lang for (o, lang) in seen if o == "mt"} == {"bo", "ug", "zh"}
 
 
+def test_unk_is_noised_like_text(tokenizer, tmp_path):
+    """A document half <unk> (English text from a corpus made with another vocabulary, each
+    word followed by as many "<unk>" as it has pieces) gets 35 % of its tokens masked."""
+    docs = [" ".join(w + "<unk>" * len(tokenizer.tokenize(w)) for w in unit["text"]["en"].split()) for unit in UNITS[:20]]
+    (tmp_path / "en.txt").write_text("".join(d + "\n" for d in docs), encoding="utf-8")
+    stream = make_stream(tokenizer, tmp_path, mono=[f"en={tmp_path}/en.txt"], parallel=[], mt_fraction=0.0,
+                         noise=NoiseConfig(permute_sentences=False), max_source_length=128, max_target_length=128)
+    unk, mask = tokenizer.unk_token_id, tokenizer.mask_token_id
+    covered = total = unks = 0
+    for ex in take(stream, 40):
+        target, source = ex["labels"][1:-1], ex["input_ids"][1:-1]
+        total += len(target)
+        unks += target.count(unk)
+        covered += len(target) - sum(1 for t in source if t != mask)
+        assert len(target) - sum(1 for t in source if t != mask) == round(0.35 * len(target))
+    assert 0.45 < unks / total < 0.55 and 0.34 < covered / total < 0.36
+    # The framing specials stay protected; <unk> and <mask> are text.
+    assert protected_ids(tokenizer) == frozenset(tokenizer.all_special_ids) - {unk, mask}
+    assert {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+            language_tag_id(tokenizer, "en")} <= protected_ids(tokenizer)
+
+
 def test_documents_longer_than_the_limit_are_cut_into_chunks(tokenizer, corpus):
     stream = make_stream(tokenizer, corpus, mono=[f"bo={corpus}/bo.txt"], parallel=[], max_source_length=40, max_target_length=40)
     first_doc = content(tokenizer, (corpus / "bo.txt").read_text().splitlines()[0])
@@ -145,14 +169,26 @@ def test_both_mt_directions_from_each_pair(tokenizer, corpus):
     assert stream.state_dict()["streams"]["mt:bo+zh"]["epoch"] == 1  # 15 pairs read from 12: cycled
 
 
+def tokens(tokenizer, texts):
+    """How many tokens `texts` hold together (no special tokens; blank lines hold none)."""
+    return sum(len(tokenizer(t.strip(), add_special_tokens=False)["input_ids"]) for t in texts)
+
+
 def test_languages_are_sampled_by_the_formula(tokenizer, corpus):
     stream = make_stream(tokenizer, corpus, alpha=0.3, mt_fraction=0.25)
-    assert stream.counts == {"dae": {("bo",): 10, ("ug",): 10, ("kk",): 20, ("mn",): 20},
-                             "mt": {("bo", "zh"): 12, ("ug", "zh"): 12}}
-    shares = np.array([10, 10, 20, 20]) / 60
+    # q_i is a share of tokens, not of records: bo and ug have 10 records of four articles,
+    # kk and mn 20 of one; by records kk would weigh twice bo, by tokens it weighs half.
+    mono = {lang: tokens(tokenizer, (corpus / f"{lang}.txt").read_text().splitlines()) for lang in ("bo", "ug")}
+    mono |= {lang: tokens(tokenizer, [u["text"][lang] for u in UNITS[:20]]) for lang in ("kk", "mn")}
+    pairs = {(x, "zh"): tokens(tokenizer, [u["text"][side] for u in UNITS[:12] for side in (x, "zh")]) for x in ("bo", "ug")}
+    assert stream.counts == {"dae": {(lang,): n for lang, n in mono.items()}, "mt": pairs}
+    assert mono["kk"] < 0.7 * mono["bo"]
+    shares = np.array([mono[lang] for lang in ("bo", "ug", "kk", "mn")]) / sum(mono.values())
     p = shares**0.3 / (shares**0.3).sum()
+    mt = np.array([pairs["bo", "zh"], pairs["ug", "zh"]]) / sum(pairs.values())
+    mt = mt**0.3 / (mt**0.3).sum()
     expected = {"dae:bo": 0.75 * p[0], "dae:ug": 0.75 * p[1], "dae:kk": 0.75 * p[2], "dae:mn": 0.75 * p[3],
-                "mt:bo+zh": 0.125, "mt:ug+zh": 0.125}
+                "mt:bo+zh": 0.25 * mt[0], "mt:ug+zh": 0.25 * mt[1]}
     assert stream.probabilities == pytest.approx(expected)
     classify = Classifier(tokenizer, corpus)
     n = 2000
@@ -205,7 +241,12 @@ def test_bad_records_fail_fast_or_are_counted(tokenizer, corpus, tmp_path):
     with pytest.raises(BadRecord, match=rf"^{bad}:11: empty text$"):
         make_stream(tokenizer, corpus, mono=[f"bo={bad}"])
     stream = make_stream(tokenizer, corpus, mono=[f"bo={bad}"], on_bad_record="skip")
-    assert stream.counts["dae"] == {("bo",): 11} and stream.problems.counts == {"empty text": 1}
+    assert stream.counts["dae"] == {("bo",): tokens(tokenizer, bad.read_text().splitlines())}  # the blank line skipped
+    assert stream.problems.counts == {"empty text": 1}
+    # an empty file adds nothing (and is not tokenised: a fast tokenizer fails on no texts)
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    stream = make_stream(tokenizer, corpus, mono=[f"bo={bad}", f"bo={tmp_path}/empty.txt"], on_bad_record="skip")
+    assert stream.counts["dae"] == {("bo",): tokens(tokenizer, bad.read_text().splitlines())}
     assert len(take(stream, 50)) == 50
 
 

@@ -147,17 +147,34 @@ def test_census_counts_valid_records_per_stream(corpus):
     found = census(sources)
     assert {key: sum(files.values()) for key, files in found.items()} == {("kk",): 5, ("mn",): 5, ("bo",): 20}
     assert {path for _, path in found["bo",]} == {f"{corpus}/mono/bo.txt", f"{corpus}/mono/ug.txt"}
-    pairs = census([parse_source_spec(f"zh-bo={corpus}/zh-bo.tsv", "parallel"), parse_source_spec(f"{corpus}/pairs.jsonl", "parallel")])
+    pair_sources = [parse_source_spec(f"zh-bo={corpus}/zh-bo.tsv", "parallel"), parse_source_spec(f"{corpus}/pairs.jsonl", "parallel")]
+    pairs = census(pair_sources)
     assert {key: sum(f.values()) for key, f in pairs.items()} == {("bo", "zh"): 8, ("ug", "zh"): 6}
+    # measured: the sizes of the texts, both sides of a pair, in batches of any size
+    calls = []
+    measure = lambda texts: calls.append(len(texts)) or [len(t) for t in texts]  # noqa: E731
+    sizes = census(sources, measure=measure, batch_size=3)
+    assert {key: sum(f.values()) for key, f in sizes.items()} == {
+        ("kk",): sum(len(u["text"]["kk"]) for u in UNITS[:5]), ("mn",): sum(len(u["text"]["mn"]) for u in UNITS[:5]),
+        ("bo",): sum(len(u["text"][lang]) for u in UNITS[:10] for lang in ("bo", "ug"))}
+    assert max(calls) == 3
+    sizes = census(pair_sources, measure=measure, batch_size=5)
+    assert sum(sizes["bo", "zh"].values()) == sum(len(u["text"]["zh"]) + len(u["text"]["bo"]) for u in UNITS[:8])
 
 
-def test_streaming_dataset_shards_by_file_across_ranks(corpus):
+def test_streaming_dataset_shards_by_record_across_ranks(corpus):
+    """Ranks take every world_size-th record, never whole files: with a large and a small file
+    (20 and 4 records), whole-file shards would give one rank only the small file, replayed."""
+    write_lines(corpus / "mono" / "ug.txt", [u["text"]["ug"] for u in UNITS[:4]])
     source = parse_source_spec(f"xx={corpus}/mono", "mono")
     everything = list(read_records(source))
+    assert len(everything) == 14
     dataset = streaming_dataset([source])
-    assert dataset.n_shards == 2 and list(dataset) == everything
+    assert dataset.n_shards == 1 and list(dataset) == everything
     ranks = [list(split_dataset_by_node(dataset, rank=r, world_size=2)) for r in range(2)]
-    assert ranks[0] == everything[:10] and ranks[1] == everything[10:]
+    assert ranks[0] == everything[0::2] and ranks[1] == everything[1::2]
+    small = {r["text"] for r in everything[10:]}
+    assert [sum(r["text"] in small for r in rank) for rank in ranks] == [2, 2]  # each its share of each file
     # one language's stream out of a mixed file
     mixed = streaming_dataset([parse_source_spec(f"{corpus}/mixed.jsonl", "mono")], key=("mn",))
     assert [r["text"] for r in mixed] == [u["text"]["mn"] for u in UNITS[:5]]

@@ -5,7 +5,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from swcm.data.sampling import ObjectiveSampler, language_sampling_probs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swcm.data.sampling import ObjectiveSampler, language_sampling_probs, stratified_sample
 
 # data sizes shaped like the paper's: Chinese far ahead of the minority languages
 COUNTS = {"zh": 1_000_000, "bo": 60_000, "ug": 30_000, "kk": 10_000, "mn": 2_000}
@@ -72,3 +75,28 @@ def test_sampler_is_deterministic_for_a_seed():
     sampler = ObjectiveSampler({"dae": COUNTS}, {"dae": 1.0})
     rng1, rng2 = np.random.default_rng(7), np.random.default_rng(7)
     assert [sampler.draw(rng1) for _ in range(200)] == [sampler.draw(rng2) for _ in range(200)]
+
+
+# --- stratified subsets (validation's max_valid_examples, Figure 4's train_size) -------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["zh", "bo", "ug", "kk", "mn"]), max_size=60), st.integers(0, 70), st.integers(0, 2**32))
+def test_stratified_sample_keeps_each_language_share(langs, n, seed):
+    records = list(enumerate(langs))
+    sample = stratified_sample(records, n, seed, key=lambda r: r[1])
+    assert sample == stratified_sample(records, n, seed, key=lambda r: r[1])  # the seed decides
+    assert len(sample) == min(n, len(records))
+    assert sample == sorted(set(sample))  # distinct records, in file order
+    total, drawn = Counter(langs), Counter(lang for _, lang in sample)
+    for lang, count in total.items():  # each language within one record of its exact share
+        assert abs(drawn[lang] - len(sample) * count / len(records)) < 1
+
+
+def test_stratified_sample_of_a_file_sorted_by_language_is_not_its_head():
+    records = [(i, lang) for lang in ("zh", "bo", "ug") for i in range(100)]  # sorted by language
+    sample = stratified_sample(records, 30, seed=0, key=lambda r: r[1])
+    assert Counter(lang for _, lang in sample) == {"zh": 10, "bo": 10, "ug": 10}
+    assert sample != records[:30] and {i for i, _ in sample} != set(range(10))
+    assert stratified_sample(records, 30, seed=1, key=lambda r: r[1]) != sample
+    assert stratified_sample(records, None, seed=0, key=lambda r: r[1]) == records

@@ -3,7 +3,9 @@ sampling, the pretraining example stream, task formats and the collator."""
 
 from .collate import Seq2SeqCollator
 from .examples import ExampleEncoder, pair_separator
-from .noise import NoiseConfig, add_noise, sentence_end_ids, sentence_permutation, text_infilling, token_deletion
+from .noise import (
+    NoiseConfig, add_noise, protected_ids, sentence_end_ids, sentence_permutation, text_infilling, token_deletion,
+)
 from .pretraining import PretrainingStream
 from .readers import (
     BadRecord, Problems, Source, TextPair, parse_source_spec, read_records, read_task, read_task_records, streaming_dataset,
@@ -13,6 +15,6 @@ from .sampling import ObjectiveSampler, language_sampling_probs
 __all__ = [
     "BadRecord", "ExampleEncoder", "NoiseConfig", "ObjectiveSampler", "PretrainingStream", "Problems",
     "Seq2SeqCollator", "Source", "TextPair", "add_noise", "language_sampling_probs", "pair_separator",
-    "parse_source_spec", "read_records", "read_task", "read_task_records", "sentence_end_ids",
+    "parse_source_spec", "protected_ids", "read_records", "read_task", "read_task_records", "sentence_end_ids",
     "sentence_permutation", "streaming_dataset", "text_infilling", "token_deletion",
 ]

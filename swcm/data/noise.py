@@ -6,7 +6,10 @@ behaviour follows fairseq's `DenoisingDataset` as mBART configures it (Liu et al
 sentences are shuffled, then spans with Poisson(λ = 3.5) lengths are replaced by one mask
 token each until 35 % of the tokens are covered; a zero-length span inserts a mask.
 
-Special tokens (<s>, </s>, <pad>, language tags, …) are never masked, deleted or moved.
+The special tokens that frame a sequence (<s>, </s>, <pad>, language tags: `protected_ids`)
+are never masked, deleted or moved. <unk> is not one of them: it stands for text the tokenizer
+could not spell and is noised like any other token, so that a document full of <unk> still has
+35 % of its tokens masked.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def sentence_end_ids(tokenizer: PreTrainedTokenizerBase, lang: str | None = None
     return frozenset(
         i for piece, i in tokenizer.get_vocab().items() if piece and piece[-1] in chars and piece not in special
     )
+
+
+def protected_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids noise never touches: the special tokens that frame a sequence (<s>, </s>, <pad>,
+    [CLS], [SEP], language tags). <unk> and <mask> stand for text when they occur in a document
+    and are noised like it."""
+    return frozenset(tokenizer.all_special_ids) - {tokenizer.unk_token_id, tokenizer.mask_token_id}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The pretraining example stream: DAE on monolingual text and MT on parallel pairs, mixed.
 
 Each example starts with a draw of (objective, language) from `ObjectiveSampler`: the
-objective by the DAE / MT mix, the language by p_i ∝ q_i^α over that objective's data. Then:
+objective by the DAE / MT mix, the language by p_i ∝ q_i^α, q_i its share of that objective's
+tokens (records are counted in tokens of the model's tokenizer, both sides of a pair). Then:
 
 - DAE, language L: the next chunk of L's next document (documents longer than the maximum
   length are cut into chunks, at a sentence end when one is near) → input = the chunk noised
@@ -12,8 +13,8 @@ objective by the DAE / MT mix, the language by p_i ∝ q_i^α over that objectiv
 
 Every (objective, language) stream reads its own files lazily through a `datasets`
 IterableDataset, so corpora of many GB are fine, and restarts (a new epoch) when exhausted.
-Ranks read disjoint records (`split_dataset_by_node`: whole files when the file count allows,
-every world_size-th record otherwise). `state_dict()` captures every stream's position, the
+Ranks read disjoint records (`split_dataset_by_node`: every world_size-th record of a stream,
+never whole files, so each rank sees every file in its proportion). `state_dict()` captures every stream's position, the
 chunks and reverse directions still pending, and the random generator, so that a stream
 restored with `load_state_dict()` yields exactly the examples the original would have yielded
 next. The state holds only plain Python values (it loads with `torch.load(weights_only=True)`)
@@ -31,7 +32,7 @@ from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
 from .examples import ExampleEncoder
-from .noise import NoiseConfig, add_noise, sentence_end_ids
+from .noise import NoiseConfig, add_noise, protected_ids, sentence_end_ids
 from .readers import Problems, Source, census, parse_source_spec, streaming_dataset
 from .sampling import ObjectiveSampler
 
@@ -104,8 +105,9 @@ class PretrainingStream(torch.utils.data.IterableDataset):
     on_bad_record: "error" raises on the first bad record, "skip" drops bad records; all of
         them are counted once, up front, in `problems` (a `Problems`; report `problems.summary()`).
 
-    Reading every record once at construction gives the exact per-language counts that the
-    sampling needs and surfaces bad records before training starts. After that, documents are
+    Reading (and tokenising) every record once at construction gives the exact per-language
+    token counts that the sampling needs (`counts`: {objective: {stream key: tokens}}) and
+    surfaces bad records before training starts. After that, documents are
     read and tokenised one at a time, as examples are drawn.
     """
 
@@ -135,7 +137,7 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         self.mask_id = tokenizer.mask_token_id
         if self.mask_id is None and self.noise.mask_ratio > 0:
             raise ValueError("the tokenizer has no mask token, which text infilling needs")
-        self.special_ids = frozenset(tokenizer.all_special_ids)
+        self.special_ids = protected_ids(tokenizer)
         # A DAE chunk is both the target and (noised) the source: it must fit either way.
         self.chunk_length = min(self.encoder.max_source_ids, self.encoder.max_target_ids)
 
@@ -148,10 +150,15 @@ class PretrainingStream(torch.utils.data.IterableDataset):
             if wrong:
                 raise ValueError(f"not {kind} sources: {', '.join(wrong)}")
         self.problems = Problems()
-        found = {o: census(s, langs=langs, on_bad_record=on_bad_record, problems=self.problems) for o, s in sources.items()}
+        # q_i counts tokens (both sides of a pair for MT), not records: documents differ in
+        # length by orders of magnitude between corpora (MC2), and a language's share of the
+        # data is its share of what the model reads.
+        found = {o: census(s, langs=langs, on_bad_record=on_bad_record, problems=self.problems,
+                           measure=self._token_counts) for o, s in sources.items()}
         self.counts = {o: {key: sum(files.values()) for key, files in f.items()} for o, f in found.items()}
         if not any(self.counts.values()):
-            raise ValueError("no pretraining data: give monolingual and/or parallel sources with valid records")
+            named = ", ".join(s.spec for s in sources["dae"] + sources["mt"])
+            raise ValueError(f"no pretraining data in {named}: give monolingual and/or parallel sources with valid records")
         self.sampler = ObjectiveSampler(self.counts, {"dae": 1.0 - mt_fraction, "mt": mt_fraction}, alpha)
 
         missing = []
@@ -174,6 +181,9 @@ class PretrainingStream(torch.utils.data.IterableDataset):
             self._streams[objective, key] = _RecordStream(dataset, _stream_name(objective, key))
         self._rng = np.random.default_rng([seed, rank])
         self.examples = 0  # produced so far
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.encoder.token_ids(texts)]
 
     @property
     def probabilities(self) -> dict[str, float]:

@@ -21,7 +21,8 @@ Task files (fine-tuning, generation) are JSONL with overridable field names; `re
 reads them for both uses (the target optional where generation needs none) and `read_task`
 gives the complete `TextPair`s that training needs.
 Large corpora are read lazily, line by line; `streaming_dataset` wraps them in a `datasets`
-IterableDataset (one shard per file) for sharding across ranks and exact resumption.
+IterableDataset (one shard; ranks take every world_size-th record) for sharding across ranks
+and exact resumption.
 """
 
 from __future__ import annotations
@@ -341,10 +342,10 @@ def read_records(
     return _handle(_parsed(files or source.files, parse, source.format == "jsonl"), on_bad_record, problems)
 
 
-def _generate(shards: list[tuple[Source, str]], langs: tuple[str, ...] | None, on_bad_record: str,
+def _generate(files: tuple[tuple[Source, str], ...], langs: tuple[str, ...] | None, on_bad_record: str,
               key: tuple[str, ...] | None) -> Iterator[dict[str, str]]:
-    # datasets splits list-valued gen_kwargs into shards: here, one (source, file) per shard.
-    for source, path in shards:
+    # A tuple, not a list: datasets would split a list-valued gen_kwarg into one shard per file.
+    for source, path in files:
         for record in read_records(source, langs=langs, on_bad_record=on_bad_record, files=[path]):
             if key is None or stream_key(record) == key:
                 yield record
@@ -364,38 +365,64 @@ def streaming_dataset(
     on_bad_record: str = "error",
     key: tuple[str, ...] | None = None,
 ) -> datasets.IterableDataset:
-    """A streaming `datasets.IterableDataset` over the records of `sources`, one shard per file.
+    """A streaming `datasets.IterableDataset` over the records of `sources`, in one shard.
 
     `sources` are `Source`s (all their files) or (source, file) pairs. Records are read lazily
     as `read_records` reads them; bad ones raise or are silently dropped (count them beforehand
     with `census`). `key` keeps one stream's records (see `stream_key`). The dataset works with
     `datasets.distributed.split_dataset_by_node` and `state_dict()` / `load_state_dict()`.
+    One shard, so that `split_dataset_by_node` gives rank r every world_size-th record from r:
+    shards of whole files would give a rank holding a small file that file over and over.
     """
     _check_on_bad_record(on_bad_record)
-    shards = [pair for s in sources for pair in ([s] if isinstance(s, tuple) else [(s, f) for f in s.files])]
+    files = tuple(pair for s in sources for pair in ([s] if isinstance(s, tuple) else [(s, f) for f in s.files]))
     return datasets.IterableDataset.from_generator(
         _generate,
-        gen_kwargs={"shards": shards, "langs": tuple(langs) if langs is not None else None,
+        gen_kwargs={"files": files, "langs": tuple(langs) if langs is not None else None,
                     "on_bad_record": on_bad_record, "key": key},
     )
 
 
+def record_texts(record: Mapping[str, str]) -> tuple[str, ...]:
+    """The texts of a record: (text,) for mono, (src, tgt) for parallel."""
+    return (record["text"],) if "text" in record else (record["src"], record["tgt"])
+
+
 def census(
     sources: Sequence[Source], *, langs: Collection[str] | None = None, on_bad_record: str = "error",
-    problems: Problems | None = None,
+    problems: Problems | None = None, measure: Callable[[list[str]], list[int]] | None = None,
+    batch_size: int = 256,
 ) -> dict[tuple[str, ...], dict[tuple[Source, str], int]]:
-    """Read every record once: {stream key: {(source, file): number of valid records}}.
+    """Read every record once: {stream key: {(source, file): amount of valid data}}.
 
-    The counts drive language-balanced sampling and tell each stream which files hold its
-    records. Bad records raise (on_bad_record="error"), so a run fails before it starts, or
-    are counted in `problems` ("skip"), so the counts are exact.
+    The amount is the number of records, or with `measure` (texts → their sizes, e.g. token
+    counts; called on up to `batch_size` records' texts at a time) the total size of the
+    records' texts, both sides of a pair. The amounts drive language-balanced sampling and
+    tell each stream which files hold its records. Bad records raise (on_bad_record="error"),
+    so a run fails before it starts, or are counted in `problems` ("skip"), so the counts are
+    exact.
     """
     found: dict[tuple[str, ...], dict[tuple[Source, str], int]] = {}
+
+    def add(where: tuple[Source, str], batch: list[dict]) -> None:
+        if not batch:  # an empty file (measure may not take an empty list: fast tokenizers fail on it)
+            return
+        texts = [text for record in batch for text in record_texts(record)]
+        sizes = iter(measure(texts) if measure is not None else [1] * len(texts))
+        for record in batch:
+            per_file = found.setdefault(stream_key(record), {})
+            amount = sum(next(sizes) for _ in record_texts(record))
+            per_file[where] = per_file.get(where, 0) + (amount if measure is not None else 1)
+
     for source in sources:
         for path in source.files:
+            batch: list[dict] = []
             for record in read_records(source, langs=langs, on_bad_record=on_bad_record, problems=problems, files=[path]):
-                per_file = found.setdefault(stream_key(record), {})
-                per_file[source, path] = per_file.get((source, path), 0) + 1
+                batch.append(record)
+                if len(batch) == batch_size:
+                    add((source, path), batch)
+                    batch = []
+            add((source, path), batch)
     return found
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def language_sampling_probs(counts: Mapping[Hashable, int], alpha: float = 0.3) -> dict:
     """Sampling probabilities p_i ∝ q_i^α, where q_i = n_i / Σ_j n_j is language i's share.
 
-    `counts` maps a language (or any key, e.g. a language pair) to its amount of data.
+    `counts` maps a language (or any key, e.g. a language pair) to its amount of data
+    (pretraining counts tokens; adaptation counts token windows).
     α = 1 samples in proportion to the data, α = 0 uniformly; α < 1 up-samples the
     low-resource languages. Keys with a count of 0 get probability 0. Returns {key: p_i}
     in the order of `counts`; ValueError when there is no data at all.
@@ -26,6 +30,31 @@ def language_sampling_probs(counts: Mapping[Hashable, int], alpha: float = 0.3) 
     weights = {k: (n / total) ** alpha if n > 0 else 0.0 for k, n in counts.items()}
     norm = sum(weights.values())
     return {k: w / norm for k, w in weights.items()}
+
+
+def stratified_sample(records: Sequence[T], n: int | None, seed: int, key: Callable[[T], Hashable]) -> list[T]:
+    """`n` of `records` drawn at random with `seed`, each stratum (e.g. language, by `key`)
+    keeping its share: stratum i gets n·n_i/N rounded by largest remainder (ties to the
+    larger stratum, then the first met), its records drawn uniformly without replacement.
+
+    The drawn records keep their order in `records`. All of them when `n` is None or at least
+    len(records). The same records, seed and n give the same sample.
+    """
+    if n is None or n >= len(records):
+        return list(records)
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    strata: dict[Hashable, list[int]] = {}
+    for i, record in enumerate(records):
+        strata.setdefault(key(record), []).append(i)
+    quotas = {k: n * len(idx) / len(records) for k, idx in strata.items()}
+    counts = {k: int(q) for k, q in quotas.items()}
+    by_remainder = sorted(strata, key=lambda k: (-(quotas[k] - counts[k]), -len(strata[k])))
+    for k in by_remainder[: n - sum(counts.values())]:
+        counts[k] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [i for k, idx in strata.items() for i in rng.choice(idx, size=counts[k], replace=False).tolist()]
+    return [records[i] for i in sorted(chosen)]
 
 
 class ObjectiveSampler:

@@ -58,12 +58,13 @@ NAMED_NORMALIZATIONS = ("identity", "nfkc", "nmt_nfkc", "nfkc_cf", "nmt_nfkc_cf"
 
 def read_monolingual(specs: Iterable[str]) -> dict[str, list[str]]:
     """Texts per language from `--mono` specs ("bo=bo.txt", or JSONL {text, lang})."""
+    specs = list(specs)
     texts: dict[str, list[str]] = defaultdict(list)
     for spec in specs:
         for record in read_records(parse_source_spec(spec, "mono")):
             texts[record["lang"]].append(record["text"])
     if not texts:
-        raise ValueError("no monolingual text: give --mono LANG=PATH")
+        raise ValueError(f"no monolingual text in {', '.join(specs)}: give --mono LANG=PATH with text")
     return dict(texts)
 
 

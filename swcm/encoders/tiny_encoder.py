@@ -149,6 +149,8 @@ def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
     """
     texts: list[str] = []
     for path in map(Path, paths):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory; a corpus file is expected")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         jsonl = path.suffix == ".jsonl"
