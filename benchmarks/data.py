@@ -21,10 +21,10 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from transformers import XLMRobertaConfig
+from transformers import DataCollatorForSeq2Seq, XLMRobertaConfig
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
-from swcm.data import PretrainingStream, Seq2SeqCollator
+from swcm.data import PretrainingStream
 from swcm.resources import UDHR_LANGS, udhr
 from swcm.encoders.tiny_encoder import train_tokenizer
 from swcm.tokenization import add_language_tags
@@ -96,7 +96,7 @@ def main() -> None:
 
         # --- model: one training step (forward + backward) on a batch of the stream's examples,
         # padded to the full length so that the step is the worst case for the model
-        batch = Seq2SeqCollator(tokenizer, pad_to_multiple_of=args.length)(batch_examples)
+        batch = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=args.length)(batch_examples)
         batch = {k: v.to(args.device) for k, v in batch.items()}
         model.to(args.device).train()
         dtype = getattr(torch, args.dtype)

@@ -51,6 +51,25 @@ def _report(model: SWCMForConditionalGeneration) -> dict:
     }
 
 
+def fill_special_tokens(model: SWCMForConditionalGeneration, tokenizer) -> None:
+    """Take the special ids the encoder's config lacks from its tokenizer, in place.
+
+    BERT-layout configs have no bos/eos ids, which left the decoder without a start token:
+    the decoder starts from the tokenizer's BOS or, for BERT tokenizers, its [CLS]; ends at its
+    EOS or [SEP]; pads with its pad token."""
+    fallbacks = {
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    for name, value in fallbacks.items():
+        if getattr(model.config, name) is None and value is not None:
+            setattr(model.config, name, value)
+            setattr(model.generation_config, name, value)
+    if model.config.decoder_start_token_id is None:
+        model.config.decoder_start_token_id = model.generation_config.decoder_start_token_id = model.config.bos_token_id
+
+
 def build_model_dir(
     encoder: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -68,6 +87,7 @@ def build_model_dir(
     # Inputs longer than the position table cannot be encoded: make truncation default to it.
     max_positions = model.config.encoder.max_position_embeddings - model.position_offset
     tokenizer.model_max_length = min(tokenizer.model_max_length, max_positions)
+    fill_special_tokens(model, tokenizer)
     if langs:
         add_language_tags(model, tokenizer, langs)
     save_model_dir(model, tokenizer, out_dir)

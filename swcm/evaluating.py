@@ -67,6 +67,7 @@ def evaluate_model(
     tgt_lang: str | None = None,
     transfer_from: str | None = None,
     device: str | None = None,
+    dtype: str = "auto",
     on_bad_record: str = "error",
     lang_codes: Mapping[str, str] | None = None,
     source_prefix: str | None = None,
@@ -91,7 +92,7 @@ def evaluate_model(
         raise ValueError("no test files")
     out = Path(out_dir)
     outputs = prediction_paths(test_files, out)
-    model, tokenizer = load_generator(model_dir, device)
+    model, tokenizer = load_generator(model_dir, device, dtype)
     languages = language_convention(model, tokenizer, lang_codes, source_prefix)
     scored: list[dict] = []
     files = []

@@ -459,7 +459,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     from .building import build_model_dir
     from .evaluating import evaluate_model
     from .finetuning import finetune
-    from .pretraining import pretrain
+    from .pretraining import SCHEDULED_SAMPLING, default_warmup_steps, pretrain
+    from .training import TrainingConfig
 
     langs = data.get("langs")
     stage_dir = out / "pretrain" / spec.pretrain_id
@@ -474,7 +475,10 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
         settings = pretrain_settings(spec, config, data)
         pretrained = stage_dir / "final"
         if not _done(pretrained):
-            pretrain(built, _training_config(config.pretrain, stage_dir, spec.seed, progress=progress), settings)
+            section = {"scheduled_sampling": SCHEDULED_SAMPLING, **config.pretrain}  # pretraining's defaults
+            max_steps = section.get("max_steps", TrainingConfig.__dataclass_fields__["max_steps"].default)
+            section.setdefault("warmup_steps", default_warmup_steps(max_steps))
+            pretrain(built, _training_config(section, stage_dir, spec.seed, progress=progress), settings)
         logs["pretrain"] = str(stage_dir / "log.jsonl")
 
     run_dir = out / "runs" / spec.run_id

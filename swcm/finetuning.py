@@ -16,17 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-from .data.collate import Seq2SeqCollator
-from .data.examples import ExampleEncoder, pair_separator
+from .data.examples import ExampleEncoder, pair_separator, truncation_report
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
 from .data.sampling import stratified_sample
 from .metrics import evaluate_predictions
 from .generation import generate_texts
 from .modeling import SWCMForConditionalGeneration
 from .tokenization import add_language_tags
-from .training import TrainingConfig, TrainingResult, train
+from .training import TrainingConfig, TrainingResult, distributed_state, train
 
 EVAL_METRICS = ("rougeL_f", "loss")
 
@@ -41,7 +40,9 @@ class FinetuneSettings:
     field_map: dict[str, str] = field(default_factory=dict)
     on_bad_record: str = "error"
     max_valid_examples: int | None = 200  # validation generation is the slow part
-    generation: dict = field(default_factory=lambda: {"num_beams": 1, "max_new_tokens": 128})
+    # validation decoding; without max_new_tokens, the model's generation config, which
+    # `finetune` sets to max_target_length (one length for training and generation)
+    generation: dict = field(default_factory=lambda: {"num_beams": 1})
 
     def __post_init__(self) -> None:
         if self.task not in TASK_FIELDS:
@@ -57,12 +58,21 @@ def read_task_pairs(path, tokenizer, settings: FinetuneSettings, problems: Probl
     ))
 
 
-def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings) -> list[dict]:
-    """Token-level examples {"input_ids", "labels"} for task records."""
-    # The position table bounds the source: never ask for more than the tokenizer allows.
+def encode_records(tokenizer, records: Sequence[TextPair], settings: FinetuneSettings, what: str | None = None) -> list[dict]:
+    """Token-level examples {"input_ids", "labels"} for task records. With `what` (e.g.
+    "training data"), the examples cut to the length limits are reported per language on
+    stderr, as a warning where more than 1 % of a language's examples were cut."""
+    # The position table (shared by encoder and decoder) bounds source and target: never ask
+    # for more than the tokenizer allows.
     max_source = min(settings.max_source_length, tokenizer.model_max_length)
-    encoder = ExampleEncoder(tokenizer, max_source, settings.max_target_length)
-    return [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
+    max_target = min(settings.max_target_length, tokenizer.model_max_length)
+    encoder = ExampleEncoder(tokenizer, max_source, max_target)
+    examples = [encoder.encode(r.source_text, r.target_text, r.target_lang) for r in records]
+    if what is not None and distributed_state().is_main_process:
+        limits = f"{what} (--max-source-length {max_source}, --max-target-length {max_target})"
+        for line in truncation_report(encoder.truncation, limits):
+            print(line, file=sys.stderr)
+    return examples
 
 
 def by_language_sample(records: Sequence[TextPair], n: int | None, seed: int) -> list[TextPair]:
@@ -89,8 +99,8 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
     language does not drown the others; the loss is the mean token cross-entropy.
     """
     records = by_language_sample(list(records), settings.max_valid_examples, seed)
-    examples = encode_records(tokenizer, records, settings)
-    collate = Seq2SeqCollator(tokenizer)
+    examples = encode_records(tokenizer, records, settings, "validation data")
+    collate = DataCollatorForSeq2Seq(tokenizer)
 
     def evaluate(model) -> dict:
         device = next(model.parameters()).device
@@ -143,7 +153,9 @@ def finetune(
     evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size, config.seed) if valid_records else None
     if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
         config = replace(config, eval_every=None, patience=None)
-    examples = encode_records(tokenizer, train_records, settings)
+    examples = encode_records(tokenizer, train_records, settings, "training data")
+    # The saved model generates as long as it was trained to (its start token, then the target).
+    model.generation_config.max_length = min(settings.max_target_length, tokenizer.model_max_length) + 1
     torch.manual_seed(config.seed)
-    return train(model, tokenizer, examples, config, Seq2SeqCollator(tokenizer), evaluate=evaluate)
+    return train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate)
 

@@ -24,6 +24,7 @@ from .data.examples import pair_separator
 from .data.readers import MRC_SEPARATOR, Problems, check_language, read_task_records
 from .io import atomic_text_file
 from .languages import LanguageConvention, language_convention
+from .precision import resolve_dtype
 
 
 @torch.no_grad()
@@ -35,7 +36,7 @@ def generate_sequences(
     *,
     batch_size: int = 16,
     max_source_length: int = 256,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     progress: bool = True,
     skip_special_tokens: bool = True,
     source_langs: Sequence[str | None] | str | None = None,
@@ -51,7 +52,9 @@ def generate_sequences(
     `source_langs` (one or one per source) matter to families that mark the source language
     (NLLB, M2M-100, mBART-50). Inputs are grouped by languages and sorted by length so
     that batches carry little padding; sources are truncated to `max_source_length` tokens
-    (and never beyond the tokenizer's `model_max_length`). Extra keyword arguments go to
+    (and never beyond the tokenizer's `model_max_length`). `max_new_tokens` is capped by the
+    decoder's position table; None leaves the length to the model's generation config (for a
+    model fine-tuned by swcm: its target length, so that training and generation agree). Extra keyword arguments go to
     `generate()` (num_beams, num_return_sequences, do_sample, top_k, top_p, temperature,
     length_penalty, no_repeat_ngram_size…). With `skip_special_tokens=False` the outputs keep
     their start token, language tag and </s> (padding is always dropped).
@@ -64,8 +67,12 @@ def generate_sequences(
         raise ValueError(f"{len(sources)} sources but {len(target_langs)} target and {len(source_langs)} source languages")
     languages = languages or language_convention(model, tokenizer)
     langs = [(target_langs[i] or "", source_langs[i] or "") for i in range(len(sources))]
-    # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512).
+    # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512),
+    # nor ask the decoder for more than its position table holds after the start token.
     max_source_length = min(max_source_length, tokenizer.model_max_length)
+    if max_new_tokens is not None and hasattr(model, "max_target_positions"):
+        max_new_tokens = min(max_new_tokens, model.max_target_positions - 1)
+    length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     lengths = [len(tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"]) for s in sources]
     order = sorted(range(len(sources)), key=lambda i: (langs[i], -lengths[i]))
     batches: list[list[int]] = []
@@ -92,7 +99,7 @@ def generate_sequences(
             forced = languages.forced_bos_token_id(tokenizer, target_lang)
             out = model.generate(
                 **enc,
-                max_new_tokens=max_new_tokens,
+                **length,
                 **({} if forced is None else {"forced_bos_token_id": forced}),
                 **generate_kwargs,
             )
@@ -115,10 +122,12 @@ def generate_texts(model, tokenizer, sources: Sequence[str], target_langs: Seque
     return [seqs[0] for seqs in generate_sequences(model, tokenizer, sources, target_langs, **kwargs)]
 
 
-def load_generator(model_dir: str | os.PathLike, device: str | None = None):
+def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
     """Load a saved model directory for generation: (model in eval mode on `device`, tokenizer).
 
-    `device` defaults to "cuda" when a GPU is visible, else "cpu". Any transformers seq2seq
+    `device` defaults to "cuda" when a GPU is visible, else "cpu". `dtype` ("float32",
+    "bfloat16", "float16") is the model's weight and compute dtype; "auto" takes bfloat16 where
+    the device runs it fast and float32 elsewhere (`swcm.precision.resolve_dtype`). Any transformers seq2seq
     model directory works (the baselines: NLLB-200, M2M-100, mBART-50, mT5, Marian); SWCM
     models load through the Auto classes `swcm` registers.
     """
@@ -132,7 +141,8 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(device).eval()
+    torch_dtype = resolve_dtype(dtype, device)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
     return model, tokenizer
 
 

@@ -20,11 +20,12 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.models.bart.modeling_bart import shift_tokens_right  # labels → decoder inputs, as BART
 
 from .configuration import SWCMConfig, check_encoder_config
 
@@ -56,6 +57,16 @@ class SWCMAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _projections(self, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """The named projections of `x`, as heads, computed by one matrix product (one larger
+        GEMM runs faster than several small ones; the parameters stay separate, BERT's)."""
+        linears = [getattr(self, name) for name in names]
+        if any(type(linear) is not nn.Linear for linear in linears):  # adapters (LoRA, …): their own forward
+            return [self._heads(linear(x)) for linear in linears]
+        weight = torch.cat([linear.weight for linear in linears])
+        bias = torch.cat([linear.bias for linear in linears])
+        return [self._heads(part) for part in F.linear(x, weight, bias).chunk(len(names), dim=-1)]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -63,26 +74,30 @@ class SWCMAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         cache_position: torch.Tensor | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor:
-        query = self._heads(self.query(hidden_states))
+        """`is_causal`: plain causal self-attention over exactly these positions (no cache, no
+        padding), which SDPA runs without a mask tensor — its fastest kernels."""
         if self.is_cross_attention:
+            query = self._heads(self.query(hidden_states))
             cache = past_key_values.cross_attention_cache if past_key_values is not None else None
             if cache is not None and past_key_values.is_updated.get(self.layer_idx):
                 # The encoder output does not change during generation: reuse its keys/values.
                 key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
             else:
-                key, value = self._heads(self.key(key_value_states)), self._heads(self.value(key_value_states))
+                key, value = self._projections(key_value_states, "key", "value")
                 if cache is not None:
                     key, value = cache.update(key, value, self.layer_idx)
                     past_key_values.is_updated[self.layer_idx] = True
         else:
-            key, value = self._heads(self.key(hidden_states)), self._heads(self.value(hidden_states))
+            query, key, value = self._projections(hidden_states, "query", "key", "value")
             if past_key_values is not None:
                 key, value = past_key_values.self_attention_cache.update(
                     key, value, self.layer_idx, {"cache_position": cache_position}
                 )
         context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attention_mask is None,
         )
         context = context.transpose(1, 2).reshape(hidden_states.shape)
         return self.output(context)
@@ -139,11 +154,12 @@ class _PostLNDecoderLayer(GradientCheckpointingLayer):
         cross_attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         cache_position: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         for name in self.sublayers:
             module = getattr(self, name)
             if name == "self_attn":
-                out = module(hidden_states, None, self_attention_mask, past_key_values, cache_position)
+                out = module(hidden_states, None, self_attention_mask, past_key_values, cache_position, is_causal=causal)
             elif name == "cross_attn":
                 out = module(hidden_states, encoder_hidden_states, cross_attention_mask, past_key_values)
             else:
@@ -194,7 +210,10 @@ class SWCMDecoder(nn.Module):
         past_key_values: EncoderDecoderCache | None,
         cache_position: torch.Tensor,
     ) -> torch.Tensor:
-        self_mask = _causal_mask(cache_position, decoder_attention_mask)
+        # Keys so far, from shapes (no host-device sync): cached ones plus these positions.
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        causal = decoder_attention_mask is None and past == 0
+        self_mask = None if causal else _causal_mask(cache_position, decoder_attention_mask, past + hidden_states.shape[1])
         cross_mask = None
         if encoder_attention_mask is not None and not bool(encoder_attention_mask.all()):
             cross_mask = encoder_attention_mask[:, None, None, :].bool()
@@ -206,13 +225,14 @@ class SWCMDecoder(nn.Module):
                 cross_attention_mask=cross_mask,
                 past_key_values=past_key_values,
                 cache_position=cache_position,
+                causal=causal,
             )
         return hidden_states
 
 
-def _causal_mask(cache_position: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean SDPA mask (True = attend) for queries at `cache_position` over all keys so far."""
-    num_keys = int(cache_position[-1]) + 1
+def _causal_mask(cache_position: torch.Tensor, padding_mask: torch.Tensor | None, num_keys: int) -> torch.Tensor | None:
+    """Boolean SDPA mask (True = attend) for queries at `cache_position` over the `num_keys`
+    keys so far."""
     if padding_mask is None and cache_position.numel() == 1:
         return None  # one new token attends to every cached one
     keys = torch.arange(num_keys, device=cache_position.device)
@@ -293,6 +313,16 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         padding_idx = getattr(self.encoder.embeddings, "padding_idx", None)
         self.position_offset = padding_idx + 1 if padding_idx is not None else 0
         self.post_init()
+        # transformers' default max_length (20 tokens) would cut plain generate() and pipeline()
+        # short; the real limit is the decoder's position table.
+        if self.generation_config is not None and self.generation_config.max_length == GenerationConfig().max_length:
+            self.generation_config.max_length = self.max_target_positions
+
+    @property
+    def max_target_positions(self) -> int:
+        """Decoder positions the (shared) position table holds: the start token and at most
+        this many − 1 generated or target tokens."""
+        return self.config.encoder.max_position_embeddings - self.position_offset
 
     # --- building from an encoder -------------------------------------------------------
 
@@ -390,8 +420,9 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
     ) -> Seq2SeqLMOutput:
         """Standard seq2seq forward. `labels` (−100 = ignored) give the mean cross-entropy
         loss and, when `decoder_input_ids` is absent, are shifted right behind
-        `decoder_start_token_id` to make it. `cache` is transformers 5's name for
-        `past_key_values` (generate() passes it so)."""
+        `decoder_start_token_id` to make it. `num_items_in_batch` (passed by transformers'
+        Trainer) makes the loss the token sum divided by it instead of the mean. `cache` is
+        transformers 5's name for `past_key_values` (generate() passes it so)."""
         if cache is not None:
             past_key_values = cache
         if labels is not None and decoder_input_ids is None:
@@ -410,8 +441,13 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
             past_key_values = EncoderDecoderCache.from_legacy_cache(past_key_values)
         if not use_cache:
             past_key_values = None
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past + decoder_input_ids.shape[1] > self.max_target_positions:  # host ints: no device sync
+            raise ValueError(
+                f"decoder length {past + decoder_input_ids.shape[1]} exceeds the position table "
+                f"({self.max_target_positions}); shorten the targets or max_new_tokens"
+            )
         if cache_position is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
             cache_position = torch.arange(past, past + decoder_input_ids.shape[1], device=decoder_input_ids.device)
 
         # The decoder reads tokens through the encoder's own embedding module.
@@ -430,6 +466,11 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = seq2seq_loss(logits, labels)
+            num_items_in_batch = kwargs.get("num_items_in_batch")
+            if num_items_in_batch is not None:
+                # transformers' Trainer under gradient accumulation: normalise by the target
+                # tokens of the whole optimizer step, not by this micro-batch's.
+                loss = loss * (labels != -100).sum() / num_items_in_batch
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
@@ -449,14 +490,6 @@ def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
         ignore_index=-100, label_smoothing=label_smoothing,
     )
-
-
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
-    """Decoder inputs from labels: prepend the start token, drop the last, −100 → pad."""
-    shifted = labels.new_full(labels.shape, pad_token_id)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = decoder_start_token_id
-    return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from .data.collate import Seq2SeqCollator
+from .data.examples import truncation_report
 from .data.noise import NoiseConfig
 from .data.pretraining import PretrainingStream
 from .data.readers import Problems, parse_source_spec, read_records, stream_key
@@ -25,6 +25,15 @@ from .tokenization import add_language_tags
 from .training import TrainingConfig, TrainingResult, distributed_state, train
 
 MAX_LENGTH = 512
+# The paper pretrains with scheduled sampling (teacher forcing decaying from 1.0 to a floor) and
+# a learning-rate warm-up; these are pretraining's defaults wherever a setting leaves them out.
+SCHEDULED_SAMPLING = "linear"
+WARMUP_SHARE = 0.05
+
+
+def default_warmup_steps(max_steps: int) -> int:
+    """Pretraining's warm-up when none is given: 5 % of the run (at least one step)."""
+    return max(1, round(WARMUP_SHARE * max_steps))
 
 
 @dataclass
@@ -99,4 +108,10 @@ def pretrain(model_dir: str | os.PathLike, config: TrainingConfig, settings: Pre
         print(f"sampling: {probs}", file=sys.stderr)
         if stream.problems.total:
             print(stream.problems.summary(), file=sys.stderr)
-    return train(model, tokenizer, stream, config, Seq2SeqCollator(tokenizer), sharded=True)
+    result = train(model, tokenizer, stream, config, DataCollatorForSeq2Seq(tokenizer), sharded=True)
+    if main:  # what this process's examples lost to the length limits, per target language
+        limits = (f"pretraining data (--max-source-length {stream.encoder.max_source_length}, "
+                  f"--max-target-length {stream.encoder.max_target_length})")
+        for line in truncation_report(stream.encoder.truncation, limits):
+            print(line, file=sys.stderr)
+    return result

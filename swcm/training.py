@@ -4,8 +4,8 @@
 token-level examples `{"input_ids", "labels"}` and a collator that pads a list of them into
 a batch. Pretraining passes the DAE + MT example stream; fine-tuning passes task examples
 and an `evaluate(model) -> dict` hook, which enables best-checkpoint selection and early
-stopping. The same code runs in one process and under `accelerate launch` (DDP). Data reach
-the ranks in one of two ways:
+stopping. The same code runs in one process and under `accelerate launch` (DDP, or FSDP;
+DeepSpeed is refused). Data reach the ranks in one of two ways:
 
 - shared (the default; fine-tuning lists): every rank reads the same example sequence and
   keeps its own slice of each global batch, so a run on W processes with batch size B sees
@@ -40,6 +40,7 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,27 +51,37 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import broadcast_object_list, gather_object, is_tensorboard_available, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, is_tensorboard_available, set_seed
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .io import atomic_directory, save_tokenizer
 from .modeling import seq2seq_loss
+from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_precision
 
 SCHEDULES = ("linear", "cosine", "constant")
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse_sigmoid")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+# Decoder inputs that generation forces: the start token and the target-language tag (the first
+# label). Scheduled sampling never replaces them.
+FORCED_DECODER_INPUTS = 2
+GROUP_BATCHES = 50  # length grouping sorts this many batches' examples at a time
 
 
 @dataclass
 class TrainingConfig:
     """Settings of one training run (pretraining or fine-tuning).
 
+    `mixed_precision` "auto" (the default) lets accelerate's configuration decide when it is
+    set, else the hardware (`swcm.precision`: bf16 where it is fast, fp32 elsewhere); "no",
+    "bf16" and "fp16" are taken as given. The choice is printed and logged with every step.
     `batch_size` is per process and per micro-batch: one optimizer step sees
-    batch_size × grad_accum × processes examples. `schedule` is the learning-rate decay after
+    batch_size × grad_accum × processes examples, and its loss is the mean over all their
+    target tokens (every token weighs alike, however the step is split). `schedule` is the learning-rate decay after
     `warmup_steps` of linear warm-up (transformers' schedulers). Scheduled sampling is off
     when `scheduled_sampling` is None; otherwise it names the teacher-forcing schedule
     (see `teacher_forcing_ratio`), which decays from 1.0 to `ss_floor`. With an evaluate hook,
@@ -88,10 +99,11 @@ class TrainingConfig:
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
     label_smoothing: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True  # reshuffle random-access data (lists, datasets.Dataset) every epoch
+    group_by_length: bool = True  # batches of similar lengths: little padding (see _DataCursor)
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
@@ -119,8 +131,8 @@ class TrainingConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.scheduled_sampling is not None:
@@ -176,18 +188,22 @@ def teacher_forcing_ratio(
     return floor + (1.0 - floor) * decay
 
 
-def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> torch.Tensor:
+def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float, unwrapped: nn.Module | None = None) -> torch.Tensor:
     """Decoder inputs for the second pass of two-pass scheduled sampling.
 
     The gold decoder inputs are the labels shifted right behind the start token. When
     `ratio` < 1 a first, teacher-forced pass without gradient (eval mode, so no dropout) gives
-    the model's argmax predictions; each gold input except the start token is then replaced,
-    with probability 1 − ratio, by the prediction made at the previous position (the model's
-    guess for that very token). Positions past the end of a target (labels −100, pad inputs)
-    are never replaced. Returns a LongTensor shaped like `batch["labels"]`.
+    the model's argmax predictions; each gold input is then replaced, with probability
+    1 − ratio, by the prediction made at the previous position (the model's guess for that
+    very token). Never replaced: the first `FORCED_DECODER_INPUTS` inputs — the start token
+    and the first label, the target-language tag, both forced at inference — and positions
+    past the end of a target (labels −100, pad inputs). Returns a LongTensor shaped like
+    `batch["labels"]`. `model` may be wrapped (DDP, FSDP, DeepSpeed): both passes go through
+    it, since a sharded model's bare module cannot run alone; `unwrapped` is the bare model,
+    for the label shift.
     """
     labels = batch["labels"]
-    gold = model.prepare_decoder_input_ids_from_labels(labels)
+    gold = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels)
     if ratio >= 1.0:
         return gold
     was_training = model.training
@@ -204,7 +220,8 @@ def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float) -> to
     predicted[:, 1:] = logits[:, :-1].argmax(-1)
     # Input t carries label t-1: replace it only where that label is a real target token.
     replace = torch.rand(gold.shape, device=gold.device) < (1.0 - ratio)
-    replace[:, 0] = False
+    # A swapped tag would teach the model to ignore the tag, i.e. to answer in the wrong language.
+    replace[:, :FORCED_DECODER_INPUTS] = False
     replace[:, 1:] &= labels[:, :-1] != -100
     return torch.where(replace, predicted, gold)
 
@@ -214,10 +231,10 @@ def training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training forward: (loss against the gold labels, decoder inputs actually fed).
 
-    `model` may be wrapped (DDP); `unwrapped` is the bare model, used for the gradient-free
-    first pass of scheduled sampling and the label shift.
+    `model` may be wrapped (DDP, FSDP, DeepSpeed); `unwrapped` is the bare model, used for
+    the label shift.
     """
-    decoder_input_ids = scheduled_sampling_inputs(unwrapped or model, batch, ratio)
+    decoder_input_ids = scheduled_sampling_inputs(model, batch, ratio, unwrapped)
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
         decoder_input_ids=decoder_input_ids, use_cache=False,
@@ -229,17 +246,16 @@ def training_loss(
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices and embeddings, none on biases and norms."""
-    no_decay: set[int] = set()
-    for module in model.modules():
-        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
-        for name, param in module.named_parameters(recurse=False):
-            if is_norm or name == "bias":
-                no_decay.add(id(param))
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW groups as transformers' Trainer makes them: weight decay on weight matrices and
+    embeddings, none on biases and LayerNorms (`Trainer.get_decay_parameter_names`)."""
+    from transformers import Trainer  # a heavy import, needed here only
+
+    # An unbound call: the method reads only the model (building a Trainer for it would not).
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
-        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
 
 
@@ -251,6 +267,12 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
 # --- data position -----------------------------------------------------------------------
 
 
+def example_length(example: dict) -> int:
+    """The length batches are grouped by: the longer of source and target (on the demo's
+    zh → x data this leaves less padding than their sum)."""
+    return max(len(example["input_ids"]), len(example.get("labels", ())))
+
+
 class _DataCursor:
     """Reads `examples` in global batches, epoch after epoch, and resumes at an exact position.
 
@@ -260,12 +282,22 @@ class _DataCursor:
     captured after each batch. Any other iterable is re-read and the consumed examples skipped.
     A one-shot iterator ends training when it is exhausted; re-iterable data starts a new
     epoch (calling `set_epoch` when the data has it).
+
+    With `group_by_length`, batches hold examples of similar length, so little of a batch is
+    padding: shuffled random-access data in transformers' length-grouped order (random
+    mega-batches of `GROUP_BATCHES` batches, each sorted by length; a smaller data set is one
+    mega-batch, so its batches keep their members and change order, as in fairseq), streams
+    through a buffer of `GROUP_BATCHES` batches cut by length and yielded in a seeded random
+    order; the buffered batches not yet yielded are part of the position.
     """
 
-    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool):
+    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool, group_by_length: bool = False):
         self.examples = examples
         self.seed = seed
         self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.lengths: list[int] | None = None
+        self.pending: list[list[dict]] = []
         self.random_access = (
             hasattr(examples, "__len__") and hasattr(examples, "__getitem__")
             and not isinstance(examples, torch.utils.data.IterableDataset)
@@ -276,18 +308,24 @@ class _DataCursor:
         self.stream_state = None
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state}
+        return {"epoch": self.epoch, "consumed": self.consumed, "stream": self.stream_state, "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed, self.stream_state = state["epoch"], state["consumed"], state["stream"]
+        self.pending = state.get("pending", [])
 
-    def _epoch(self) -> Iterator[dict]:
+    def _epoch(self, size: int) -> Iterator[dict]:
         if hasattr(self.examples, "set_epoch"):
             self.examples.set_epoch(self.epoch)
         if self.random_access:
             n = len(self.examples)
-            if self.shuffle:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            if self.shuffle and self.group_by_length:
+                if self.lengths is None:
+                    self.lengths = [example_length(self.examples[i]) for i in range(n)]
+                order = get_length_grouped_indices(self.lengths, size, GROUP_BATCHES, generator)
+            elif self.shuffle:
+                order = torch.randperm(n, generator=generator).tolist()
             else:
                 order = list(range(n))
             return (self.examples[i] for i in order[self.consumed:])
@@ -299,18 +337,44 @@ class _DataCursor:
     def batches(self, size: int) -> Iterator[list[dict]]:
         """Yield lists of up to `size` examples; the last batch of an epoch may be shorter."""
         one_shot = iter(self.examples) is self.examples
+        buffered = self.group_by_length and not self.random_access
         while True:
             produced = False
-            stream = self._epoch()
-            while batch := list(islice(stream, size)):
+            stream = self._epoch(size)
+            while True:
+                while self.pending:  # the rest of a length-grouped buffer (also after a resume)
+                    produced = True
+                    yield self.pending.pop(0)
+                if not (batch := list(islice(stream, size * GROUP_BATCHES if buffered else size))):
+                    break
                 produced = True
                 self.consumed += len(batch)
                 if self.stateful and not self.random_access:
                     self.stream_state = copy.deepcopy(self.examples.state_dict())
-                yield batch
+                if buffered:
+                    self.pending = _length_grouped_batches(batch, size, self.seed + self.epoch + self.consumed)
+                else:
+                    yield batch
             if one_shot or (not produced and self.consumed == 0):  # empty data: no endless loop
                 return
             self.epoch, self.consumed, self.stream_state = self.epoch + 1, 0, None
+
+
+def _length_grouped_batches(examples: list[dict], size: int, seed: int) -> list[list[dict]]:
+    """`examples` sorted by length, cut into batches of `size`, in a random order (for `seed`)."""
+    ordered = sorted(examples, key=example_length)
+    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [batches[i] for i in order]
+
+
+def _padding(batch: dict, seq2seq: bool) -> torch.Tensor:
+    """(padded positions, all positions) of a batch: source positions the attention mask rules
+    out, and for seq2seq batches target positions labelled −100."""
+    padded, total = (batch["attention_mask"] == 0).sum(), batch["attention_mask"].numel()
+    if seq2seq:
+        padded, total = padded + (batch["labels"] == -100).sum(), total + batch["labels"].numel()
+    return torch.stack([padded, torch.as_tensor(total, device=padded.device)])
 
 
 def _local_batches(
@@ -426,14 +490,32 @@ class _Run:
                     extra(tmp)
         self.accelerator.wait_for_everyone()
 
+    def _state_dict_options(self) -> StateDictOptions:
+        # FSDP shards the optimizer state: gather it whole (onto the main process, on the CPU)
+        # to save it, and hand it out from there to load it. DDP and one process hold it whole.
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=True)
+        return StateDictOptions()
+
+    def optimizer_state(self) -> dict:
+        """The optimizer state keyed by parameter name (torch's distributed state-dict API:
+        one format for one process, DDP and FSDP); collective, complete on the main process."""
+        return get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=self._state_dict_options())
+
+    def load_optimizer_state(self, path: Path) -> None:
+        options = self._state_dict_options()
+        state = _load(path) if self.accelerator.is_main_process or not options.broadcast_from_rank0 else {}
+        set_optimizer_state_dict(self.model, self.optimizer.optimizer, state, options=options)
+
     def save_checkpoint(self) -> Path:
         # One entry per rank, in rank order: RNG streams differ, and so does the data position
         # when each rank reads its own shard.
         rng = gather_object([_rng_state()])
         data = gather_object([self.cursor.state_dict()])
+        optimizer_state = self.optimizer_state()
 
         def training_files(tmp: Path) -> None:
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             if self.accelerator.scaler is not None:
                 torch.save(self.accelerator.scaler.state_dict(), tmp / "scaler.pt")
@@ -451,7 +533,9 @@ class _Run:
 
     def restore(self, directory: Path) -> None:
         """Restore everything but the weights (loaded before `prepare`) from a checkpoint."""
-        self.optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+        # Our own loading, not accelerate's load_state: that restores RNG states (and registered
+        # objects) with a full unpickle; every file here loads with torch.load(weights_only=True).
+        self.load_optimizer_state(directory / "optimizer.pt")
         self.scheduler.load_state_dict(_load(directory / "scheduler.pt"))
         if self.accelerator.scaler is not None and (directory / "scaler.pt").exists():
             self.accelerator.scaler.load_state_dict(_load(directory / "scaler.pt"))
@@ -466,20 +550,23 @@ class _Run:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def _accelerator(config: TrainingConfig) -> Accelerator:
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+def _accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
+    precision = resolve_mixed_precision(config.mixed_precision)
+    if precision.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     state = AcceleratorState._shared_state
     # Several runs in one process (tests, experiment grids) may differ in precision; accelerate
     # keeps its state per process, so a single-process run starts from a clean one.
-    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+    if state and state.get("_mixed_precision") != precision.mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
     log_with = "tensorboard" if is_tensorboard_available() else None
     # Without an accelerator device, accelerate treats a torchrun-style launch (what
     # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
     # then it is DDP over gloo, and a single process is unaffected.
     on_cpu = not _has_accelerator_device()
-    return Accelerator(cpu=on_cpu, mixed_precision=config.mixed_precision, log_with=log_with, project_dir=str(config.out_dir))
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
+                              project_dir=str(config.out_dir))
+    return accelerator, precision
 
 
 def distributed_state() -> PartialState:
@@ -539,7 +626,12 @@ def train(
         raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
-    accelerator = _accelerator(config)
+    accelerator, precision = _accelerator(config)
+    accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("training under DeepSpeed is not supported: its optimizer state, part of every checkpoint, "
+                         "is restored only by unpickling (accelerate's load_state), which swcm does not do; use DDP or FSDP")
+    accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate() and DeepSpeed's engine
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -550,11 +642,15 @@ def train(
         load_model_weights(model, resume_from)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    # fused: one kernel for all parameters (CPU and GPU) instead of a loop over tensors.
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=True)
     scheduler = _scheduler(optimizer, config)  # stepped once per optimizer step, on every rank
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.gradient_accumulation_steps != config.grad_accum:  # a DeepSpeed config set its own
+        raise ValueError(f"the DeepSpeed configuration accumulates {accelerator.gradient_accumulation_steps} micro-batches "
+                         f"but grad_accum is {config.grad_accum}; set one value in both")
     unwrapped = accelerator.unwrap_model(model)
-    cursor = _DataCursor(examples, config.seed, config.shuffle)
+    cursor = _DataCursor(examples, config.seed, config.shuffle, config.group_by_length)
     run = _Run(accelerator, model, tokenizer, optimizer, scheduler, cursor, config)
     if resume_from is not None:
         run.restore(resume_from)
@@ -583,11 +679,22 @@ def train(
     def run_evaluation() -> bool:
         """Evaluate, keep the best model; True when early stopping says stop."""
         metrics = [None]
-        if accelerator.is_main_process:
+        # Under FSDP no rank holds whole weights, so every rank evaluates (the same data, in step)
+        # with whole weights: FSDP1's summon_full_params gathers them; FSDP2's module gathers its
+        # own in each forward, together on all ranks. Otherwise the main process evaluates alone.
+        fsdp = accelerator.distributed_type == DistributedType.FSDP
+        if accelerator.is_main_process or fsdp:
+            whole = contextlib.nullcontext()
+            if fsdp and not getattr(accelerator, "is_fsdp2", False):  # older accelerate: FSDP1 only
+                from torch.distributed.fsdp import FullyShardedDataParallel
+
+                whole = FullyShardedDataParallel.summon_full_params(model, writeback=False)
             unwrapped.eval()
-            with torch.no_grad():
-                metrics = [dict(evaluate(unwrapped))]
+            with whole, torch.no_grad():
+                evaluated = [dict(evaluate(unwrapped))]
             unwrapped.train()
+            if accelerator.is_main_process:
+                metrics = evaluated
         broadcast_object_list(metrics)
         metrics = metrics[0]
         if config.metric not in metrics:
@@ -608,6 +715,8 @@ def train(
                disable=not (config.progress and accelerator.is_main_process))
     loss_sum = torch.zeros((), device=accelerator.device)
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    target_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # summed over ranks
+    padding = torch.zeros(2, dtype=torch.long, device=accelerator.device)  # padded positions, all positions
     window_steps, window_time = 0, 0.0
     last_evaluated = last_saved = None
     model.train()
@@ -624,17 +733,32 @@ def train(
         if not have_data:
             result.data_exhausted = True
             break
-        for i, batch in enumerate(micro_batches):
-            # Gradients are all-reduced only on the last micro-batch of an optimizer step.
-            sync = i == config.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+        # The step's loss is the mean over every target token of all its micro-batches on all
+        # ranks, so that W processes × `grad_accum` micro-batches of B train as one batch of
+        # W·`grad_accum`·B would. Each micro-batch's summed loss is divided by the step's token
+        # count, times what the averaging undoes: DDP/FSDP average gradients over the W ranks,
+        # and accelerator.backward (DeepSpeed's engine likewise) divides by `grad_accum`.
+        counts = [(batch["labels"] != -100).sum() for batch in micro_batches]
+        step_tokens = torch.stack(counts).sum()
+        if accelerator.num_processes > 1:
+            step_tokens = accelerator.reduce(step_tokens, "sum")
+        scale = accelerator.num_processes * config.grad_accum / step_tokens.clamp(min=1)
+        for batch, count in zip(micro_batches, counts):
+            # accelerate's accumulate() skips the gradient all-reduce on all but the last
+            # micro-batch (DDP), or leaves accumulation to DeepSpeed's engine.
+            with accelerator.accumulate(model):
                 if loss_fn is None:
                     loss, _ = training_loss(model, batch, ratio, config.label_smoothing, unwrapped)
                 else:
                     loss = loss_fn(model, batch)
-                accelerator.backward(loss / config.grad_accum)
-            loss_sum += loss.detach() / config.grad_accum
-            tokens += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+                loss = loss * count  # the mean over the micro-batch's target tokens, as a sum
+                accelerator.backward(loss * scale)
+            loss_sum += loss.detach()
+            tokens += batch["attention_mask"].sum() + count
+        target_tokens += step_tokens
+        if not accelerator.sync_gradients:
+            raise RuntimeError("gradient accumulation is out of step with the optimizer steps")
+            padding += _padding(batch, seq2seq=loss_fn is None)
         grad_norm = None
         if config.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -649,11 +773,14 @@ def train(
         at_end = state.step == config.max_steps
 
         if state.step % config.log_every == 0 or at_end:
-            mean_loss = accelerator.reduce(loss_sum / window_steps, "mean").item()
+            # token-weighted over the window and every rank
+            mean_loss = (accelerator.reduce(loss_sum, "sum") / target_tokens.clamp(min=1)).item()
             seconds = accelerator.reduce(torch.tensor(window_time, device=accelerator.device), "mean").item()
+            padded, positions = accelerator.reduce(padding, "sum").tolist()
             record = {"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": accelerator.reduce(tokens, "sum").item() / max(seconds, 1e-9),
-                      "epoch": cursor.epoch}
+                      "padding_share": padded / max(positions, 1),
+                      "epoch": cursor.epoch, "mixed_precision": precision.mixed_precision}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             if config.scheduled_sampling is not None:
@@ -662,6 +789,8 @@ def train(
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             loss_sum.zero_()
             tokens.zero_()
+            target_tokens.zero_()
+            padding.zero_()
             window_steps, window_time = 0, 0.0
 
         stop = False

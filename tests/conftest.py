@@ -43,3 +43,30 @@ def tiny_encoder_dir(tmp_path_factory):
     torch.manual_seed(0)
     XLMRobertaForMaskedLM(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A random 2-layer BERT masked LM (hidden 32) with a WordPiece tokenizer trained on every
+    language of the UDHR train split. Its config, like BERT's, has no bos/eos token ids."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=False)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    texts = [t for unit in udhr("train") for t in unit["text"].values()]
+    backend.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
+    backend.post_processor = processors.BertProcessing(("[SEP]", backend.token_to_id("[SEP]")), ("[CLS]", backend.token_to_id("[CLS]")))
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]", do_lower_case=False, model_max_length=126)
+    tokenizer.save_pretrained(out)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    assert config.bos_token_id is None and getattr(config, "eos_token_id", None) is None
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(out, safe_serialization=True)
+    return out

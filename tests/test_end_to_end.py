@@ -2,10 +2,13 @@
 resumable experiment grid that writes the paper-shaped report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from swcm.cli import main as cli
+from swcm.generation import generate_texts, load_generator
+from swcm.metrics import score
 from swcm.experiments import load_experiment, prepare_udhr_data, run_experiment
 
 TARGETS = ["bo", "ug", "kk", "mn", "en"]
@@ -32,9 +35,18 @@ def test_build_finetune_evaluate_gives_a_row_per_language(tiny_encoder_dir, udhr
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert [row["lang"] for row in results["rows"]] == TARGETS
-    for row in results["rows"]:
-        assert row["n"] == 9
-        assert all(0.0 <= row[k] <= 100.0 for k in ("rougeL_f", "chrf", "bleu", "script_rate"))
+    # Each language's row scores that language's predictions against its references, and the
+    # predictions are what the fine-tuned model generates for the test file.
+    model, tokenizer = load_generator(ft / "best", device="cpu")
+    for row, test_file in zip(results["rows"], udhr_files["test"]):
+        predicted = [json.loads(line) for line in (out / "predictions" / Path(test_file).name).read_text().splitlines()]
+        assert row["n"] == len(predicted) == 9 and {r["tgt_lang"] for r in predicted} == {row["lang"]}
+        regenerated = generate_texts(model, tokenizer, [r["src"] for r in predicted], row["lang"], max_new_tokens=6,
+                                     max_source_length=64, progress=False)
+        assert regenerated == [r["prediction"] for r in predicted]
+        expected = score([r["prediction"] for r in predicted], [r["tgt"] for r in predicted], row["lang"])
+        assert row["rougeL_f"] == pytest.approx(expected["rougeL"]["f"])
+        assert row["chrf"] == pytest.approx(expected["chrf"]) and row["script_rate"] == pytest.approx(expected["script_rate"])
     for lang in TARGETS:
         assert f"| {lang} |" in printed
     assert (out / "results.md").read_text().count("\n|") >= len(TARGETS) + 1
@@ -64,6 +76,9 @@ def test_experiment_grid_runs_resumes_and_reports(tiny_encoder_dir, tmp_path, ca
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["ws-x3-daemt-s0", "ws-x3-none-s0"]
     assert (out / "pretrain" / "ws-x3-daemt-s0" / "final" / "model.safetensors").is_file()
     assert not (out / "pretrain" / "ws-x3-none-s0" / "final").exists()
+    # pretraining's defaults where the section leaves them out: scheduled sampling and a warm-up
+    pretrain_log = [json.loads(line) for line in (out / "pretrain" / "ws-x3-daemt-s0" / "log.jsonl").read_text().splitlines()]
+    assert pretrain_log[-1]["teacher_forcing_ratio"] < 1.0 and pretrain_log[-1]["step"] == 4
 
     # a half-finished grid: drop one run's result and the report; the re-run redoes only that run
     (out / "runs" / "ws-x3-none-n40-s0" / "result.json").unlink()

@@ -5,10 +5,9 @@ import os
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
 from swcm.cli import main
-from swcm.data.collate import Seq2SeqCollator
 from swcm.data.examples import ExampleEncoder, pair_separator
 from swcm.data.readers import read_task
 from swcm.metrics import score
@@ -19,7 +18,8 @@ from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag
 
 LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
-FAST = ["--max-new-tokens", "6", "--no-progress", "--device", "cpu"]  # cpu: compared with in-process runs
+# cpu, float32: compared with in-process runs and fixed thresholds, the same on every machine
+FAST = ["--max-new-tokens", "6", "--no-progress", "--device", "cpu", "--dtype", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,12 @@ def model_dir(tiny_encoder_dir, tmp_path_factory):
     """A tiny SWCM model taught for a few steps to echo the start of UDHR sentences in every
     language, so that what it generates depends on its input (a random one says the same
     thing whatever it reads, and could not tell a mixed-up order)."""
-    torch.manual_seed(0)  # the random decoder layers and tag rows too: the same model whatever ran before
+    torch.manual_seed(0)  # the Normal layers' initialisation too: the same model whichever tests ran before
     model = SWCMForConditionalGeneration.from_encoder(str(tiny_encoder_dir))
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     add_language_tags(model, tokenizer, LANGS)
     encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=8)
-    batch = Seq2SeqCollator(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
+    batch = DataCollatorForSeq2Seq(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
                                         for u in udhr("test") for lang in LANGS])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
@@ -78,7 +78,7 @@ def test_generate_keeps_records_order_and_forces_the_target_tag(model_dir, tmp_p
     assert f"wrote {len(records)} predictions" in capsys.readouterr().out
     got = read_jsonl(out)
     assert [r["id"] for r in got] == [r["id"] for r in records]
-    model, tokenizer = load_generator(model_dir, "cpu")
+    model, tokenizer = load_generator(model_dir, "cpu", "float32")
     for record, result in zip(records, got):
         assert {k: v for k, v in result.items() if k not in ("prediction", "predictions")} == record
         # The decoder starts from <s>; the target language's tag must be the first generated token.
@@ -165,7 +165,7 @@ def test_task_sources_match_training_and_languages_fall_back(model_dir, tmp_path
 
 
 def test_generate_texts_is_the_first_of_each_source_s_sequences(model_dir):
-    model, tokenizer = load_generator(model_dir, "cpu")
+    model, tokenizer = load_generator(model_dir, "cpu", "float32")
     sources = [u["text"][lang] for u, lang in zip(udhr("test"), LANGS)]
     beams = generate_sequences(model, tokenizer, sources, "mn", batch_size=4, max_new_tokens=6, progress=False,
                                num_beams=3, num_return_sequences=3)
@@ -229,3 +229,37 @@ def test_evaluate_needs_references(model_dir, tmp_path, capsys):
     assert main(["evaluate", "--model", str(model_dir), "--task", "mt", "--test", str(src), "--out",
                  str(tmp_path / "eval"), *FAST]) == 2
     assert f'{src}:1: missing field "tgt"' in capsys.readouterr().err
+
+
+def test_lengths_are_bounded_by_the_position_table(model_dir):
+    """The decoder shares the encoder's 128-position table: a long request is capped to it,
+    plain generate() uses the whole table instead of transformers' 20 tokens, and a decoder
+    input past the table is a clear error, not an IndexError (or a device assert on CUDA)."""
+    model, tokenizer = load_generator(model_dir, device="cpu")
+    limit = model.max_target_positions
+    assert limit == 128
+    assert json.loads((model_dir / "generation_config.json").read_text())["max_length"] == limit
+    assert model.generation_config.max_length == limit
+
+    eos = tokenizer.eos_token_id
+    [[long]] = generate_sequences(model, tokenizer, [udhr("test")[0]["text"]["bo"]], "bo", max_new_tokens=1000,
+                                  min_new_tokens=1000, skip_special_tokens=False, progress=False)
+    assert len(tokenizer(long, add_special_tokens=False)["input_ids"]) > 100  # it ran to the table's end
+    source = tokenizer(udhr("test")[0]["text"]["bo"], return_tensors="pt", truncation=True)
+    # plain generate(), no length given, end-of-sequence suppressed: the table's length, not 20
+    out = model.generate(**source, suppress_tokens=[eos], forced_bos_token_id=tokenizer.convert_tokens_to_ids("__bo__"))
+    assert out.shape[1] == limit
+
+    with pytest.raises(ValueError, match="position table"):
+        model(**source, decoder_input_ids=torch.full((1, limit + 1), tokenizer.pad_token_id))
+
+
+def test_finetuning_targets_are_capped_to_the_position_table(model_dir):
+    from swcm.finetuning import FinetuneSettings, encode_records
+    from swcm.data.readers import TextPair
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = " ".join(u["text"]["en"] for u in udhr("train"))
+    record = TextPair(source_text=text, target_text=text, source_lang="en", target_lang="en")
+    [example] = encode_records(tokenizer, [record], FinetuneSettings(max_source_length=1000, max_target_length=1000))
+    assert len(example["input_ids"]) == len(example["labels"]) == 128

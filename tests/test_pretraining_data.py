@@ -8,11 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from swcm.data import (
-    ExampleEncoder, NoiseConfig, PretrainingStream, Seq2SeqCollator, protected_ids, sentence_end_ids,
-)
+from swcm.data import ExampleEncoder, NoiseConfig, PretrainingStream, protected_ids, sentence_end_ids
 from swcm.data.readers import BadRecord
 from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag_id
@@ -68,9 +66,9 @@ def test_example_format(tokenizer):
     encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=12)
     src, tgt = UNITS[2]["text"]["zh"], UNITS[2]["text"]["bo"]
     ex = encoder.encode(src, tgt, "bo")
-    # the tokenizer's own format and truncation, closing </s> kept
+    # the tokenizer's own format and truncation, closing </s> kept; a cut target ends at the limit, without </s>
     assert ex["input_ids"] == tokenizer(src, truncation=True, max_length=16)["input_ids"]
-    assert ex["labels"] == [language_tag_id(tokenizer, "bo"), *content(tokenizer, tgt)[:10], tokenizer.eos_token_id]
+    assert ex["labels"] == [language_tag_id(tokenizer, "bo"), *content(tokenizer, tgt)[:11]]
     short = encoder.encode("第一条", "1 бап", "kk")
     assert short["input_ids"] == tokenizer("第一条")["input_ids"]
     assert short["labels"][1:] == tokenizer("1 бап")["input_ids"][1:]
@@ -105,7 +103,8 @@ def test_dae_and_mt_examples(tokenizer, corpus):
     for ex in take(stream, 400):
         ids, labels = ex["input_ids"], ex["labels"]
         assert len(ids) <= 64 and len(labels) <= 64
-        assert ids[0] == tokenizer.bos_token_id and ids[-1] == labels[-1] == tokenizer.eos_token_id
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+        assert labels[-1] == tokenizer.eos_token_id or len(labels) == 64  # a cut (MT) target has no </s>
         objective, lang = classify(ex)
         seen[objective, lang] += 1
         if objective == "dae":  # the target is a chunk of a document in the tag's language, 35 % of it masked
@@ -261,15 +260,26 @@ def test_languages_need_tags_and_data(tokenizer, corpus, tmp_path):
     assert set(make_stream(tokenizer, corpus, mono=[]).probabilities) == {"mt:bo+zh", "mt:ug+zh"}
 
 
-def test_collator_pads_like_transformers(tokenizer, corpus):
-    examples = take(make_stream(tokenizer, corpus), 7)
-    batch = Seq2SeqCollator(tokenizer)(examples)
-    reference = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(copy.deepcopy(examples))
-    for key in ("input_ids", "attention_mask", "labels"):
-        assert torch.equal(batch[key], reference[key])
-    padded = Seq2SeqCollator(tokenizer, pad_to_multiple_of=8)(examples)
-    assert padded["input_ids"].shape[1] % 8 == 0 and padded["labels"].shape[1] % 8 == 0
-    longest = max(len(e["input_ids"]) for e in examples)
-    assert (padded["input_ids"][:, longest:] == tokenizer.pad_token_id).all()
-    assert padded["attention_mask"].sum() == sum(len(e["input_ids"]) for e in examples)
-    assert (padded["labels"] == -100).sum() == padded["labels"].numel() - sum(len(e["labels"]) for e in examples)
+def test_truncation_is_counted_per_language_and_a_cut_target_has_no_eos(tokenizer):
+    """Examples cut to the length limits are counted per target language (and reported, as a
+    warning above 1 %); a cut target ends at the limit without </s>, a whole one with it."""
+    from swcm.data.examples import truncation_report
+
+    encoder = ExampleEncoder(tokenizer, max_source_length=24, max_target_length=16)
+    units = udhr("train")
+    short = [encoder.encode("人人", u["text"]["bo"][:4], "bo") for u in units[:50]]
+    length = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    articles = [u for u in units if length(u["text"]["zh"]) > 30 and length(u["text"]["ug"]) > 30][:3]
+    assert len(articles) == 3
+    long = [encoder.encode(u["text"]["zh"], u["text"]["ug"], "ug") for u in articles]
+    assert all(e["labels"][-1] == tokenizer.eos_token_id for e in short)
+    assert all(len(e["labels"]) == 16 and e["labels"][-1] != tokenizer.eos_token_id for e in long)
+    assert all(len(e["input_ids"]) == 24 and e["input_ids"][-1] == tokenizer.eos_token_id for e in long)
+    assert encoder.truncation == {"bo": [50, 0, 0, 0], "ug": [3, 3, 3, 3]}
+
+    encoder.encode(articles[0]["text"]["zh"], "་", "bo")  # 1 of 51 bo examples cut: above 1 %
+    lines = truncation_report(encoder.truncation, "training data")
+    assert lines == ["warning: training data: bo: 1 of 51 sources and 0 targets cut to the length limits (2.0%)",
+                     "warning: training data: ug: 3 of 3 sources and 3 targets cut to the length limits (100.0%)"]
+    encoder.truncation["bo"] = [1000, 5, 0, 5]
+    assert truncation_report(encoder.truncation, "x")[0] == "x: bo: 5 of 1000 sources and 0 targets cut to the length limits (0.5%)"

@@ -1,5 +1,6 @@
 """The shared training loop on a tiny SWCM model and real UDHR text."""
 
+import copy
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import udhr
@@ -36,11 +37,22 @@ def tokenizer(tiny_encoder_dir):
     return tok
 
 
-def build_model(encoder_dir, tokenizer, seed=0):
+def build_model(encoder_dir, tokenizer, seed=0, dropout=True):
+    """A tiny SWCM model with language tags; `dropout=False` for one whose loss does not depend
+    on how a step is split (dropout masks would differ)."""
+    encoder = encoder_dir
+    if not dropout:
+        encoder = AutoModelForMaskedLM.from_pretrained(encoder_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(seed)
-    model = SWCMForConditionalGeneration.from_encoder(encoder_dir)
+    model = SWCMForConditionalGeneration.from_encoder(encoder)
     add_language_tags(model, tokenizer, LANGS)
     return model
+
+
+def short_and_long(tokenizer):
+    """8 copy examples, short and long targets alternating (a rank's slice can be all short)."""
+    examples = sorted(copy_examples(tokenizer, n=8), key=lambda e: len(e["labels"]))[::6][:8]
+    return [e for pair in zip(examples[:4], examples[4:]) for e in pair]
 
 
 def copy_examples(tokenizer, split="train", n=10, max_length=32):
@@ -121,7 +133,7 @@ def test_ratio_one_is_exactly_teacher_forcing(model_and_batch):
     assert loss.item() == reference.loss.item()
 
 
-def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch):
+def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch, tokenizer):
     model, batch = model_and_batch
     labels, gold, predictions = teacher_forced(model, batch)
 
@@ -137,8 +149,14 @@ def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch):
 
     real = torch.zeros_like(labels, dtype=torch.bool)
     real[:, 1:] = labels[:, :-1] != -100
-    assert torch.equal(decoder_inputs[:, 0], gold[:, 0])  # the start token is never replaced
-    assert torch.equal(decoder_inputs[:, 1:][real[:, 1:]], predictions[:, :-1][real[:, 1:]])
+    # The start token and the language tag (the first label), both forced at inference, are never replaced.
+    real[:, :2] = False
+    assert torch.equal(decoder_inputs[:, 0], gold[:, 0])
+    assert torch.equal(decoder_inputs[:, 1], labels[:, 0])
+    tags = {tokenizer.convert_tokens_to_ids(f"__{lang}__") for lang in LANGS}
+    assert set(decoder_inputs[:, 1].tolist()) == tags  # a tag of every language, each kept
+    assert (predictions[:, 0] != labels[:, 0]).any()  # the untrained model would have swapped some
+    assert torch.equal(decoder_inputs[real], predictions[:, :-1][real[:, 1:]])
     assert torch.equal(decoder_inputs[~real], gold[~real])  # padding stays padding
     assert not torch.equal(decoder_inputs, gold)  # an untrained model does not predict the gold text
     # Two passes, each encoder then decoder: the first decoder read the gold inputs, the second the mixed ones.
@@ -153,9 +171,9 @@ def test_ratio_zero_feeds_the_models_own_predictions(model_and_batch):
 def test_intermediate_ratio_replaces_about_that_share(model_and_batch):
     model, batch = model_and_batch
     labels, gold, predictions = teacher_forced(model, batch)
-    candidates = (labels[:, :-1] != -100) & (predictions[:, :-1] != gold[:, 1:])
+    candidates = (labels[:, 1:-1] != -100) & (predictions[:, 1:-1] != gold[:, 2:])  # the tag excepted
     torch.manual_seed(1)
-    replaced = [(scheduled_sampling_inputs(model, batch, 0.7)[:, 1:] != gold[:, 1:]) for _ in range(20)]
+    replaced = [(scheduled_sampling_inputs(model, batch, 0.7)[:, 2:] != gold[:, 2:]) for _ in range(20)]
     share = torch.stack(replaced).float().sum() / (20 * candidates.sum())
     assert 0.2 < share.item() < 0.4
 
@@ -206,6 +224,33 @@ def test_resume_ends_with_the_same_weights(tmp_path, tiny_encoder_dir, tokenizer
     assert all(r["tokens_per_s"] > 0 for r in records)
 
 
+def test_accumulation_weighs_every_target_token_alike(tmp_path, tiny_encoder_dir, tokenizer):
+    """One optimizer step over 4 micro-batches of 2 equals one step over the batch of 8: the
+    same loss (token-weighted over the whole step) and the same gradients, hence the same
+    weights. Targets of very different lengths make a mean of per-micro-batch means differ."""
+    examples = sorted(copy_examples(tokenizer, n=8), key=lambda e: len(e["labels"]))[::6][:8]
+    counts = [sum(len(e["labels"]) for e in examples[i : i + 2]) for i in range(0, 8, 2)]
+    assert max(counts) > 2 * min(counts)  # short and long micro-batches
+    initial = build_model(tiny_encoder_dir, tokenizer, dropout=False)
+
+    def one_step(name, batch_size, grad_accum):
+        model = copy.deepcopy(initial)
+        config = TrainingConfig(out_dir=tmp_path / name, max_steps=1, batch_size=batch_size, grad_accum=grad_accum,
+                                lr=1e-3, weight_decay=0.0, max_grad_norm=None, shuffle=False, progress=False)
+        result = train(model, tokenizer, examples, config, collate(tokenizer))
+        return params(model), result.history[0]["loss"]
+
+    whole, whole_loss = one_step("whole", 8, 1)
+    accumulated, accumulated_loss = one_step("accumulated", 2, 4)
+    with torch.no_grad():
+        expected = initial.eval()(**collate(tokenizer)(examples)).loss.item()  # mean over all target tokens
+    assert whole_loss == pytest.approx(expected, abs=1e-5)
+    assert accumulated_loss == pytest.approx(expected, abs=1e-5)
+    # AdamW's first step moves each weight by about ±lr: a mean of micro-batch means flips the
+    # sign of some updates (a difference of 2·lr); equal gradients leave float rounding.
+    assert max_diff(accumulated, whole) < 1e-5
+
+
 def test_checkpoints_and_final_model(tmp_path, tiny_encoder_dir, tokenizer):
     examples = copy_examples(tokenizer, n=4)
     config = TrainingConfig(out_dir=tmp_path, max_steps=6, batch_size=4, lr=1e-3, save_every=2, keep_last=2,
@@ -218,6 +263,9 @@ def test_checkpoints_and_final_model(tmp_path, tiny_encoder_dir, tokenizer):
     for name in ("optimizer.pt", "scheduler.pt", "rng.pt", "data.pt"):
         torch.load(step6 / name, weights_only=True)  # plain tensors and containers only
     assert (step6 / "model.safetensors").exists()
+    # optimizer state keyed by parameter name (torch's distributed state-dict format, the same under FSDP)
+    optimizer_state = torch.load(step6 / "optimizer.pt", weights_only=True)["state"]
+    assert optimizer_state.keys() == {n for n, p in model.named_parameters() if p.requires_grad}
     assert json.loads((step6 / "trainer_state.json").read_text())["step"] == 6
 
     final = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "final").eval()
@@ -239,8 +287,9 @@ def test_evaluate_keeps_the_best_and_stops_early(tmp_path, tiny_encoder_dir, tok
         return {"loss": model(**valid).loss.item()}
 
     model = build_model(tiny_encoder_dir, tokenizer)
+    # fp32: the hook's loss is compared exactly with the reloaded best model's.
     config = TrainingConfig(out_dir=tmp_path / "a", max_steps=6, batch_size=6, lr=2e-3, log_every=2,
-                            save_every=2, eval_every=2, metric="loss", progress=False)
+                            save_every=2, eval_every=2, metric="loss", progress=False, mixed_precision="no")
     result = train(model, tokenizer, copy_examples(tokenizer), config, collate(tokenizer), evaluate=validation_loss)
     evals = [r for r in result.history if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4, 6]
@@ -271,8 +320,8 @@ def test_bf16_and_gradient_checkpointing(tmp_path, tiny_encoder_dir, tokenizer):
         result = train(model, tokenizer, examples, config, collate(tokenizer))
         return model, result
 
-    plain, plain_result = run("plain")
-    checkpointed, _ = run("checkpointed", gradient_checkpointing=True)
+    plain, plain_result = run("plain", mixed_precision="no")
+    checkpointed, _ = run("checkpointed", gradient_checkpointing=True, mixed_precision="no")
     # Recomputation replays the same dropout masks: the same training, within float rounding.
     assert max_diff(params(plain), params(checkpointed)) < 1e-5
     assert not checkpointed.is_gradient_checkpointing  # handed back as it came
@@ -383,7 +432,7 @@ def pretrain_cli(model, out, data, *flags):
 
 def test_pretrain_learns_on_six_scripts(tmp_path, built_dir, corpus):
     """A few dozen steps of DAE (+ some MT) on real text: the DAE loss on held-out text drops clearly."""
-    from swcm.data import PretrainingStream, Seq2SeqCollator
+    from swcm.data import PretrainingStream
     from swcm.pretraining import PretrainSettings
 
     flags = ["--parallel", str(corpus / "train" / "pairs.jsonl"), "--mt-ratio", "0.2", "--max-steps", "40",
@@ -398,7 +447,7 @@ def test_pretrain_learns_on_six_scripts(tmp_path, built_dir, corpus):
     # Held-out DAE examples: noised UDHR valid sentences, the same for both models.
     valid = PretrainingStream(tokenizer, [f"{lang}={corpus / 'valid' / f'{lang}.txt'}" for lang in LANGS],
                               max_source_length=64, max_target_length=64, seed=1)
-    batch = Seq2SeqCollator(tokenizer)([valid.next_example() for _ in range(48)])
+    batch = DataCollatorForSeq2Seq(tokenizer)([valid.next_example() for _ in range(48)])
     with torch.no_grad():
         before, after = initial.eval()(**batch).loss.item(), trained(**batch).loss.item()
     assert after < before - 0.8, (before, after)
@@ -406,6 +455,25 @@ def test_pretrain_learns_on_six_scripts(tmp_path, built_dir, corpus):
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(5, 45, 5))
     assert records[-1]["loss"] < records[0]["loss"] - 0.8
+
+
+def test_pretrain_defaults_warm_up_and_scheduled_sampling(tmp_path, built_dir, corpus):
+    """Without flags, pretraining warms the learning rate up over 5 % of the steps and decays
+    teacher forcing (the paper's scheduled sampling); --scheduled-sampling none turns it off."""
+    flags = ["--max-steps", "40", "--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--save-every", "100"]
+    assert pretrain_cli(built_dir, tmp_path / "a", corpus / "train", *flags, "--max-source-length", "24",
+                        "--max-target-length", "24") == 0
+    records = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)  # 2 warm-up steps, then the peak
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+    ratios = [r["teacher_forcing_ratio"] for r in records]
+    assert ratios[0] == 1.0 and ratios[-1] < 0.76 and all(a > b for a, b in zip(ratios, ratios[1:]))
+
+    assert pretrain_cli(built_dir, tmp_path / "b", corpus / "train", "--scheduled-sampling", "none", "--warmup-steps", "0",
+                        "--max-steps", "2", "--batch-size", "2", "--log-every", "1") == 0
+    records = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert all("teacher_forcing_ratio" not in r for r in records) and records[0]["lr"] == pytest.approx(1e-4 * 0.5)
 
 
 def test_pretrain_resume_through_the_stream(tmp_path, built_dir, corpus):

@@ -1,7 +1,7 @@
 """Data for pretraining and fine-tuning: readers with validation, DAE noise, language-balanced
-sampling, the pretraining example stream, task formats and the collator."""
+sampling, the pretraining example stream and task formats. Batches are padded by transformers'
+`DataCollatorForSeq2Seq` (labels padded with −100)."""
 
-from .collate import Seq2SeqCollator
 from .examples import ExampleEncoder, pair_separator
 from .noise import (
     NoiseConfig, add_noise, protected_ids, sentence_end_ids, sentence_permutation, text_infilling, token_deletion,
@@ -14,7 +14,7 @@ from .sampling import ObjectiveSampler, language_sampling_probs
 
 __all__ = [
     "BadRecord", "ExampleEncoder", "NoiseConfig", "ObjectiveSampler", "PretrainingStream", "Problems",
-    "Seq2SeqCollator", "Source", "TextPair", "add_noise", "language_sampling_probs", "pair_separator",
+    "Source", "TextPair", "add_noise", "language_sampling_probs", "pair_separator",
     "parse_source_spec", "protected_ids", "read_records", "read_task", "read_task_records", "sentence_end_ids",
     "sentence_permutation", "streaming_dataset", "text_infilling", "token_deletion",
 ]

@@ -3,8 +3,11 @@
     {"input_ids": <s> source </s>                    (the tokenizer's own format)
      "labels":    [tag(target_lang)] target </s>}    (the tag is the forced first decoder token)
 
-Both are truncated to their maximum length keeping the closing </s>. The model shifts the
-labels right behind `decoder_start_token_id` to get the decoder inputs, as BART / mBART do.
+Both are truncated to their maximum length. A cut source keeps its closing </s> (the encoder
+reads the tokenizer's own format); a cut target gets no </s>, which would teach the model to
+end a text where the length limit happened to fall. The encoder counts, per target language,
+the examples it built and those it cut (`truncation`). The model shifts the labels right
+behind `decoder_start_token_id` to get the decoder inputs, as BART / mBART do.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ class ExampleEncoder:
         # The tokenizer's own single-text format, e.g. <s> … </s>, found once (a placeholder id
         # marks where the text goes): asking the tokenizer per example costs more than the noise.
         self._prefix, self._suffix = special_tokens_around(tokenizer)
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
         self.max_source_ids = max_source_length - len(self._prefix) - len(self._suffix)  # room for the text
         self.max_target_ids = max_target_length - 2  # the tag and </s>
         if self.max_source_ids < 1 or self.max_target_ids < 1:
             raise ValueError(f"max lengths {max_source_length}/{max_target_length} leave no room for text")
         self._tags: dict[str, int] = {}
+        # target language -> [examples, sources cut, targets cut, examples cut (either)]
+        self.truncation: dict[str, list[int]] = {}
 
     def tag_id(self, lang: str) -> int:
         """The id of `lang`'s language tag (cached)."""
@@ -51,9 +57,17 @@ class ExampleEncoder:
 
     def example(self, source_ids: Sequence[int], target_ids: Sequence[int], target_lang: str) -> dict[str, list[int]]:
         """The example for content ids `source_ids` → `target_ids` in `target_lang`."""
+        source_cut, target_cut = len(source_ids) > self.max_source_ids, len(target_ids) > self.max_target_ids
+        counts = self.truncation.setdefault(target_lang, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += source_cut
+        counts[2] += target_cut
+        counts[3] += source_cut or target_cut
         return {
             "input_ids": [*self._prefix, *source_ids[: self.max_source_ids], *self._suffix],
-            "labels": [self.tag_id(target_lang), *target_ids[: self.max_target_ids], self.eos_id],
+            # a cut target: the limit, then no </s> (the tag and the room </s> would take are text)
+            "labels": [self.tag_id(target_lang), *target_ids[: self.max_target_ids + target_cut],
+                       *([] if target_cut else [self.eos_id])],
         }
 
     def encode(self, source_text: str, target_text: str, target_lang: str) -> dict[str, list[int]]:
@@ -91,3 +105,21 @@ def pair_separator(tokenizer: PreTrainedTokenizerBase) -> str:
     ids, sequence = _template(tokenizer, "a", "b")
     end_of_first = len(sequence) - 1 - sequence[::-1].index(0)
     return "".join(tokenizer.convert_ids_to_tokens(ids[end_of_first + 1 : sequence.index(1)]))
+
+
+TRUNCATION_WARNING = 0.01  # warn when more than 1 % of a language's examples were cut
+
+
+def truncation_report(truncation: dict[str, list[int]], what: str) -> list[str]:
+    """Lines reporting `ExampleEncoder.truncation` counts: one per language with cut examples,
+    "warning: " first where more than 1 % of that language's examples were cut. `what` names
+    the data and the length settings, e.g. "training data (--max-source-length 256, ...)"."""
+    lines = []
+    for lang, (total, sources, targets, cut) in sorted(truncation.items()):
+        if not cut:
+            continue
+        share = cut / total
+        prefix = "warning: " if share > TRUNCATION_WARNING else ""
+        lines.append(f"{prefix}{what}: {lang}: {sources} of {total} sources and {targets} targets cut to the "
+                     f"length limits ({100 * share:.1f}%)")
+    return lines

@@ -18,6 +18,7 @@ whole tokenizer) rather than as `XLMRobertaTokenizer`: transformers 5 rebuilds a
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -44,6 +45,7 @@ from transformers import (
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
 
 from ..io import atomic_directory, save_tokenizer
+from ..precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
 
@@ -140,7 +142,8 @@ def _train_sentencepiece(texts: list[str], model_writer, vocab_size: int, byte_f
 
 
 def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Read documents from corpus files: plain text (one document a line) or JSONL (`.jsonl`).
+    """Read documents from corpus files: plain text (one document a line) or JSONL (`.jsonl`),
+    either of them gzip-compressed when the name ends in `.gz` (as the vendored corpora are).
 
     A JSONL line holds an object with "text": a string, or an object mapping language codes to
     strings (an aligned unit, as in swcm/resources/udhr/*.jsonl), whose every text is taken.
@@ -153,19 +156,22 @@ def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
             raise IsADirectoryError(f"{path}: is a directory; a corpus file is expected")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        jsonl = path.suffix == ".jsonl"
+        jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
         found = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
-                except UnicodeDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
-                if not line.strip():
-                    continue
-                line_texts = _jsonl_texts(line, f"{path}:{lineno}") if jsonl else [line.strip()]
-                texts += line_texts
-                found += len(line_texts)
+        try:
+            with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+                    except UnicodeDecodeError as err:
+                        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+                    if not line.strip():
+                        continue
+                    line_texts = _jsonl_texts(line, f"{path}:{lineno}") if jsonl else [line.strip()]
+                    texts += line_texts
+                    found += len(line_texts)
+        except (gzip.BadGzipFile, EOFError) as err:
+            raise ValueError(f"{path}: not a readable gzip file ({err})") from None
         if not found:
             raise ValueError(f"{path}:1: no text in the file")
     return texts
@@ -201,6 +207,7 @@ class TinyEncoderSettings:
     warmup: int = 30
     mlm_probability: float = 0.15
     seed: int = 0
+    mixed_precision: str = "auto"  # swcm.precision: bf16 where the hardware runs it fast, else fp32
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden", "layers", "heads", "steps", "batch_size"):
@@ -212,6 +219,8 @@ class TinyEncoderSettings:
             raise ValueError(f"max_length {self.max_length} must be between 3 and max_positions - 2 = {self.max_positions - 2}")
         if not 0 < self.mlm_probability < 1 or self.lr <= 0 or self.warmup < 0:
             raise ValueError("need 0 < mlm_probability < 1, lr > 0 and warmup >= 0")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
 
 
 SETTINGS_FILE = "tiny_encoder.json"
@@ -229,7 +238,8 @@ def train_tiny_encoder(
 
     The tokenizer comes from `train_tokenizer`; the model is an `XLMRobertaForMaskedLM` (FFN 4×
     hidden, type vocab 1) trained with masked-language modelling for `settings.steps` AdamW steps
-    (bf16 autocast on CPU, linear warm-up and decay). Settings are a `TinyEncoderSettings`, or its
+    (linear warm-up and decay; autocast in the precision `swcm.precision` resolves for
+    `settings.mixed_precision`, printed and recorded as "mixed_precision"). Settings are a `TinyEncoderSettings`, or its
     fields as keyword overrides. The run is deterministic for a seed. `out_dir` receives
     config.json, model.safetensors, the tokenizer files and `tiny_encoder.json` (settings, corpus
     digest, parameter count, vocabulary size, first and last loss); it is written atomically, and if it already holds an encoder
@@ -249,11 +259,17 @@ def train_tiny_encoder(
     with atomic_directory(out) as tmp:
         tokenizer = train_tokenizer(texts, tmp, settings.vocab_size, model_max_length=settings.max_positions - 2)
         model = _masked_lm(settings, tokenizer)
-        losses = _train_mlm(model, tokenizer, texts, settings, progress)
+        precision = resolve_mixed_precision(settings.mixed_precision, "cpu")
+        if precision.mixed_precision == "fp16":
+            raise ValueError("the stand-in encoder trains on the CPU; fp16 needs a GPU")
+        if progress:
+            tqdm.write(f"tiny encoder: mixed precision {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
+        losses = _train_mlm(model, tokenizer, texts, settings, precision.dtype, progress)
         model.save_pretrained(tmp, safe_serialization=True)
         record["parameters"] = sum(p.numel() for p in model.parameters())
         record["vocab_size"] = len(tokenizer)
         record["loss"] = {"first": losses[0], "last": sum(losses[-20:]) / len(losses[-20:])}
+        record["mixed_precision"] = precision.mixed_precision
         (tmp / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -308,7 +324,8 @@ def mlm_windows(tokenizer, texts: list[str], max_length: int) -> list[list[int]]
     ]
 
 
-def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, progress: bool) -> list[float]:
+def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, dtype: torch.dtype,
+               progress: bool) -> list[float]:
     windows = mlm_windows(tokenizer, texts, settings.max_length)
     collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=settings.seed)
     sampler = torch.Generator().manual_seed(settings.seed)
@@ -320,7 +337,7 @@ def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings
     for _ in bar:
         picks = torch.randint(len(windows), (min(settings.batch_size, len(windows)),), generator=sampler)
         batch = collate([{"input_ids": windows[i]} for i in picks.tolist()])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

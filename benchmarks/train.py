@@ -1,0 +1,226 @@
+"""Training speed against Hugging Face MBart: one optimizer step, per token and per FLOP.
+
+Builds an SWCM model (XLM-R-shaped encoder, random weights) and a transformers MBart of the
+same width and depth (as many encoder layers, as many decoder layers as SWCM's decoder, the
+same FFN size, vocabulary and dropout, SDPA attention, untied head), and times one optimizer
+step — forward, backward, gradient clipping, AdamW — of each on the same batch, alternating,
+in fp32 and under bf16 autocast (fp32 master weights, as accelerate runs it). SWCM's step is
+the training loop's own (`swcm.training.training_loss`).
+
+Printed per precision: tokens/s (source + target), the SWCM/MBart ratio, FLOPs per step
+(matrix products counted by torch's FlopCounterMode, attention added analytically), the ratio
+per FLOP (SWCM's FLOP/s over MBart's), achieved GFLOP/s and its share of a plain matrix
+product's rate measured in the same run (`--device cuda`: MFU, the share of the GPU's dense
+bf16 peak). Speed is noisy on a shared machine: the best of `--steps` timed steps is used.
+
+    python benchmarks/train.py                       # small shape, a few minutes on 2 cores
+    python benchmarks/train.py --shape base --batch 8 --source-length 128 --target-length 128
+    python benchmarks/train.py --device cuda --shape base --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import MBartConfig, MBartForConditionalGeneration, XLMRobertaConfig
+
+from swcm import SWCMConfig, SWCMForConditionalGeneration
+from swcm.precision import matmul_gflops, resolve_mixed_precision
+from swcm.training import parameter_groups, training_loss
+
+SHAPES = {  # hidden, layers, heads, FFN, vocabulary
+    "small": (256, 6, 4, 1024, 16000),
+    "base": (768, 12, 12, 3072, 135135),  # CINO-base-v2 / XLM-R base
+}
+# Dense bf16 peaks (TFLOP/s) of common GPUs, for MFU; --peak-tflops for any other.
+GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+def build_models(shape: str, vocab_size: int | None) -> tuple[SWCMForConditionalGeneration, MBartForConditionalGeneration]:
+    hidden, layers, heads, ffn, vocab = SHAPES[shape]
+    vocab = vocab_size or vocab
+    encoder = XLMRobertaConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=ffn, max_position_embeddings=514, type_vocab_size=1,
+    )
+    torch.manual_seed(0)
+    swcm = SWCMForConditionalGeneration(SWCMConfig(encoder=encoder.to_dict()))
+    mbart_config = MBartConfig(
+        vocab_size=vocab, d_model=hidden, encoder_layers=layers, decoder_layers=len(swcm.decoder.layers),
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+        max_position_embeddings=512, activation_function=encoder.hidden_act, dropout=encoder.hidden_dropout_prob,
+        attention_dropout=encoder.attention_probs_dropout_prob, activation_dropout=0.0,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, tie_word_embeddings=False,
+    )
+    mbart_config._attn_implementation = "sdpa"
+    mbart = MBartForConditionalGeneration(mbart_config)
+    return swcm, mbart
+
+
+def make_batch(args, vocab: int, device: str) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, vocab, (args.batch, args.source_length), generator=gen)
+    labels = torch.randint(5, vocab, (args.batch, args.target_length), generator=gen)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def loss_of(model, batch: dict) -> torch.Tensor:
+    if isinstance(model, SWCMForConditionalGeneration):
+        return training_loss(model, batch)[0]  # the training loop's own forward and loss
+    return model(**batch, use_cache=False).loss
+
+
+def attention_flops(model, batch: dict) -> int:
+    """Forward + backward FLOPs of the attention products (QKᵀ and AV, 3 × forward) of every
+    encoder self-attention, decoder self-attention and cross-attention; FlopCounterMode does
+    not see inside the CPU SDPA kernels."""
+    b, s = batch["input_ids"].shape
+    t = batch["labels"].shape[1]
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or cfg.d_model
+    if isinstance(model, SWCMForConditionalGeneration):
+        enc_layers, dec_layers = cfg.encoder.num_hidden_layers, len(model.decoder.layers)
+    else:
+        enc_layers, dec_layers = cfg.encoder_layers, cfg.decoder_layers
+    per_query_key = 3 * 2 * 2 * hidden  # fwd+bwd, two products, multiply-add
+    return b * per_query_key * (enc_layers * s * s + dec_layers * (t * t + t * s))
+
+
+def step_flops(model, batch: dict) -> int:
+    with FlopCounterMode(display=False) as counter:
+        loss_of(model, batch).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() + attention_flops(model, batch)
+
+
+def make_step(model, batch: dict, dtype: torch.dtype, device: str):
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=True)
+
+    def step() -> None:
+        autocast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with autocast:
+            loss = loss_of(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small", help="small (default) or base (XLM-R base)")
+    parser.add_argument("--vocab-size", type=int, help="override the shape's vocabulary")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--source-length", type=int, default=64)
+    parser.add_argument("--target-length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per model and precision (after one warm-up)")
+    parser.add_argument("--precision", default="no,bf16",
+                        help="comma-separated: no (fp32), bf16, fp16, auto (default: no,bf16)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile one step of each model (torch.profiler) and print its N costliest ops")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (on a busy shared CPU, 1 is steadier)")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU (default: known GPUs)")
+    args = parser.parse_args()
+    device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    swcm, mbart = build_models(args.shape, args.vocab_size)
+    vocab = swcm.config.vocab_size
+    batch = make_batch(args, vocab, device)
+    tokens = args.batch * (args.source_length + args.target_length)
+    models = {"swcm": swcm.to(device).train(), "mbart": mbart.to(device).train()}
+    flops = {name: step_flops(model, batch) for name, model in models.items()}
+    if args.compile:
+        models = {name: torch.compile(model) for name, model in models.items()}
+
+    where = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    hidden, layers, heads, ffn, _ = SHAPES[args.shape]
+    print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads{', compiled' if args.compile else ''}")
+    print(f"shape {args.shape}: hidden {hidden}, {layers} encoder layers, {len(swcm.decoder.layers)} decoder layers, "
+          f"heads {heads}, FFN {ffn}, vocab {vocab}; batch {args.batch} x ({args.source_length} + "
+          f"{args.target_length}) tokens, AdamW step included")
+    print(f"parameters: swcm {_millions(swcm)}, mbart {_millions(mbart)}; "
+          f"GFLOP/step: swcm {flops['swcm'] / 1e9:.1f}, mbart {flops['mbart'] / 1e9:.1f}")
+    gemm = {dtype: matmul_gflops(dtype, device, size=2048 if device == "cuda" else 1024, budget_s=0.5)
+            for dtype in (torch.float32, torch.bfloat16)}
+    print(f"GEMM rate here: fp32 {gemm[torch.float32]:.0f} GFLOP/s, bf16 {gemm[torch.bfloat16]:.0f} GFLOP/s")
+    peak = args.peak_tflops or next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in where), None)
+
+    for precision in args.precision.split(","):
+        choice = resolve_mixed_precision(precision, device)
+        dtype = choice.dtype
+        steps = {name: make_step(model, batch, dtype, device) for name, model in models.items()}
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for name, step in steps.items():
+            timed(step, device)  # warm-up (and compilation)
+        for _ in range(args.steps):
+            for name, step in steps.items():  # alternate, so both see the same machine load
+                times[name].append(timed(step, device))
+        best = {name: min(t) for name, t in times.items()}
+        median = {name: statistics.median(t) for name, t in times.items()}
+        name_of = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        print(f"\n{name_of[dtype]}" + (" (autocast)" if dtype != torch.float32 else "")
+              + (f" [auto: {choice.reason}]" if precision == "auto" else ""))
+        for name in models:
+            rate = flops[name] / best[name] / 1e9
+            line = (f"  {name:5s}: {tokens / best[name]:8.0f} tokens/s (median {tokens / median[name]:.0f}), "
+                    f"{best[name]:.3f} s/step, {rate:7.1f} GFLOP/s")
+            if dtype in gemm:
+                line += f" = {100 * rate / gemm[dtype]:.0f} % of the {name_of[dtype]} GEMM rate"
+            if peak:
+                line += f", MFU {100 * rate / (peak * 1e3):.1f} % of {peak:.0f} TFLOP/s bf16"
+            print(line)
+        if args.profile:
+            for name, step in steps.items():
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if device == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                with torch.profiler.profile(activities=activities) as prof:
+                    step()
+                sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+                print(f"  profile of one {name} step:")
+                print(prof.key_averages().table(sort_by=sort, row_limit=args.profile, max_name_column_width=48))
+        ratio = best["mbart"] / best["swcm"]
+        per_flop = ratio * flops["swcm"] / flops["mbart"]
+        ratio_median = median["mbart"] / median["swcm"]
+        print(f"  swcm/mbart: {ratio:.2f} tokens/s (median {ratio_median:.2f}), "
+              f"per FLOP {per_flop:.2f} (median {ratio_median * flops['swcm'] / flops['mbart']:.2f})")
+
+
+def _millions(model) -> str:
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "CPU"
+
+
+if __name__ == "__main__":
+    main()

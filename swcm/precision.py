@@ -1,0 +1,158 @@
+"""Which precision to compute in: the one the hardware runs fastest, never assumed.
+
+Machines differ by orders of magnitude here. An Intel CPU with AMX runs bf16 matrix products
+3.5–4× faster than fp32; an AMD EPYC without AVX512-BF16 runs them at about 1 GFLOP/s against
+150–170 in fp32; a recent GPU runs bf16 at full speed. So `auto` (the default of every command)
+decides per machine:
+
+- an explicit choice ("no", "bf16", "fp16") is taken as given;
+- otherwise accelerate's own configuration wins: `ACCELERATE_MIXED_PRECISION`, which
+  `accelerate launch` sets from `accelerate config`;
+- otherwise bf16 on a GPU that supports it, and on a CPU with bf16 instructions (AVX512-BF16
+  or AMX) whose bf16 matrix product, measured by a short probe (cached per process), is
+  clearly faster than its fp32 one; fp32 elsewhere.
+  fp16 is never chosen automatically (it needs loss scaling and a GPU).
+
+The decision itself is a pure function of what was measured (`choose_mixed_precision`), so
+both branches are tested on any machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import NamedTuple
+
+import torch
+
+MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+# bf16 autocast adds casts around every matrix product; below this speed-up they eat the gain.
+BF16_MIN_SPEEDUP = 1.5
+ACCELERATE_ENV = "ACCELERATE_MIXED_PRECISION"
+
+
+class PrecisionChoice(NamedTuple):
+    """`mixed_precision` in accelerate's words ("no", "bf16", "fp16"); `reason` says why."""
+
+    mixed_precision: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype that compute runs in under this choice."""
+        return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.mixed_precision]
+
+
+def choose_mixed_precision(
+    device_type: str,
+    *,
+    bf16_supported: bool = True,
+    bf16_gflops: float | None = None,
+    fp32_gflops: float | None = None,
+) -> PrecisionChoice:
+    """The automatic choice for a device, from its capabilities and measured matmul rates.
+
+    `device_type` is "cpu", "cuda", "mps", …; `bf16_supported` whether the device runs bf16 at
+    all. On a CPU the choice needs the measured bf16 and fp32 matrix-product rates (GFLOP/s):
+    bf16 when it is at least `BF16_MIN_SPEEDUP` times as fast as fp32.
+    """
+    if not bf16_supported:
+        return PrecisionChoice("no", f"{device_type} has no fast bf16")
+    if device_type != "cpu":
+        return PrecisionChoice("bf16", f"{device_type} supports bf16")
+    if bf16_gflops is None or fp32_gflops is None:
+        raise ValueError("on a CPU the choice needs the measured bf16 and fp32 matmul rates")
+    speedup = bf16_gflops / max(fp32_gflops, 1e-9)
+    rates = f"bf16 matmul {bf16_gflops:.0f} GFLOP/s, fp32 {fp32_gflops:.0f} GFLOP/s"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return PrecisionChoice("bf16", f"CPU {rates}: bf16 {speedup:.1f}x faster")
+    return PrecisionChoice("no", f"CPU {rates}: bf16 not faster")
+
+
+def matmul_gflops(dtype: torch.dtype, device: str | torch.device = "cpu", size: int = 256, budget_s: float = 0.05) -> float:
+    """Measured rate (GFLOP/s) of a `size`³ matrix product in `dtype` on `device`: the best of
+    repeated runs within about `budget_s` seconds (one warm-up run first). Slow kernels (bf16
+    on a CPU without bf16 units: ~1 GFLOP/s) end the probe after one timed run."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.mm(a, b)
+    sync()
+    best, spent = float("inf"), 0.0
+    while spent < budget_s:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return 2 * size**3 / best / 1e9
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), as torch sees them.
+    Without either, bf16 runs emulated (about 1 GFLOP/s on an AMD EPYC)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(check is None for check in checks):  # a torch without these checks: let the probe decide
+        return True
+    return any(check() for check in checks if check is not None)
+
+
+@functools.cache
+def _cpu_choice() -> PrecisionChoice:
+    if not cpu_has_bf16_instructions():
+        return choose_mixed_precision("cpu", bf16_supported=False)
+    bf16, fp32 = matmul_gflops(torch.bfloat16), matmul_gflops(torch.float32)
+    return choose_mixed_precision("cpu", bf16_gflops=bf16, fp32_gflops=fp32)
+
+
+def auto_mixed_precision(device: str | torch.device | None = None) -> PrecisionChoice:
+    """The automatic choice for `device` (default: the accelerator when there is one, else the
+    CPU), ignoring any configuration. The CPU probe runs once per process."""
+    device = torch.device(device) if device is not None else _default_device()
+    if device.type == "cuda":
+        return choose_mixed_precision("cuda", bf16_supported=torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return _cpu_choice()
+    # Other accelerators: accelerate knows whether they run bf16.
+    from accelerate.utils import is_bf16_available
+
+    return choose_mixed_precision(device.type, bf16_supported=is_bf16_available())
+
+
+def resolve_mixed_precision(requested: str = "auto", device: str | torch.device | None = None) -> PrecisionChoice:
+    """The mixed precision a run uses: `requested` unless it is "auto", then accelerate's
+    configuration (`ACCELERATE_MIXED_PRECISION`) when set, else `auto_mixed_precision(device)`."""
+    if requested not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {requested!r}")
+    if requested != "auto":
+        return PrecisionChoice(requested, "asked for")
+    configured = os.environ.get(ACCELERATE_ENV)
+    if configured:
+        if configured not in MIXED_PRECISION_CHOICES[1:]:
+            raise ValueError(f"{ACCELERATE_ENV}={configured!r}: expected one of {', '.join(MIXED_PRECISION_CHOICES[1:])}")
+        return PrecisionChoice(configured, f"accelerate configuration ({ACCELERATE_ENV})")
+    return auto_mixed_precision(device)
+
+
+def resolve_dtype(requested: str = "auto", device: str | torch.device | None = None) -> torch.dtype:
+    """The dtype to load a model in for inference: `requested` ("float32", "bfloat16",
+    "float16") or, for "auto", the dtype of `resolve_mixed_precision("auto", device)`."""
+    if requested not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {requested!r}")
+    if requested == "auto":
+        return resolve_mixed_precision("auto", device).dtype
+    return getattr(torch, requested)
+
+
+def _default_device() -> torch.device:
+    if hasattr(torch, "accelerator") and torch.accelerator.is_available():
+        return torch.accelerator.current_accelerator()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

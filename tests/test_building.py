@@ -1,0 +1,29 @@
+"""`swcm build` on checkpoints whose config lacks special token ids."""
+
+import json
+
+import torch
+from transformers import AutoTokenizer
+
+from swcm.building import build_model_dir
+from swcm.modeling import SWCMForConditionalGeneration
+from swcm.resources import udhr
+
+
+def test_bert_checkpoint_without_bos_gets_the_tokenizers_cls_as_decoder_start(tiny_bert_dir, tmp_path):
+    assert "bos_token_id" not in json.loads((tiny_bert_dir / "config.json").read_text(encoding="utf-8"))
+    build_model_dir(tiny_bert_dir, tmp_path / "built", insert_every=2, langs=["zh", "en"])
+    model = SWCMForConditionalGeneration.from_pretrained(tmp_path / "built").train()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "built")
+    assert model.config.decoder_start_token_id == model.config.bos_token_id == tokenizer.cls_token_id
+    assert model.config.eos_token_id == tokenizer.sep_token_id
+    assert model.generation_config.decoder_start_token_id == tokenizer.cls_token_id
+
+    unit = udhr("valid")[0]["text"]
+    batch = tokenizer([unit["zh"][:60]], return_tensors="pt")
+    labels = tokenizer([unit["en"][:60]], return_tensors="pt")["input_ids"]
+    loss = model(**batch, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.lm_head.weight.grad is not None
+    generated = model.eval().generate(**batch, max_new_tokens=4, do_sample=False)
+    assert generated[0, 0].item() == tokenizer.cls_token_id

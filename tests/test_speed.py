@@ -1,0 +1,143 @@
+"""What makes training fast must not change what it computes: the mask-free causal path, the
+fused projections, length-grouped batches."""
+
+import copy
+from itertools import islice
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from swcm.modeling import SWCMForConditionalGeneration
+from swcm.resources import libreoffice, udhr
+from swcm.training import TrainingConfig, _DataCursor, train
+
+
+@pytest.fixture(scope="module")
+def model(tiny_encoder_dir):
+    torch.manual_seed(0)
+    return SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir).eval()
+
+
+def _batch(tiny_encoder_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    texts = [unit["text"][lang] for unit in udhr("train")[:2] for lang in ("zh", "bo", "en")]
+    enc = tokenizer(texts, truncation=True, max_length=40, padding=True, return_tensors="pt")
+    labels = tokenizer(texts[::-1], truncation=True, max_length=30, padding="max_length", return_tensors="pt")["input_ids"]
+    return enc, labels
+
+
+def test_causal_self_attention_without_a_mask_matches_the_masked_path(model, tiny_encoder_dir):
+    enc, labels = _batch(tiny_encoder_dir)
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels)
+    with torch.no_grad():
+        fast = model(**enc, decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        # An all-ones decoder mask takes the explicit boolean-mask path.
+        masked = model(**enc, decoder_input_ids=decoder_input_ids, decoder_attention_mask=torch.ones_like(labels),
+                       use_cache=False).logits
+        # Step by step with the cache: every position sees only what precedes it.
+        cached = model(**enc, decoder_input_ids=decoder_input_ids[:, :10], use_cache=True)
+        step = model(**enc, decoder_input_ids=decoder_input_ids[:, 10:11], past_key_values=cached.past_key_values,
+                     use_cache=True).logits
+    torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(step[:, 0], fast[:, 10], rtol=1e-4, atol=1e-5)
+    # Causality: a later decoder token leaves earlier logits unchanged.
+    changed = decoder_input_ids.clone()
+    changed[:, 20] = 5
+    with torch.no_grad():
+        other = model(**enc, decoder_input_ids=changed, use_cache=False).logits
+    torch.testing.assert_close(other[:, :20], fast[:, :20])
+    assert not torch.allclose(other[:, 20:], fast[:, 20:])
+
+
+def test_fused_projections_equal_the_separate_linears(model):
+    attention = model.decoder.layers[0].self_attn
+    x = torch.randn(2, 7, model.config.hidden_size)
+    query, key, value = attention._projections(x, "query", "key", "value")
+    for got, linear in zip((query, key, value), (attention.query, attention.key, attention.value)):
+        torch.testing.assert_close(got, attention._heads(linear(x)))
+
+
+# --- length-grouped batches ----------------------------------------------------------------
+
+def _libreoffice_examples(tokenizer, n=300):
+    """Real LibreOffice UI strings zh → en/ug: lengths from a few tokens to a few dozen."""
+    units = [u for u in libreoffice("train") if "zh" in u["text"]][:n]
+    examples = []
+    for i, unit in enumerate(units):
+        tgt = "en" if i % 2 else next((lang for lang in ("ug", "kk", "mn") if lang in unit["text"]), "en")
+        src = tokenizer(unit["text"]["zh"], truncation=True, max_length=64)["input_ids"]
+        labels = tokenizer(unit["text"][tgt], truncation=True, max_length=64)["input_ids"]
+        examples.append({"input_ids": src, "labels": labels})
+    return examples
+
+
+def _padding_share(batches):
+    padded = total = 0
+    for batch in batches:
+        for key in ("input_ids", "labels"):
+            longest = max(len(e[key]) for e in batch)
+            padded += sum(longest - len(e[key]) for e in batch)
+            total += longest * len(batch)
+    return padded / total
+
+
+class _Stream:
+    """A re-iterable stream without random access (as a reader of a large file would be)."""
+
+    def __init__(self, examples):
+        self.examples = examples
+
+    def __iter__(self):
+        return iter(self.examples)
+
+
+@pytest.mark.parametrize("kind", ["list", "stream"])
+def test_length_grouping_cuts_padding_reads_every_example_once_and_resumes_exactly(tiny_encoder_dir, kind):
+    examples = _libreoffice_examples(AutoTokenizer.from_pretrained(tiny_encoder_dir))
+    data = examples if kind == "list" else _Stream(examples)
+    size = 8
+
+    def first_epoch(group):
+        cursor = _DataCursor(data, seed=3, shuffle=True, group_by_length=group)
+        return list(islice(cursor.batches(size), -(-len(examples) // size)))
+
+    plain, grouped = first_epoch(False), first_epoch(True)
+    key = lambda e: (tuple(e["input_ids"]), tuple(e["labels"]))  # noqa: E731
+    assert sorted(map(key, (e for b in grouped for e in b))) == sorted(map(key, examples))  # each once
+    assert _padding_share(grouped) < 0.5 * _padding_share(plain)
+    if kind == "stream":  # the batch order is random, not the order of lengths
+        assert [len(b[0]["input_ids"]) for b in grouped] != sorted(len(b[0]["input_ids"]) for b in grouped)
+
+    # Resume after 7 batches (inside a buffer, for the stream): the same batches follow.
+    cursor = _DataCursor(data, seed=3, shuffle=True, group_by_length=True)
+    batches = cursor.batches(size)
+    head = [next(batches) for _ in range(7)]
+    state = copy.deepcopy(cursor.state_dict())
+    resumed = _DataCursor(data, seed=3, shuffle=True, group_by_length=True)
+    resumed.load_state_dict(state)
+    tail = list(islice(resumed.batches(size), len(grouped) - 7))
+    assert head + tail == grouped
+
+
+def test_training_logs_the_padding_share(tmp_path, tiny_encoder_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    examples = _libreoffice_examples(tokenizer, n=120)
+
+    def collate(batch):
+        n, m = max(len(e["input_ids"]) for e in batch), max(len(e["labels"]) for e in batch)
+        ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (n - len(e["input_ids"])) for e in batch])
+        return {"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).long(),
+                "labels": torch.tensor([e["labels"] + [-100] * (m - len(e["labels"])) for e in batch])}
+
+    shares = {}
+    for group in (False, True):
+        torch.manual_seed(0)
+        model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir)
+        config = TrainingConfig(out_dir=tmp_path / str(group), max_steps=6, batch_size=8, log_every=3, progress=False,
+                                group_by_length=group, mixed_precision="no")
+        result = train(model, tokenizer, examples, config, collate)
+        assert [r["step"] for r in result.history] == [3, 6]
+        shares[group] = sum(r["padding_share"] for r in result.history) / 2
+        assert all(0 <= r["padding_share"] < 1 for r in result.history)
+    assert shares[True] < shares[False]
