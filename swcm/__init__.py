@@ -1,8 +1,8 @@
 """swcm: shared-weights encoder-decoders for low-resource text generation (XLM-SWCM).
 
 Importing the package registers the model with the transformers Auto classes, so that
-`AutoConfig`, `AutoModelForSeq2SeqLM` and `pipeline("text2text-generation")` resolve a
-saved SWCM directory.
+`AutoConfig`, `AutoModelForSeq2SeqLM` and (under transformers 4.x, which still has it)
+`pipeline("text2text-generation")` resolve a saved SWCM directory.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM

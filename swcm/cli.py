@@ -76,6 +76,10 @@ def _library_notices(verbose: bool):
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
+    from transformers.utils import logging as transformers_logging  # after TRANSFORMERS_VERBOSITY is set
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # transformers 5 draws one for every model it loads
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -83,6 +87,8 @@ def _library_notices(verbose: bool):
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+        if bars:
+            transformers_logging.enable_progress_bar()
         if saved_env is None:
             os.environ.pop("TRANSFORMERS_VERBOSITY", None)
         else:
@@ -531,15 +537,20 @@ def _finetune(args) -> int:
     return 0
 
 
+def _key_values(items: list[str], flag: str, example: str) -> dict[str, str]:
+    """Repeated `flag` KEY=VALUE arguments as a dict; UsageError naming a malformed one."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{flag} {item!r}: expected {example}")
+        pairs[key] = value
+    return pairs
+
+
 def _fields(items: list[str]) -> dict[str, str]:
     """--field NAME=FIELD flags as {task field: JSON key}."""
-    fields = {}
-    for item in items:
-        name, sep, key = item.partition("=")
-        if not sep or not name or not key:
-            raise UsageError(f"--field {item!r}: expected NAME=FIELD, e.g. document=article")
-        fields[name] = key
-    return fields
+    return _key_values(items, "--field", "NAME=FIELD, e.g. document=article")
 
 
 def _add_task_input_args(p, *, task_required: bool) -> None:
@@ -552,12 +563,31 @@ def _add_task_input_args(p, *, task_required: bool) -> None:
     p.add_argument("--field", action="append", default=[], metavar="NAME=FIELD",
                    help="read a task field from another JSON key, e.g. --field document=article")
     p.add_argument("--tgt-lang", metavar="L", help="output language for records without a lang / tgt_lang field")
+    b = p.add_argument_group("baselines", "any AutoModelForSeq2SeqLM directory works: NLLB-200, M2M-100 and mBART-50 "
+                             "get their language code as forced first token (and source code); mT5 and Marian none, "
+                             "or a --source-prefix")
+    b.add_argument("--lang-code", action="append", default=[], metavar="L=CODE",
+                   help="the model's code for language L, e.g. bo=bod_Tibt (NLLB), kk=kk_KZ (mBART-50); repeat. "
+                   "Defaults cover zh, bo, ug, kk, mn, en where the model has them")
+    b.add_argument("--lang-codes", metavar="FILE", help="language codes from a file: JSON {\"bo\": \"bod_Tibt\"} or TSV L<TAB>CODE")
+    b.add_argument("--source-prefix", metavar="TEMPLATE",
+                   help="put before every source, {code}/{lang} filled in for the output language, e.g. '>>{code}<< ' "
+                   "(multi-target Marian) or 'summarize: ' (T5)")
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="weights and compute: auto (default; bfloat16 where the hardware runs it fast, as for "
                    "training's --mixed-precision auto, else float32) | float32 | bfloat16 | float16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _language_options(args) -> dict:
+    """--lang-codes, --lang-code (which wins) and --source-prefix as keyword arguments."""
+    from .languages import read_language_codes
+
+    codes = read_language_codes(args.lang_codes) if args.lang_codes else {}
+    codes.update(_key_values(args.lang_code, "--lang-code", "LANG=CODE, e.g. bo=bod_Tibt"))
+    return {"lang_codes": codes, "source_prefix": args.source_prefix}
 
 
 def _add_generation_args(p) -> None:
@@ -614,10 +644,10 @@ def _add_generate(sub) -> None:
         help="generate for a task file: JSONL in, the same records with a \"prediction\" field out",
         description="Generate with a fine-tuned model for every record of a task file (JSONL). Each output line "
         "is the input record, every field kept, with \"prediction\" added; the order is kept. The output "
-        "language is the record's lang (sum, mrc) or tgt_lang (mt), else --tgt-lang; its tag is forced as "
-        "the first decoder token. The output is written atomically: a failed run leaves an existing file as it was.",
+        "language is the record's lang (sum, mrc) or tgt_lang (mt), else --tgt-lang; its tag (a baseline's "
+        "language code) is forced as the first decoder token. The output is written atomically: a failed run leaves an existing file as it was.",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
+    p.add_argument("--model", required=True, metavar="DIR", help="a model directory: SWCM, or any AutoModelForSeq2SeqLM (NLLB-200, mBART-50, M2M-100, mT5, Marian)")
     p.add_argument("--input", required=True, metavar="FILE", help="task JSONL (file, glob or directory)")
     p.add_argument("--output", required=True, metavar="FILE", help="output JSONL")
     p.add_argument("--keep-special-tokens", action="store_true",
@@ -638,18 +668,22 @@ def _generate(args) -> int:
     from .data.readers import Problems
     from .generation import generate_file, load_generator
     from .io import check_model_dir, check_output_file, seq2seq_model_types
+    from .languages import language_convention
 
     options = _generation_options(args)
     fields = _fields(args.field)
+    language_options = _language_options(args)
     check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
     check_output_file(args.output, args.overwrite, is_own=_is_prediction_file)
     start = time.perf_counter()
     model, tokenizer = load_generator(args.model, args.device, args.dtype)
+    languages = language_convention(model, tokenizer, language_options["lang_codes"], language_options["source_prefix"])
     set_seed(args.seed)
     problems = Problems()
     inputs = generate_file(
         model, tokenizer, args.input, args.output, args.task, fields=fields, tgt_lang=args.tgt_lang,
-        on_bad_record=args.on_bad_record, problems=problems, skip_special_tokens=not args.keep_special_tokens, **options,
+        on_bad_record=args.on_bad_record, problems=problems, skip_special_tokens=not args.keep_special_tokens,
+        languages=languages, **options,
     )
     if problems.total:
         print(f"{args.input}: {problems.summary()}", file=sys.stderr)
@@ -680,7 +714,7 @@ def _add_evaluate(sub) -> None:
         "and write OUT/predictions/<stem>.jsonl, OUT/results.json and OUT/results.md (a markdown table, also "
         "printed). For cross-lingual transfer, pass the fine-tuning language with --transfer-from.",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
+    p.add_argument("--model", required=True, metavar="DIR", help="a model directory: SWCM, or any AutoModelForSeq2SeqLM (NLLB-200, mBART-50, M2M-100, mT5, Marian)")
     p.add_argument("--test", required=True, action="append", metavar="FILE",
                    help="test JSONL with references; repeat for several files (one or more languages each)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -702,10 +736,12 @@ def _evaluate(args) -> int:
     fields = _fields(args.field)
     check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
     set_seed(args.seed)
+    language_options = _language_options(args)
     with output_directory(args.out, "evaluate", args.overwrite):
         rows = evaluate_model(
             args.model, args.task, args.test, args.out, fields=fields, tgt_lang=args.tgt_lang,
-            transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record, **options,
+            transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record,
+            **language_options, **options,
         )
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")

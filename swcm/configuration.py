@@ -101,10 +101,13 @@ class SWCMConfig(PretrainedConfig):
         kwargs.setdefault("bos_token_id", encoder.bos_token_id)
         kwargs.setdefault("eos_token_id", encoder.eos_token_id)
         kwargs.setdefault("decoder_start_token_id", kwargs["bos_token_id"])
-        kwargs.setdefault("use_cache", True)
+        use_cache = kwargs.pop("use_cache", True)
         kwargs["is_encoder_decoder"] = True
         kwargs["tie_word_embeddings"] = lm_head == "tied"
         super().__init__(**kwargs)
+        # Set after the base class: transformers 5 drops generation parameters (use_cache among
+        # them) from the keyword arguments of a config, but the model reads it from here.
+        self.use_cache = use_cache
 
     # The encoder's shape is the model's shape; one place holds it.
     @property

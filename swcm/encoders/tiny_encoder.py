@@ -9,6 +9,11 @@ SentencePiece pieces, <mask> last. Two choices make it lossless on text it has n
 byte fallback (a character missing from the vocabulary becomes its UTF-8 bytes, never <unk>)
 and no Unicode normalisation (full-width Chinese punctuation stays full-width, so generated
 text can match references exactly).
+
+It is saved as a generic fast tokenizer (`PreTrainedTokenizerFast`, whose tokenizer.json is the
+whole tokenizer) rather than as `XLMRobertaTokenizer`: transformers 5 rebuilds an
+`XLMRobertaTokenizer` from its vocabulary list and drops byte fallback, while both majors read a
+`PreTrainedTokenizerFast` unchanged.
 """
 
 from __future__ import annotations
@@ -29,16 +34,17 @@ import torch
 from tokenizers import decoders
 from tqdm.auto import tqdm
 from transformers import (
+    AddedToken,
     DataCollatorForLanguageModeling,
+    PreTrainedTokenizerFast,
     XLMRobertaConfig,
     XLMRobertaForMaskedLM,
     XLMRobertaTokenizer,
-    XLMRobertaTokenizerFast,
     get_linear_schedule_with_warmup,
 )
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
 
-from ..io import atomic_directory
+from ..io import atomic_directory, save_tokenizer
 from ..precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
@@ -65,7 +71,7 @@ def train_tokenizer(
     *,
     byte_fallback: bool = True,
     model_max_length: int = 512,
-) -> XLMRobertaTokenizerFast:
+) -> PreTrainedTokenizerFast:
     """Train a SentencePiece unigram tokenizer on `texts` and save it, XLM-R style, in `out_dir`.
 
     Writes `sentencepiece.bpe.model` (the slow tokenizer's file) and the fast tokenizer's files
@@ -95,19 +101,21 @@ def train_tokenizer(
     return write_xlmr_tokenizer(model.getvalue(), out, model_max_length)
 
 
-def write_xlmr_tokenizer(sentencepiece_model: bytes, out_dir: str | os.PathLike, model_max_length: int) -> XLMRobertaTokenizerFast:
-    """Save a serialized SentencePiece model as an XLM-R tokenizer (slow and fast files) in
-    `out_dir`, keeping byte fallback; return the fast tokenizer."""
+def write_xlmr_tokenizer(sentencepiece_model: bytes, out_dir: str | os.PathLike, model_max_length: int) -> PreTrainedTokenizerFast:
+    """Save a serialized SentencePiece model as an XLM-R tokenizer in `out_dir`, keeping byte
+    fallback: `sentencepiece.bpe.model` and the fast tokenizer's files, loadable by
+    `AutoTokenizer` under transformers 4 and 5 alike. Returns the fast tokenizer."""
     out = Path(out_dir)
     model_file = out / SENTENCEPIECE_FILE
     model_file.write_bytes(sentencepiece_model)
     slow = XLMRobertaTokenizer(vocab_file=str(model_file))
-    fast = XLMRobertaTokenizerFast(
-        vocab_file=str(model_file),
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=_ByteFallbackXLMRobertaConverter(slow).converted(),
+        bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+        mask_token=AddedToken("<mask>", lstrip=True, special=True),  # XLM-R's: "<mask>" takes the space before it
         model_max_length=model_max_length,
     )
-    fast.save_pretrained(out)
+    save_tokenizer(fast, out)
     return fast
 
 
