@@ -11,7 +11,8 @@ from swcm.resources import udhr
 
 
 def test_bert_checkpoint_without_bos_gets_the_tokenizers_cls_as_decoder_start(tiny_bert_dir, tmp_path):
-    assert "bos_token_id" not in json.loads((tiny_bert_dir / "config.json").read_text(encoding="utf-8"))
+    # transformers 5 writes the unset field as null, 4.x leaves it out
+    assert json.loads((tiny_bert_dir / "config.json").read_text(encoding="utf-8")).get("bos_token_id") is None
     build_model_dir(tiny_bert_dir, tmp_path / "built", insert_every=2, langs=["zh", "en"])
     model = SWCMForConditionalGeneration.from_pretrained(tmp_path / "built").train()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "built")

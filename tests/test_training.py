@@ -236,7 +236,8 @@ def test_accumulation_weighs_every_target_token_alike(tmp_path, tiny_encoder_dir
     def one_step(name, batch_size, grad_accum):
         model = copy.deepcopy(initial)
         config = TrainingConfig(out_dir=tmp_path / name, max_steps=1, batch_size=batch_size, grad_accum=grad_accum,
-                                lr=1e-3, weight_decay=0.0, max_grad_norm=None, shuffle=False, progress=False)
+                                lr=1e-3, weight_decay=0.0, max_grad_norm=None, shuffle=False, progress=False,
+                                mixed_precision="no")  # exact comparisons: fp32 whatever the hardware
         result = train(model, tokenizer, examples, config, collate(tokenizer))
         return params(model), result.history[0]["loss"]
 

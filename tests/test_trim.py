@@ -5,8 +5,8 @@ import json
 import pytest
 import sentencepiece as spm
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM
+from tokenizers import BertWordPieceTokenizer, Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM
 
 from swcm.building import build_model_dir
 from swcm.cli import main
@@ -86,9 +86,12 @@ def test_wordpiece_trim_keeps_every_corpus_segmentation(tiny_bert_dir, tmp_path)
     old, new = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoTokenizer.from_pretrained(tmp_path / "out")
     assert report.pieces_kept == len(new) < len(old) and report.texts_unchanged == len(texts)
     _assert_same_pieces(old, new, texts)
-    slow = BertTokenizer(vocab_file=str(tmp_path / "out" / "vocab.txt"), do_lower_case=False)
-    for text in texts[:5]:
-        assert slow.tokenize(text) == new.tokenize(text)
+    # A vocab.txt beside it (transformers 4 saves one) is rewritten: on its own it gives the same pieces
+    assert (tmp_path / "out" / "vocab.txt").is_file() == (tiny_bert_dir / "vocab.txt").is_file()
+    if (tiny_bert_dir / "vocab.txt").is_file():
+        from_vocab = BertWordPieceTokenizer(str(tmp_path / "out" / "vocab.txt"), lowercase=False)
+        for text in texts[:5]:
+            assert from_vocab.encode(text, add_special_tokens=False).tokens == new.tokenize(text)
     assert new.cls_token_id is not None and new(texts[0])["input_ids"][0] == new.cls_token_id
     _assert_same_masked_lm(tiny_bert_dir, tmp_path / "out", texts[:3])
 
@@ -137,6 +140,7 @@ def test_a_bpe_tokenizer_is_refused_in_one_line(tmp_path, capsys):
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     RobertaForMaskedLM(config).save_pretrained(tmp_path / "bpe", safe_serialization=True)
     corpus = _write(tmp_path / "corpus.txt", _udhr(["en"]))
+    capsys.readouterr()  # what saving the checkpoint printed
     assert main(["trim-vocab", "--encoder", str(tmp_path / "bpe"), "--corpus", str(corpus), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a BPE tokenizer" in err and "tokenizer.json" in err
