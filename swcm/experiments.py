@@ -391,6 +391,19 @@ def _training_config(section: dict, out_dir: Path, seed: int, **extra):
     return TrainingConfig(out_dir=out_dir, seed=seed, resume=True, **{**known, **extra})
 
 
+def per_variant(section: dict, variant: str) -> dict:
+    """`section` with every {variant: value} mapping replaced by this variant's value (keys absent
+    for the variant are dropped, so the default applies)."""
+    out = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            if variant in value:
+                out[key] = value[variant]
+        else:
+            out[key] = value
+    return out
+
+
 def _done(directory: Path) -> bool:
     return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
@@ -406,13 +419,13 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     from .pretraining import PretrainSettings, pretrain
 
     langs = data.get("langs")
+    # A setting may be one value or one per variant, e.g. lm_head: {ws: tied, random: untied}.
+    pretrain_section, finetune_section = (per_variant(section, spec.variant) for section in (config.pretrain, config.finetune))
     stage_dir = out / "pretrain" / spec.pretrain_id
     built = stage_dir / "built"
     if not _done(built):
         torch.manual_seed(spec.seed)  # the random layers and head of this seed
-        head = config.pretrain.get("lm_head", "untied")  # one head, or one per variant: {ws: tied, random: untied}
-        head = head.get(spec.variant, "untied") if isinstance(head, dict) else head
-        build_model_dir(encoder_dir, built, spec.insert_every, spec.variant, head, langs)
+        build_model_dir(encoder_dir, built, spec.insert_every, spec.variant, pretrain_section.get("lm_head", "untied"), langs)
 
     logs = {}
     pretrained = built
@@ -420,28 +433,28 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
         settings = PretrainSettings(
             mono=data["mono"] if "dae" in spec.objectives else (),
             parallel=data["parallel"] if "mt" in spec.objectives else (),
-            alpha=config.pretrain.get("alpha", 0.3),
-            mt_ratio=config.pretrain.get("mt_ratio", 0.1) if spec.objectives == "dae+mt" else 1.0,
-            max_source_length=config.pretrain.get("max_source_length"),
-            max_target_length=config.pretrain.get("max_target_length"),
+            alpha=pretrain_section.get("alpha", 0.3),
+            mt_ratio=pretrain_section.get("mt_ratio", 0.1) if spec.objectives == "dae+mt" else 1.0,
+            max_source_length=pretrain_section.get("max_source_length"),
+            max_target_length=pretrain_section.get("max_target_length"),
         )
         pretrained = stage_dir / "final"
         if not _done(pretrained):
-            pretrain(built, _training_config(config.pretrain, stage_dir, spec.seed, progress=progress), settings)
+            pretrain(built, _training_config(pretrain_section, stage_dir, spec.seed, progress=progress), settings)
         logs["pretrain"] = str(stage_dir / "log.jsonl")
 
     run_dir = out / "runs" / spec.run_id
     ft_dir = run_dir / "finetune"
     settings = FinetuneSettings(
         task=data["task"],
-        max_source_length=config.finetune.get("max_source_length", 256),
-        max_target_length=config.finetune.get("max_target_length", 128),
+        max_source_length=finetune_section.get("max_source_length", 256),
+        max_target_length=finetune_section.get("max_target_length", 128),
         generation={"num_beams": 1, "max_new_tokens": config.generate.get("max_new_tokens", 128)},
-        max_valid_examples=config.finetune.get("max_valid_examples", 200),
+        max_valid_examples=finetune_section.get("max_valid_examples", 200),
     )
     best = ft_dir / "best"
     if not (_done(best) and (ft_dir / "final" / "config.json").is_file()):
-        ft_config = _training_config(config.finetune, ft_dir, spec.seed, metric=config.finetune.get("metric", "rougeL_f"),
+        ft_config = _training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", "rougeL_f"),
                                      progress=progress)
         finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size)
     logs["finetune"] = str(ft_dir / "log.jsonl")

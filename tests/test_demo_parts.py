@@ -3,11 +3,12 @@ encoder's bottom layers, a corpus limited to some targets, and the ws-vs-random 
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
 from swcm.encoders.layers import keep_bottom_layers
-from swcm.experiments import (comparison_table, examples_markdown, load_experiment, plot_validation_loss,
+from swcm.experiments import (comparison_table, examples_markdown, load_experiment, per_variant, plot_validation_loss,
                               prepare_vendored_data, run_experiment, verdict)
 
 
@@ -41,7 +42,8 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     path.write_text(
         f"name: tiny-demo\nencoder: {tiny_encoder_dir}\nencoder_layers: 2\n"
         "data: {corpus: libreoffice, targets: [kk]}\n"
-        "pretrain: {max_steps: 3, batch_size: 8, lr: 1.0e-3, max_source_length: 24, max_target_length: 24}\n"
+        "pretrain: {lm_head: {ws: tied, random: untied}, max_steps: 3, log_every: 1, batch_size: 8, lr: {ws: 2.0e-3, random: 1.0e-3},"
+        " max_source_length: 24, max_target_length: 24}\n"
         "finetune: {max_steps: 4, batch_size: 8, lr: 1.0e-3, eval_every: 2, metric: loss, max_valid_examples: 8,"
         " max_source_length: 24, max_target_length: 24}\n"
         "generate: {max_new_tokens: 3, max_source_length: 24}\n"
@@ -49,6 +51,12 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     )
     outcome = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
     assert outcome["encoder"].endswith("-2-layers")
+    built = {v: json.loads((tmp_path / "out" / "pretrain" / f"{v}-x3-daemt-s0" / "built" / "config.json").read_text())
+             for v in ("ws", "random")}
+    assert (built["ws"]["lm_head"], built["random"]["lm_head"]) == ("tied", "untied")
+    first_lr = {v: json.loads((tmp_path / "out" / "pretrain" / f"{v}-x3-daemt-s0" / "log.jsonl").read_text().splitlines()[0])["lr"]
+                for v in ("ws", "random")}
+    assert first_lr["ws"] == pytest.approx(2 * first_lr["random"])
     table = comparison_table(outcome["results"])
     assert "chrF++ (ws)" in table and "BLEU (random)" in table
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["kk", "mean"]
@@ -61,3 +69,9 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     assert examples.count("\n| ") == 11  # header + ten examples
     assert plot_validation_loss(outcome["results"], tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_settings_per_variant():
+    section = {"lm_head": {"ws": "tied", "random": "untied"}, "lr": {"ws": 1e-3}, "max_steps": 5}
+    assert per_variant(section, "ws") == {"lm_head": "tied", "lr": 1e-3, "max_steps": 5}
+    assert per_variant(section, "random") == {"lm_head": "untied", "max_steps": 5}
