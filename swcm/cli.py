@@ -771,7 +771,7 @@ def _experiment(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the whole method on the vendored UDHR corpus: ws beside random")
+    p = sub.add_parser("demo", help="the whole method on multilingual-e5-small and LibreOffice UI strings: ws beside random")
     p.add_argument("--out", default="swcm-demo", help="output directory (re-runs reuse finished stages)")
     p.add_argument("--no-progress", action="store_true")
     _add_overwrite(p)
@@ -785,7 +785,7 @@ def _demo(args) -> int:
     with output_directory(args.out, "experiment", args.overwrite):
         table = run_demo(args.out, progress=not args.no_progress)
     print(table)
-    print(f"report with training curves: {args.out}/report.md")
+    print(f"report with examples and validation loss curves: {args.out}/report.md")
     return 0
 
 

@@ -1,0 +1,77 @@
+"""The demo's parts on a tiny real encoder and the vendored LibreOffice corpus: keeping an
+encoder's bottom layers, a corpus limited to some targets, and the ws-vs-random report."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from swcm.encoders.layers import keep_bottom_layers
+from swcm.experiments import (comparison_table, examples_markdown, load_experiment, per_variant, plot_validation_loss,
+                              prepare_vendored_data, run_experiment, verdict)
+
+
+def test_bottom_layers_compute_what_the_full_encoder_computes_there(tiny_encoder_dir, tmp_path):
+    out = keep_bottom_layers(tiny_encoder_dir, 2, tmp_path / "two")
+    full, cut = AutoModel.from_pretrained(tiny_encoder_dir).eval(), AutoModel.from_pretrained(out).eval()
+    assert cut.config.num_hidden_layers == 2 and len(cut.encoder.layer) == 2
+    batch = AutoTokenizer.from_pretrained(out)(["Бәрі тең құқылы.", "人人生而自由"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = full(**batch, output_hidden_states=True).hidden_states[2]
+        assert torch.allclose(cut(**batch).last_hidden_state, expected, atol=1e-6)
+    try:
+        keep_bottom_layers(tiny_encoder_dir, 5, tmp_path / "five")
+    except ValueError as err:
+        assert "cannot keep 5 of its 4 layers" in str(err)
+    else:
+        raise AssertionError("keeping more layers than the encoder has must fail")
+
+
+def test_vendored_corpus_limited_to_targets(tmp_path):
+    data = prepare_vendored_data("libreoffice", tmp_path, targets=["ug", "mn"])
+    assert data["langs"] == ["zh", "ug", "mn"]
+    assert [spec.partition("=")[0] for spec in data["mono"]] == ["zh", "ug", "mn"]
+    assert [spec.partition("=")[0] for spec in data["parallel"]] == ["zh-ug", "zh-mn"]
+    langs = {json.loads(line)["tgt_lang"] for line in open(data["train"], encoding="utf-8")}
+    assert langs == {"ug", "mn"} and len(data["test"]) == 2
+
+
+def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(
+        f"name: tiny-demo\nencoder: {tiny_encoder_dir}\nencoder_layers: 2\n"
+        "data: {corpus: libreoffice, targets: [kk]}\n"
+        "pretrain: {lm_head: {ws: tied, random: untied}, max_steps: 3, log_every: 1, batch_size: 8, lr: {ws: 2.0e-3, random: 1.0e-3},"
+        " max_source_length: 24, max_target_length: 24}\n"
+        "finetune: {max_steps: 4, batch_size: 8, lr: 1.0e-3, eval_every: 2, metric: loss, max_valid_examples: 8,"
+        " max_source_length: 24, max_target_length: 24}\n"
+        "generate: {max_new_tokens: 3, max_source_length: 24}\n"
+        "grid:\n  variant: [ws, random]\n"
+    )
+    outcome = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
+    assert outcome["encoder"].endswith("-2-layers")
+    built = {v: json.loads((tmp_path / "out" / "pretrain" / f"{v}-x3-daemt-s0" / "built" / "config.json").read_text())
+             for v in ("ws", "random")}
+    assert (built["ws"]["lm_head"], built["random"]["lm_head"]) == ("tied", "untied")
+    first_lr = {v: json.loads((tmp_path / "out" / "pretrain" / f"{v}-x3-daemt-s0" / "log.jsonl").read_text().splitlines()[0])["lr"]
+                for v in ("ws", "random")}
+    assert first_lr["ws"] == pytest.approx(2 * first_lr["random"])
+    table = comparison_table(outcome["results"])
+    assert "chrF++ (ws)" in table and "BLEU (random)" in table
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["kk", "mean"]
+    rows = {r["spec"]["variant"]: r["rows"][0] for r in outcome["results"]}
+    gap = rows["ws"]["chrf"] - rows["random"]["chrf"]
+    line = verdict(outcome["results"])
+    assert ("no clear difference" in line) == (abs(gap) < 0.5) and ("did not help" in line) == (gap <= -0.5)
+    examples = examples_markdown(outcome["results"], per_lang=10)
+    assert examples.startswith("### kk (distinct test predictions: ws ")
+    assert examples.count("\n| ") == 11  # header + ten examples
+    assert plot_validation_loss(outcome["results"], tmp_path / "v.png")
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_settings_per_variant():
+    section = {"lm_head": {"ws": "tied", "random": "untied"}, "lr": {"ws": 1e-3}, "max_steps": 5}
+    assert per_variant(section, "ws") == {"lm_head": "tied", "lr": 1e-3, "max_steps": 5}
+    assert per_variant(section, "random") == {"lm_head": "untied", "max_steps": 5}
