@@ -30,7 +30,7 @@ from .io import atomic_text_file, mark_output_dir
 GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 # Settings a run takes from each section (beyond the training loop's; see `section_keys`).
-DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs")
+DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs", "corpus", "targets")  # corpus, targets: a vendored corpus
 PRETRAIN_KEYS = ("lm_head", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
 FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map")
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
