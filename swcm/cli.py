@@ -388,6 +388,9 @@ def _add_training_args(p, *, max_steps: int, lr: float, batch_size: int, warmup:
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per process per micro-batch")
+    g.add_argument("--max-tokens", type=int, help="batch by padded tokens instead: as many examples per process per "
+                   "micro-batch as fit in N positions (longest source or target × examples), so steps of short and of "
+                   "long examples weigh alike; replaces --batch-size")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.01)
@@ -424,7 +427,7 @@ def _training_config(args, default_warmup: int = 0, default_scheduled_sampling: 
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         scheduled_sampling=None if scheduled_sampling == "none" else scheduled_sampling, ss_floor=args.ss_floor, ss_k=args.ss_k, seed=args.seed,
-        group_by_length=not args.no_group_by_length,
+        group_by_length=not args.no_group_by_length, max_tokens=args.max_tokens,
         log_every=args.log_every, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
         progress=not args.no_progress, **extra,
     )

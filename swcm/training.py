@@ -57,7 +57,6 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 from transformers import get_scheduler
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .io import atomic_directory, save_tokenizer
 from .modeling import seq2seq_loss
@@ -81,7 +80,12 @@ class TrainingConfig:
     "bf16" and "fp16" are taken as given. The choice is printed and logged with every step.
     `batch_size` is per process and per micro-batch: one optimizer step sees
     batch_size × grad_accum × processes examples, and its loss is the mean over all their
-    target tokens (every token weighs alike, however the step is split). `schedule` is the learning-rate decay after
+    target tokens (every token weighs alike, however the step is split). With `max_tokens`,
+    a micro-batch instead holds as many examples as fit in that many padded positions (its
+    longest source or target × its examples), as fairseq's --max-tokens: with
+    `group_by_length`, short examples then come many to a batch and long ones few, so every
+    step sees about the same number of tokens (with a fixed count, steps of short strings
+    would weigh as much as steps of long ones). `schedule` is the learning-rate decay after
     `warmup_steps` of linear warm-up (transformers' schedulers). Scheduled sampling is off
     when `scheduled_sampling` is None; otherwise it names the teacher-forcing schedule
     (see `teacher_forcing_ratio`), which decays from 1.0 to `ss_floor`. With an evaluate hook,
@@ -104,6 +108,7 @@ class TrainingConfig:
     seed: int = 0
     shuffle: bool = True  # reshuffle random-access data (lists, datasets.Dataset) every epoch
     group_by_length: bool = True  # batches of similar lengths: little padding (see _DataCursor)
+    max_tokens: int | None = None  # batches by padded tokens per process, not by batch_size examples
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
@@ -122,7 +127,7 @@ class TrainingConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "patience"):
+        for name in ("eval_every", "patience", "max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {getattr(self, name)}")
         if self.warmup_steps < 0:
@@ -284,18 +289,21 @@ class _DataCursor:
     epoch (calling `set_epoch` when the data has it).
 
     With `group_by_length`, batches hold examples of similar length, so little of a batch is
-    padding: shuffled random-access data in transformers' length-grouped order (random
-    mega-batches of `GROUP_BATCHES` batches, each sorted by length; a smaller data set is one
-    mega-batch, so its batches keep their members and change order, as in fairseq), streams
-    through a buffer of `GROUP_BATCHES` batches cut by length and yielded in a seeded random
-    order; the buffered batches not yet yielded are part of the position.
+    padding: random-access data in the order of `_length_grouped_order` (mega-batches of
+    `GROUP_BATCHES` batches sorted by length, the epoch's batches shuffled), streams through a
+    buffer of `GROUP_BATCHES` batches cut by length and yielded in a seeded random order; the
+    buffered batches not yet yielded are part of the position. With `max_tokens`, batches are
+    cut by padded tokens rather than by count (`_cut_batches`); `size` then only sizes the
+    mega-batches and buffers.
     """
 
-    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool, group_by_length: bool = False):
+    def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool, group_by_length: bool = False,
+                 max_tokens: int | None = None):
         self.examples = examples
         self.seed = seed
         self.shuffle = shuffle
         self.group_by_length = group_by_length
+        self.max_tokens = max_tokens
         self.lengths: list[int] | None = None
         self.pending: list[list[dict]] = []
         self.random_access = (
@@ -314,58 +322,109 @@ class _DataCursor:
         self.epoch, self.consumed, self.stream_state = state["epoch"], state["consumed"], state["stream"]
         self.pending = state.get("pending", [])
 
-    def _epoch(self, size: int) -> Iterator[dict]:
-        if hasattr(self.examples, "set_epoch"):
-            self.examples.set_epoch(self.epoch)
-        if self.random_access:
-            n = len(self.examples)
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            if self.shuffle and self.group_by_length:
-                if self.lengths is None:
-                    self.lengths = [example_length(self.examples[i]) for i in range(n)]
-                order = get_length_grouped_indices(self.lengths, size, GROUP_BATCHES, generator)
-            elif self.shuffle:
-                order = torch.randperm(n, generator=generator).tolist()
-            else:
-                order = list(range(n))
-            return (self.examples[i] for i in order[self.consumed:])
+    def _epoch_batches(self, size: int) -> list[list[int]]:
+        """Random-access data: this epoch's batches, as lists of indices, in reading order."""
+        n = len(self.examples)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if (self.group_by_length or self.max_tokens) and self.lengths is None:
+            self.lengths = [example_length(self.examples[i]) for i in range(n)]
+        if self.shuffle and self.group_by_length:
+            return _length_grouped_order(self.lengths, size, generator, self.max_tokens)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        return _cut_batches(order, self.lengths, size, self.max_tokens)
+
+    def _stream(self) -> Iterator[dict]:
         if self.stateful and self.stream_state is not None:
             self.examples.load_state_dict(copy.deepcopy(self.stream_state))
             return iter(self.examples)
         return islice(iter(self.examples), self.consumed, None)
 
     def batches(self, size: int) -> Iterator[list[dict]]:
-        """Yield lists of up to `size` examples; the last batch of an epoch may be shorter."""
+        """Yield lists of up to `size` examples (with `max_tokens`: of up to that many padded
+        positions); the last batch of an epoch may be shorter."""
         one_shot = iter(self.examples) is self.examples
-        buffered = self.group_by_length and not self.random_access
+        buffered = bool(self.group_by_length or self.max_tokens) and not self.random_access
         while True:
             produced = False
-            stream = self._epoch(size)
-            while True:
-                while self.pending:  # the rest of a length-grouped buffer (also after a resume)
+            if hasattr(self.examples, "set_epoch"):
+                self.examples.set_epoch(self.epoch)
+            if self.random_access:
+                seen = 0
+                for indices in self._epoch_batches(size):
+                    seen += len(indices)
+                    if seen <= self.consumed:  # read before a resume
+                        continue
                     produced = True
-                    yield self.pending.pop(0)
-                if not (batch := list(islice(stream, size * GROUP_BATCHES if buffered else size))):
-                    break
-                produced = True
-                self.consumed += len(batch)
-                if self.stateful and not self.random_access:
-                    self.stream_state = copy.deepcopy(self.examples.state_dict())
-                if buffered:
-                    self.pending = _length_grouped_batches(batch, size, self.seed + self.epoch + self.consumed)
-                else:
-                    yield batch
+                    self.consumed = seen
+                    yield [self.examples[i] for i in indices]
+            else:
+                stream = self._stream()
+                while True:
+                    while self.pending:  # the rest of a length-grouped buffer (also after a resume)
+                        produced = True
+                        yield self.pending.pop(0)
+                    if not (batch := list(islice(stream, size * GROUP_BATCHES if buffered else size))):
+                        break
+                    produced = True
+                    self.consumed += len(batch)
+                    if self.stateful:
+                        self.stream_state = copy.deepcopy(self.examples.state_dict())
+                    if buffered:
+                        self.pending = _buffered_batches(batch, size, self.seed + self.epoch + self.consumed,
+                                                         self.group_by_length, self.max_tokens)
+                    else:
+                        yield batch
             if one_shot or (not produced and self.consumed == 0):  # empty data: no endless loop
                 return
             self.epoch, self.consumed, self.stream_state = self.epoch + 1, 0, None
 
 
-def _length_grouped_batches(examples: list[dict], size: int, seed: int) -> list[list[dict]]:
-    """`examples` sorted by length, cut into batches of `size`, in a random order (for `seed`)."""
-    ordered = sorted(examples, key=example_length)
-    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [batches[i] for i in order]
+def _cut_batches(indices: list[int], lengths: list[int] | None, size: int, max_tokens: int | None) -> list[list[int]]:
+    """`indices` cut, in order, into runs of `size`, or with `max_tokens` into the longest runs
+    whose padded size (longest member × members) fits in `max_tokens` (one example at least)."""
+    if not max_tokens:
+        return [indices[i : i + size] for i in range(0, len(indices), size)]
+    batches, current, longest = [], [], 0
+    for i in indices:
+        if current and max(longest, lengths[i]) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, lengths[i])
+    return batches + [current] if current else batches
+
+
+def _length_grouped_order(lengths: list[int], size: int, generator: torch.Generator,
+                          max_tokens: int | None = None) -> list[list[int]]:
+    """A seeded epoch of batches (lists of indices) of similar length: the indices are
+    shuffled, cut into mega-batches of `GROUP_BATCHES` × `size`, each sorted by length and cut
+    into batches (`_cut_batches`), and the batches of the whole epoch shuffled (as in
+    fairseq), so that consecutive steps do not walk from long to short examples, as reading
+    sorted mega-batches in order (transformers' grouping) does. The batch holding the longest
+    example comes first (a batch too large for memory fails at once); a short last batch of a
+    count-cut epoch stays last, so every other batch is full."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    mega = size * GROUP_BATCHES
+    batches = []
+    for start in range(0, len(perm), mega):
+        batches += _cut_batches(sorted(perm[start : start + mega], key=lengths.__getitem__), lengths, size, max_tokens)
+    last = [batches.pop()] if not max_tokens and batches and len(batches[-1]) < size else []
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    if batches:
+        longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+        batches.insert(0, batches.pop(longest))
+    return batches + last
+
+
+def _buffered_batches(examples: list[dict], size: int, seed: int, group_by_length: bool,
+                      max_tokens: int | None) -> list[list[dict]]:
+    """A stream's buffer of `examples` (sorted by length when grouping) cut into batches
+    (`_cut_batches`), in a random order (for `seed`)."""
+    lengths = [example_length(e) for e in examples]
+    order = sorted(range(len(examples)), key=lengths.__getitem__) if group_by_length else list(range(len(examples)))
+    batches = _cut_batches(order, lengths, size, max_tokens)
+    shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [[examples[i] for i in batches[b]] for b in shuffled]
 
 
 def _padding(batch: dict, seq2seq: bool) -> torch.Tensor:
@@ -388,7 +447,7 @@ def _local_batches(
     Sharded data (each rank reads its own share): whole batches of this rank's examples.
     """
     world, rank = (1, 0) if sharded else (accelerator.num_processes, accelerator.process_index)
-    for examples in cursor.batches(batch_size * world):
+    for examples in cursor.batches(batch_size * world):  # with max_tokens: max_tokens × world positions
         if len(examples) < world:
             continue
         batch = collator(examples[rank::world])
@@ -658,7 +717,9 @@ def train(
         raise ValueError(f"the DeepSpeed configuration accumulates {accelerator.gradient_accumulation_steps} micro-batches "
                          f"but grad_accum is {config.grad_accum}; set one value in both")
     unwrapped = accelerator.unwrap_model(model)
-    cursor = _DataCursor(examples, config.seed, config.shuffle, config.group_by_length)
+    world = 1 if sharded else accelerator.num_processes
+    cursor = _DataCursor(examples, config.seed, config.shuffle, config.group_by_length,
+                         config.max_tokens and config.max_tokens * world)
     run = _Run(accelerator, model, tokenizer, optimizer, scheduler, cursor, config)
     if resume_from is not None:
         run.restore(resume_from)

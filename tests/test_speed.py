@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import libreoffice, udhr
-from swcm.training import TrainingConfig, _DataCursor, train
+from swcm.training import GROUP_BATCHES, TrainingConfig, _DataCursor, example_length, train
 
 
 @pytest.fixture(scope="module")
@@ -92,32 +92,64 @@ class _Stream:
         return iter(self.examples)
 
 
+def _assert_each_example_once_and_exact_resume(examples, epoch_batches, cursor_factory, after=7):
+    """`epoch_batches` hold every example once, and a cursor stopped after `after` batches and
+    restored from its state reads the same batches on."""
+    key = lambda e: (tuple(e["input_ids"]), tuple(e["labels"]))  # noqa: E731
+    assert sorted(map(key, (e for b in epoch_batches for e in b))) == sorted(map(key, examples))
+    cursor = cursor_factory()
+    batches = cursor.batches(8)
+    head = [next(batches) for _ in range(after)]
+    resumed = cursor_factory()
+    resumed.load_state_dict(copy.deepcopy(cursor.state_dict()))
+    assert head + list(islice(resumed.batches(8), len(epoch_batches) - after)) == epoch_batches
+
+
+@pytest.mark.parametrize("budget", [None, 96])
 @pytest.mark.parametrize("kind", ["list", "stream"])
-def test_length_grouping_cuts_padding_reads_every_example_once_and_resumes_exactly(tiny_encoder_dir, kind):
+def test_length_grouping_cuts_padding_reads_every_example_once_and_resumes_exactly(tiny_encoder_dir, kind, budget):
+    """Batches of 8 examples, or with a token budget as many as fit in `budget` positions."""
     examples = _libreoffice_examples(AutoTokenizer.from_pretrained(tiny_encoder_dir))
     data = examples if kind == "list" else _Stream(examples)
-    size = 8
+    cursor = lambda group: _DataCursor(data, seed=3, shuffle=True, group_by_length=group, max_tokens=budget)  # noqa: E731
 
     def first_epoch(group):
-        cursor = _DataCursor(data, seed=3, shuffle=True, group_by_length=group)
-        return list(islice(cursor.batches(size), -(-len(examples) // size)))
+        batches, seen = [], 0
+        for batch in cursor(group).batches(8):
+            batches.append(batch)
+            seen += len(batch)
+            if seen == len(examples):
+                return batches
 
     plain, grouped = first_epoch(False), first_epoch(True)
-    key = lambda e: (tuple(e["input_ids"]), tuple(e["labels"]))  # noqa: E731
-    assert sorted(map(key, (e for b in grouped for e in b))) == sorted(map(key, examples))  # each once
     assert _padding_share(grouped) < 0.5 * _padding_share(plain)
-    if kind == "stream":  # the batch order is random, not the order of lengths
-        assert [len(b[0]["input_ids"]) for b in grouped] != sorted(len(b[0]["input_ids"]) for b in grouped)
+    # the batch order is random, not the order of lengths
+    assert [len(b[0]["input_ids"]) for b in grouped] != sorted(len(b[0]["input_ids"]) for b in grouped)
+    if budget:
+        assert all(len(b) == 1 or max(map(example_length, b)) * len(b) <= budget for b in grouped)
+        sizes = {len(b) for b in grouped}
+        assert min(sizes) < 8 < max(sizes)  # many short examples to a batch, few long ones
+    _assert_each_example_once_and_exact_resume(examples, grouped, lambda: cursor(True))
 
-    # Resume after 7 batches (inside a buffer, for the stream): the same batches follow.
-    cursor = _DataCursor(data, seed=3, shuffle=True, group_by_length=True)
-    batches = cursor.batches(size)
-    head = [next(batches) for _ in range(7)]
-    state = copy.deepcopy(cursor.state_dict())
-    resumed = _DataCursor(data, seed=3, shuffle=True, group_by_length=True)
-    resumed.load_state_dict(state)
-    tail = list(islice(resumed.batches(size), len(grouped) - 7))
-    assert head + tail == grouped
+
+def test_length_grouped_steps_do_not_walk_from_long_to_short(tiny_encoder_dir):
+    """Mega-batches sorted by length and read in order (transformers' grouping) make the
+    steps within each mega-batch run from the longest examples to the shortest, which slowed
+    fine-tuning on the demo's data; the batches of an epoch come in a random order instead, the
+    longest first, every batch full but the last."""
+    examples = _libreoffice_examples(AutoTokenizer.from_pretrained(tiny_encoder_dir), n=1600)
+    size = 8
+    cursor = _DataCursor(examples, seed=0, shuffle=True, group_by_length=True)
+    batches = list(islice(cursor.batches(size), -(-len(examples) // size)))
+    assert len(batches) > 3 * GROUP_BATCHES // 2  # more than one mega-batch
+    assert all(len(b) == size for b in batches[:-1])
+    lengths = [max(map(example_length, b)) for b in batches]
+    assert lengths[0] == max(lengths)
+    positions = torch.arange(len(lengths), dtype=torch.float)
+    for window in range(0, len(lengths) - GROUP_BATCHES + 1, GROUP_BATCHES):  # rank correlation of step and length
+        ranks = torch.tensor(lengths[window : window + GROUP_BATCHES], dtype=torch.float).argsort().argsort().float()
+        corr = torch.corrcoef(torch.stack([positions[:GROUP_BATCHES], ranks]))[0, 1]
+        assert abs(corr) < 0.5
 
 
 def test_training_logs_the_padding_share(tmp_path, tiny_encoder_dir):
