@@ -77,12 +77,13 @@ def build_model_dir(
     variant: str = "ws",
     lm_head: str = "untied",
     langs: list[str] | None = None,
+    dropout: float | None = None,
 ) -> dict:
     """Build from `encoder`, add language tags for `langs`, save model + tokenizer to `out_dir`.
 
     The report holds the plan, parameter counts and, under "hidden_state_similarity", the
     collapse diagnostic per layer on UDHR sample text (`swcm.diagnostics`)."""
-    model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head)
+    model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head, dropout)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     # Inputs longer than the position table cannot be encoded: make truncation default to it.
     max_positions = model.config.encoder.max_position_embeddings - model.position_offset

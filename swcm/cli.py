@@ -285,6 +285,8 @@ def _add_build(sub) -> None:
     p.add_argument("--variant", default="ws", help="ws | random | no-normal | duplicate")
     p.add_argument("--lm-head", default="untied", help="untied | tied | mlm")
     p.add_argument("--langs", help="comma-separated language codes to add tags for, e.g. zh,bo,ug")
+    p.add_argument("--dropout", type=float, help="hidden and attention dropout of the whole model (default: the "
+                   "encoder's, e.g. 0.1; 0 learns faster in runs shorter than an epoch)")
     p.add_argument("--dry-run", action="store_true", help="allocate nothing (meta device); report the plan")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     _add_overwrite(p, replaces=True)
@@ -313,7 +315,8 @@ def _build(args) -> int:
         raise UsageError("build needs --encoder and --out (or --dry-run)")
     langs = _language_list(args.langs)
     with output_directory(args.out, "build", args.overwrite):
-        report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs)
+        report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs,
+                                 args.dropout)
     print(json.dumps(report) if args.json else f"wrote {args.out}: {report['parameters']:,} parameters, "
           f"decoder plan " + " ".join(k[0].upper() for k in report["layers"]))
     if not args.json:

@@ -31,7 +31,7 @@ GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 # Settings a run takes from each section (beyond the training loop's; see `section_keys`).
 DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs", "corpus", "targets")  # corpus, targets: a vendored corpus
-PRETRAIN_KEYS = ("lm_head", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
+PRETRAIN_KEYS = ("lm_head", "dropout", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
 FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map")
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
 # Training-loop settings a grid point decides itself.
@@ -529,7 +529,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     built = stage_dir / "built"
     if not _done(built):
         torch.manual_seed(spec.seed)  # the random layers and head of this seed
-        build_model_dir(encoder_dir, built, spec.insert_every, spec.variant, pretrain_section.get("lm_head", "untied"), langs)
+        build_model_dir(encoder_dir, built, spec.insert_every, spec.variant, pretrain_section.get("lm_head", "untied"), langs,
+                        pretrain_section.get("dropout"))
 
     logs = {}
     pretrained = built

@@ -333,14 +333,18 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         insert_every: int = 3,
         variant: str = "ws",
         lm_head: str = "untied",
+        dropout: float | None = None,
     ) -> "SWCMForConditionalGeneration":
         """Build an SWCM model from a pretrained encoder (a local directory, hub id or model).
 
         The encoder's weights are loaded unchanged; every Custom layer is copied from its
         source encoder layer (not for `variant="random"`); Normal layers and the untied head
         are random. `lm_head="mlm"` copies the checkpoint's masked-LM head and fails with a
-        one-line error when the checkpoint has none.
+        one-line error when the checkpoint has none. `dropout` replaces the encoder config's
+        hidden and attention dropout for the whole model (None: keep the encoder's).
         """
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         masked_lm = None
         if isinstance(encoder, PreTrainedModel):
             check_encoder_config(encoder.config, type(encoder).__name__)
@@ -361,9 +365,10 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         if lm_head == "mlm" and masked_lm is None:
             raise ValueError(f"{type(encoder).__name__}: lm_head='mlm' needs a masked-LM model, got a bare encoder")
 
-        config = SWCMConfig(
-            encoder=encoder_model.config.to_dict(), insert_every=insert_every, variant=variant, lm_head=lm_head
-        )
+        encoder_config = encoder_model.config.to_dict()
+        if dropout is not None:
+            encoder_config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        config = SWCMConfig(encoder=encoder_config, insert_every=insert_every, variant=variant, lm_head=lm_head)
         model = cls(config).to(encoder_model.dtype)
         state = {k: v for k, v in encoder_model.state_dict().items() if not k.startswith("pooler.")}
         model.encoder.load_state_dict(state)

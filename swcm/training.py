@@ -397,7 +397,8 @@ def _cut_batches(indices: list[int], lengths: list[int] | None, size: int, max_t
 def _length_grouped_order(lengths: list[int], size: int, generator: torch.Generator,
                           max_tokens: int | None = None) -> list[list[int]]:
     """A seeded epoch of batches (lists of indices) of similar length: the indices are
-    shuffled, cut into mega-batches of `GROUP_BATCHES` × `size`, each sorted by length and cut
+    shuffled, cut into mega-batches of `GROUP_BATCHES` batches (of `size` examples, or of the
+    examples that `max_tokens` holds at the mean length, if more), each sorted by length and cut
     into batches (`_cut_batches`), and the batches of the whole epoch shuffled (as in
     fairseq), so that consecutive steps do not walk from long to short examples, as reading
     sorted mega-batches in order (transformers' grouping) does. The batch holding the longest
@@ -405,6 +406,8 @@ def _length_grouped_order(lengths: list[int], size: int, generator: torch.Genera
     count-cut epoch stays last, so every other batch is full."""
     perm = torch.randperm(len(lengths), generator=generator).tolist()
     mega = size * GROUP_BATCHES
+    if max_tokens and lengths:  # GROUP_BATCHES batches of the budget's size, whatever batch_size says
+        mega = max(mega, GROUP_BATCHES * max_tokens * len(lengths) // sum(lengths))
     batches = []
     for start in range(0, len(perm), mega):
         batches += _cut_batches(sorted(perm[start : start + mega], key=lengths.__getitem__), lengths, size, max_tokens)
