@@ -69,6 +69,7 @@ CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 # label). Scheduled sampling never replaces them.
 FORCED_DECODER_INPUTS = 2
 GROUP_BATCHES = 50  # length grouping sorts this many batches' examples at a time
+BUFFER_TOKENS_PER_EXAMPLE = 8  # a stream's token-budget buffer is sized for examples this long
 
 
 @dataclass
@@ -333,6 +334,11 @@ class _DataCursor:
         order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
         return _cut_batches(order, self.lengths, size, self.max_tokens)
 
+    def _buffer_size(self, size: int) -> int:
+        """Examples a stream's length-grouping buffer reads: `GROUP_BATCHES` batches of `size`,
+        or of a token budget filled by examples of `BUFFER_TOKENS_PER_EXAMPLE` tokens, if more."""
+        return GROUP_BATCHES * max(size, (self.max_tokens or 0) // BUFFER_TOKENS_PER_EXAMPLE)
+
     def _stream(self) -> Iterator[dict]:
         if self.stateful and self.stream_state is not None:
             self.examples.load_state_dict(copy.deepcopy(self.stream_state))
@@ -363,7 +369,7 @@ class _DataCursor:
                     while self.pending:  # the rest of a length-grouped buffer (also after a resume)
                         produced = True
                         yield self.pending.pop(0)
-                    if not (batch := list(islice(stream, size * GROUP_BATCHES if buffered else size))):
+                    if not (batch := list(islice(stream, self._buffer_size(size) if buffered else size))):
                         break
                     produced = True
                     self.consumed += len(batch)
