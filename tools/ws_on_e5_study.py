@@ -4,7 +4,7 @@ validation records, N/3 per language).
 
 Run with THREADS=1; data from swcm.experiments.prepare_vendored_data("libreoffice", ..., targets=["ug", "kk", "mn"]).
 The first study: defaults (pairs of at most 20 tokens, batches of 16). The demo's settings:
---filter-length 0 --max-length 32 --eval-every 50 --chrf 90, with --no-group, --max-tokens N,
+--filter-length 0 --max-length 32 --eval-every 50 --warmup 20 --chrf 90, with --no-group, --max-tokens N,
 --dropout 0 as the table says."""
 import argparse, json, sys, time, random
 from pathlib import Path
@@ -34,6 +34,7 @@ p.add_argument("--no-group", action="store_true", help="batches in plain random 
 p.add_argument("--max-tokens", type=int, help="batches of this many padded tokens (else --batch examples)")
 p.add_argument("--dropout", type=float, help="the model's dropout (default: e5's 0.1)")
 p.add_argument("--mixed-precision", default="no")
+p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
 p.add_argument("--chrf", type=int, default=0, help="at the end, greedy-decode this many validation records")
 a = p.parse_args()
 out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ if copied:
     h = run(a.steps - a.freeze_copied, "stage2", a.lr, 10)
     hist += [{**r, "step": r["step"] + a.freeze_copied} for r in h]
 else:
-    hist += run(a.steps, "ft", a.lr, 10)
+    hist += run(a.steps, "ft", a.lr, a.warmup)
 ev = [(r["step"], r["eval_loss"]) for r in hist if "eval_loss" in r]
 res = {"args": vars(a), "eval": ev, "train": [(r["step"], r["loss"]) for r in hist if "loss" in r],
        "seconds": time.time() - t0, "steps": a.steps}
