@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import MBartConfig, MBartForConditionalGeneration, XLMRobertaConfig
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
-from swcm.precision import matmul_gflops, resolve_mixed_precision
+from swcm.precision import cpu_name, matmul_gflops, resolve_mixed_precision
 from swcm.training import parameter_groups, training_loss
 
 SHAPES = {  # hidden, layers, heads, FFN, vocabulary
@@ -154,7 +154,7 @@ def main() -> None:
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
 
-    where = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    where = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     hidden, layers, heads, ffn, _ = SHAPES[args.shape]
     print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads{', compiled' if args.compile else ''}")
     print(f"shape {args.shape}: hidden {hidden}, {layers} encoder layers, {len(swcm.decoder.layers)} decoder layers, "
@@ -210,16 +210,6 @@ def main() -> None:
 
 def _millions(model) -> str:
     return f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or "CPU"
 
 
 if __name__ == "__main__":

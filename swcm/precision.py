@@ -152,6 +152,20 @@ def resolve_dtype(requested: str = "auto", device: str | torch.device | None = N
     return getattr(torch, requested)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for benchmark reports."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "CPU"
+
+
 def _default_device() -> torch.device:
     if hasattr(torch, "accelerator") and torch.accelerator.is_available():
         return torch.accelerator.current_accelerator()
