@@ -6,6 +6,8 @@ grid over `variant` (ws / random / no-normal / duplicate), `insert_every` (X), `
 grid point is one run: build → pretrain → fine-tune → evaluate, written under
 `OUT/runs/<run id>/`. A run whose `result.json` exists is not redone, and stages inside a run
 resume from their checkpoints, so a half-finished grid is continued by running it again.
+`OUT/settings.json` records everything but the grid; a re-run with other settings is refused
+(its stages would be reused as if they had been made with them), while a grown grid is fine.
 Pretraining does not depend on the fine-tuning set size, so runs that differ only in
 `train_size` share one pretrained model.
 
@@ -562,12 +564,55 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     return result
 
 
+SETTINGS_FILE = "settings.json"
+
+
+def experiment_settings(config: ExperimentConfig) -> dict:
+    """What every stage of an experiment depends on: the config without its grid and name."""
+    settings = {"encoder": config.encoder, "encoder_layers": config.encoder_layers, "data": config.data,
+                "pretrain": config.pretrain, "finetune": config.finetune, "generate": config.generate}
+    return json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+
+
+def settings_changes(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """'key: old → new' for each (nested) setting that differs."""
+    changes = []
+    for key in sorted(set(before) | set(now), key=str):
+        old, new = before.get(key, "unset"), now.get(key, "unset")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += settings_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {json.dumps(old)} → {json.dumps(new)}")
+    return changes
+
+
+def check_experiment_settings(config: ExperimentConfig, out: Path) -> None:
+    """Record the experiment's settings in OUT/settings.json, or, when OUT already holds an
+    experiment made with other settings, refuse (one line naming what changed): its finished
+    runs and stages would otherwise be reused and reported as if made with the new ones."""
+    path = out / SETTINGS_FILE
+    now = experiment_settings(config)
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: unreadable ({err}); give a new --out") from None
+        changes = settings_changes(before, now)
+        if changes:
+            raise ValueError(f"{out} holds runs made with other settings ({'; '.join(changes)}); "
+                             "give a new --out for these settings")
+    else:
+        write_json(path, now)
+
+
 def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Run (or continue) every grid point, then aggregate and write OUT/report.md.
 
+    A directory that holds an experiment with other settings (all but the grid) is refused.
     Returns {"results": [...], "aggregate": ..., "report": path, "encoder": the encoder directory used}.
     """
     out = mark_output_dir(out_dir, "experiment")
+    check_experiment_settings(config, out)
     from .resources import CORPORA
 
     corpus = config.data.get("corpus") if isinstance(config.data, dict) else config.data

@@ -1,6 +1,7 @@
 """The whole workflow on real text: encoder → build → (pretrain) → fine-tune → evaluate, and a
 resumable experiment grid that writes the paper-shaped report."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from swcm.cli import main as cli
 from swcm.generation import generate_texts, load_generator
 from swcm.metrics import score
-from swcm.experiments import load_experiment, prepare_udhr_data, run_experiment
+from swcm.experiments import check_experiment_settings, load_experiment, prepare_udhr_data, run_experiment
 
 TARGETS = ["bo", "ug", "kk", "mn", "en"]
 
@@ -87,3 +88,13 @@ def test_experiment_grid_runs_resumes_and_reports(tiny_encoder_dir, tmp_path, ca
     assert (out / "runs" / "ws-x3-none-n40-s0" / "result.json").is_file()
     assert (out / "runs" / "ws-x3-daemt-n40-s0" / "result.json").stat().st_mtime_ns == kept
     assert "Table 3" in capsys.readouterr().out
+
+    # other settings in the same directory are refused, naming what changed, and nothing is
+    # touched; a grown grid (another seed) is not a change of settings
+    config_path.write_text(config_path.read_text().replace("finetune: {max_steps: 4", "finetune: {max_steps: 6"))
+    assert cli(["experiment", str(config_path), "--out", str(out), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "finetune.max_steps: 4 → 6" in error and "new --out" in error and len(error.splitlines()) == 1
+    assert (out / "runs" / "ws-x3-daemt-n40-s0" / "result.json").stat().st_mtime_ns == kept
+    grown = dataclasses.replace(config, grid={**config.grid, "seed": [0, 1]})
+    assert check_experiment_settings(grown, out) is None
