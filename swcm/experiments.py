@@ -245,13 +245,20 @@ def _languages(agg: dict) -> list[str]:
 
 
 def _select(agg: dict, **fixed) -> list[tuple[tuple, dict]]:
+    """The (setting, stats) pairs of `agg` matching `fixed`, in `setting_order`."""
     fields = ("variant", "insert_every", "objectives", "train_size")
     out = []
-    for key, stats in agg.items():
+    for key, stats in sorted(agg.items(), key=lambda kv: setting_order(kv[0])):
         named = dict(zip(fields, key))
         if all(named[k] == v for k, v in fixed.items()):
             out.append((key, stats))
     return out
+
+
+def setting_order(key: tuple) -> tuple:
+    """Sort key of an aggregate's (variant, X, objectives, train size): a train size of None
+    (all pairs) sorts after every number instead of failing to compare with it."""
+    return tuple((value is None, value if value is not None else 0) for value in key)
 
 
 def render_tables(agg: dict, metric_name: str = "ROUGE-L F") -> str:
@@ -275,18 +282,18 @@ def render_tables(agg: dict, metric_name: str = "ROUGE-L F") -> str:
 
     # Table 4: weight sharing against a random decoder of the same shape.
     rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'})", s)
-            for k, s in sorted(_select(agg)) if k[0] in ("ws", "random")]
+            for k, s in _select(agg) if k[0] in ("ws", "random")]
     if {k[0] for k, _ in _select(agg)} >= {"ws", "random"}:
         parts.append(_table(f"Table 4 — weight sharing vs random decoder ({metric_name})", rows, langs))
 
     # Table 5: BASE-A and BASE-B against the full model.
     rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'})", s)
-            for k, s in sorted(_select(agg)) if k[0] in ("ws", "no-normal", "duplicate")]
+            for k, s in _select(agg) if k[0] in ("ws", "no-normal", "duplicate")]
     if {k[0] for k, _ in _select(agg)} & {"no-normal", "duplicate"}:
         parts.append(_table(f"Table 5 — decoder structure ({metric_name})", rows, langs))
 
     # Everything, in one table, so no run is ever left out of the report.
-    rows = [(" / ".join(str(v) if v is not None else "all" for v in k), s) for k, s in sorted(agg.items(), key=str)]
+    rows = [(" / ".join(str(v) if v is not None else "all" for v in k), s) for k, s in _select(agg)]
     parts.append(_table(f"All settings — variant / X / objectives / train size ({metric_name})", rows, langs))
     return "\n".join(parts)
 
@@ -316,7 +323,7 @@ def plot_figure4(agg: dict, out_png: str | os.PathLike, variant: str = "ws") -> 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (objectives, size), series in sorted(points.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or 0)):
+    for (objectives, size), series in sorted(points.items(), key=lambda kv: setting_order(kv[0])):
         xs, ms, ss = zip(*series)
         label = f"n = {size or 'all'}" + (f", {objectives}" if several_objectives else "")
         ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=label)

@@ -49,6 +49,16 @@ def test_aggregate_and_tables():
     assert "w/o MT" in md and "BASE-A" in md
 
 
+def test_tables_of_a_grid_mixing_all_pairs_and_fewer():
+    # train_size null (all pairs) beside numbers, as in configs/figure4-e5.yaml
+    results = [_result(variant, 3, "dae+mt", size, 0, {"ug": 10.0 + (size or 0) / 1000})
+               for variant in ("ws", "random") for size in (None, 3000)]
+    md = render_tables(aggregate(results))
+    table4 = md.split("Table 4")[1].split("All settings")[0]
+    assert table4.index("n=3000") < table4.index("n=all")
+    assert md.count("| ws / 3 / dae+mt / all |") == 1
+
+
 def test_figure4_needs_two_values_of_x(tmp_path):
     one = aggregate([_result("ws", 3, "dae+mt", 10, 0, {"bo": 1.0})])
     assert plot_figure4(one, tmp_path / "f.png") is False
