@@ -327,6 +327,7 @@ def plot_figure4(agg: dict, out_png: str | os.PathLike, variant: str = "ws") -> 
         xs, ms, ss = zip(*series)
         label = f"n = {size or 'all'}" + (f", {objectives}" if several_objectives else "")
         ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=label)
+    ax.set_xticks(sorted({x for series in points.values() for x, _, _ in series}))
     ax.set_xlabel("insertion frequency X")
     ax.set_ylabel("ROUGE-L F (avg over languages)")
     ax.set_title("Figure 4 — ROUGE-L against X")
