@@ -22,6 +22,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -32,7 +33,7 @@ from swcm.resources import udhr
 
 def time_mlm(tokenizer, texts: list[str], settings: TinyEncoderSettings, dtype: torch.dtype) -> tuple[float, float]:
     """(seconds per step, last loss) of `settings.steps` MLM steps in `dtype`, after one warm-up step."""
-    warm = TinyEncoderSettings(**{**settings.__dict__, "steps": 1})
+    warm = replace(settings, steps=1)
     _train_mlm(_masked_lm(warm, tokenizer), tokenizer, texts, warm, dtype, progress=False)
     model = _masked_lm(settings, tokenizer)
     start = time.perf_counter()
