@@ -509,13 +509,14 @@ def pretrain_settings(spec: RunSpec, config: ExperimentConfig, data: dict):
 
 def finetune_settings(config: ExperimentConfig, data: dict):
     """The `FinetuneSettings` of every grid point. Validation decodes as the test does, with the
-    generate section's settings (beams, length, sampling, ...); only the test's batch size and
-    source length stay the test's: validation reads sources as fine-tuning does."""
+    generate section's settings (beams, length, sampling, ...) and batch size; only the test's
+    source length stays the test's: validation reads sources as fine-tuning does."""
     from .finetuning import FinetuneSettings
 
     return FinetuneSettings(
         task=data["task"],
         **{k: config.finetune[k] for k in FINETUNE_KEYS if k in config.finetune},
+        valid_batch_size=config.generate.get("batch_size"),
         generation={k: v for k, v in config.generate.items() if k not in ("batch_size", "max_source_length")},
     )
 

@@ -40,6 +40,9 @@ class FinetuneSettings:
     field_map: dict[str, str] = field(default_factory=dict)
     on_bad_record: str = "error"
     max_valid_examples: int | None = 200  # validation generation is the slow part
+    # examples per validation batch (loss and decoding); None: the training batch_size, which
+    # under a `max_tokens` budget only sizes length groups and is usually far below what fits
+    valid_batch_size: int | None = None
     # validation decoding; without max_new_tokens, the model's generation config, which
     # `finetune` sets to max_target_length (one length for training and generation)
     generation: dict = field(default_factory=lambda: {"num_beams": 1})
@@ -150,7 +153,8 @@ def finetune(
     if not train_records:
         raise ValueError(f"{train_file}: no training records")
     add_language_tags(model, tokenizer, sorted({r.target_lang for r in train_records + valid_records}))
-    evaluate = validation_hook(tokenizer, valid_records, settings, config.batch_size, config.seed) if valid_records else None
+    valid_batch_size = settings.valid_batch_size or config.batch_size
+    evaluate = validation_hook(tokenizer, valid_records, settings, valid_batch_size, config.seed) if valid_records else None
     if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
         config = replace(config, eval_every=None, patience=None)
     examples = encode_records(tokenizer, train_records, settings, "training data")

@@ -152,3 +152,4 @@ def test_settings_reach_pretraining_and_validation_decodes_as_the_test(tmp_path)
     fine = finetune_settings(config, data)
     assert fine.max_source_length == 64 and fine.max_valid_examples == 20
     assert fine.generation == {"num_beams": 3, "max_new_tokens": 40, "no_repeat_ngram_size": 2}
+    assert fine.valid_batch_size == 4  # validation batches as the test's, not the training batch_size
