@@ -244,17 +244,6 @@ def _languages(agg: dict) -> list[str]:
     return sorted({lang for stats in agg.values() for lang in stats if lang != "avg"})
 
 
-def _select(agg: dict, **fixed) -> list[tuple[tuple, dict]]:
-    """The (setting, stats) pairs of `agg` matching `fixed`, in `setting_order`."""
-    fields = ("variant", "insert_every", "objectives", "train_size")
-    out = []
-    for key, stats in sorted(agg.items(), key=lambda kv: setting_order(kv[0])):
-        named = dict(zip(fields, key))
-        if all(named[k] == v for k, v in fixed.items()):
-            out.append((key, stats))
-    return out
-
-
 def setting_order(key: tuple) -> tuple:
     """Sort key of an aggregate's (variant, X, objectives, train size): a train size of None
     (all pairs) sorts after every number instead of failing to compare with it."""
@@ -269,31 +258,34 @@ def render_tables(agg: dict, metric_name: str = "ROUGE-L F") -> str:
     variant_label = {"ws": "XLM-SWCM (ws)", "random": "w/o WS (random decoder)",
                      "no-normal": "BASE-A (no-normal)", "duplicate": "BASE-B (duplicate)"}
 
+    # Every (setting, stats) pair once, in `setting_order`; each table picks its rows from it.
+    settings = sorted(agg.items(), key=lambda kv: setting_order(kv[0]))
+
     # Table 3: objective ablation, with and without weight sharing.
     rows = []
-    for key, stats in sorted(_select(agg), key=lambda kv: (kv[0][0] != "ws", OBJECTIVES.index(kv[0][2]))):
+    for key, stats in sorted(settings, key=lambda kv: (kv[0][0] != "ws", OBJECTIVES.index(kv[0][2]))):
         variant, x, objectives, size = key
         if variant in ("ws", "random"):
             ws = "" if variant == "ws" else ", w/o WS"
             rows.append((f"{objective_label[objectives]}{ws} (X={x}, n={size or 'all'})", stats))
-    if len({(k[0], k[2]) for k, _ in _select(agg) if k[0] in ("ws", "random")}) > 1 and \
-            len({k[2] for k, _ in _select(agg)}) > 1:
+    if len({(k[0], k[2]) for k, _ in settings if k[0] in ("ws", "random")}) > 1 and \
+            len({k[2] for k, _ in settings}) > 1:
         parts.append(_table(f"Table 3 — objective ablation ({metric_name})", rows, langs))
 
     # Table 4: weight sharing against a random decoder of the same shape.
     rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'})", s)
-            for k, s in _select(agg) if k[0] in ("ws", "random")]
-    if {k[0] for k, _ in _select(agg)} >= {"ws", "random"}:
+            for k, s in settings if k[0] in ("ws", "random")]
+    if {k[0] for k, _ in settings} >= {"ws", "random"}:
         parts.append(_table(f"Table 4 — weight sharing vs random decoder ({metric_name})", rows, langs))
 
     # Table 5: BASE-A and BASE-B against the full model.
     rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'})", s)
-            for k, s in _select(agg) if k[0] in ("ws", "no-normal", "duplicate")]
-    if {k[0] for k, _ in _select(agg)} & {"no-normal", "duplicate"}:
+            for k, s in settings if k[0] in ("ws", "no-normal", "duplicate")]
+    if {k[0] for k, _ in settings} & {"no-normal", "duplicate"}:
         parts.append(_table(f"Table 5 — decoder structure ({metric_name})", rows, langs))
 
     # Everything, in one table, so no run is ever left out of the report.
-    rows = [(" / ".join(str(v) if v is not None else "all" for v in k), s) for k, s in _select(agg)]
+    rows = [(" / ".join(str(v) if v is not None else "all" for v in k), s) for k, s in settings]
     parts.append(_table(f"All settings — variant / X / objectives / train size ({metric_name})", rows, langs))
     return "\n".join(parts)
 
