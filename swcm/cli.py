@@ -248,6 +248,14 @@ def _add_adapt(sub) -> None:
     p.add_argument("--extend-vocab", type=int, metavar="N", help="add up to N SentencePiece pieces the tokenizer lacks")
     p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per MLM window (default 128)")
+    p.add_argument("--init", default="focus", choices=("focus", "mean"),
+                   help="new embedding rows: focus (FOCUS: a sparsemax-weighted mean of shared pieces similar in "
+                   "co-occurrence embeddings learnt from the text; default, the better on held-out Dzongkha) or "
+                   "mean (the mean of the piece's decomposition under the old tokenizer)")
+    p.add_argument("--valid-mono", action="append", default=[], metavar="LANG=PATH|PATH",
+                   help="held-out monolingual text, as --mono: coverage and masked-LM loss are reported on it "
+                   "before and after (and every --eval-every steps); repeat")
+    p.add_argument("--eval-every", type=int, help="with --valid-mono: its masked-LM loss every N steps (log.jsonl)")
     _add_training_args(p, max_steps=1000, lr=1e-4, batch_size=16)
     _add_overwrite(p)
     p.set_defaults(func=_adapt)
@@ -266,11 +274,13 @@ def _adapt(args) -> int:
         raise UsageError(f"--extend-vocab must be at least 1, got {args.extend_vocab}")
     if args.max_length < 3:
         raise UsageError(f"--max-length must be at least 3, got {args.max_length}")
-    config = _training_config(args) if args.max_steps > 0 else None
+    every = args.eval_every if args.valid_mono else None
+    config = _training_config(args, eval_every=every) if args.max_steps > 0 else None
     check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder")
     _check_resume(args)
     with output_directory(args.out, "adapt", args.overwrite):
-        report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha, out_dir=args.out)
+        report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha,
+                               out_dir=args.out, init=args.init, valid=args.valid_mono)
     print_report(report)
     return 0
 

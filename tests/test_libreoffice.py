@@ -1,5 +1,6 @@
 """The vendored LibreOffice UI strings: clean, aligned, split without overlap, as SOURCE.md states,
-and ready for the experiment runner."""
+and ready for the experiment runner; and the help corpus with its headline task: aligned by page
+and id, dz only in the Tibetan script, split by page without overlap."""
 
 import importlib.util
 import re
@@ -10,7 +11,8 @@ import pytest
 
 from swcm.data.readers import parse_source_spec, read_records, read_task
 from swcm.experiments import prepare_vendored_data
-from swcm.resources import LIBREOFFICE_LANGS, SPLITS, libreoffice
+from swcm.metrics import letter_scripts
+from swcm.resources import LIBREOFFICE_LANGS, SPLITS, libreoffice, libreoffice_headlines, libreoffice_help
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHERS = [lang for lang in LIBREOFFICE_LANGS if lang != "en"]
@@ -123,9 +125,9 @@ def test_split_keeps_groups_sharing_a_text_together(splits):
     assert tool.split(units, held_out=40) == parts  # deterministic
 
 
-def _stated_counts():
-    """{split: {column: n}} from the table in SOURCE.md."""
-    text = resources.files("swcm.resources").joinpath("libreoffice", "SOURCE.md").read_text(encoding="utf-8")
+def _stated_counts(corpus="libreoffice"):
+    """{split: {column: n}} from the table in the corpus' SOURCE.md."""
+    text = resources.files("swcm.resources").joinpath(corpus, "SOURCE.md").read_text(encoding="utf-8")
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| split |") or line.startswith(tuple(f"| {s} |" for s in SPLITS))]
     header, body = rows[0], rows[1:]
@@ -157,8 +159,111 @@ def test_experiment_data_preparation_writes_readable_files(tmp_path, splits):
         assert {(r["src_lang"], r["tgt_lang"]) for r in records} == {("zh", tgt)}
     pairs = list(read_task(data["train"], "mt"))
     assert len(pairs) == sum(len(set(u["text"]) - {"zh"}) for u in splits["train"] if "zh" in u["text"])
-    assert len(list(read_task(data["valid"], "mt"))) == 4 * len(splits["valid"])
+    assert len(list(read_task(data["valid"], "mt"))) == (len(LIBREOFFICE_LANGS) - 1) * len(splits["valid"])
     for path in data["test"]:
         test = list(read_task(path, "mt"))
         assert len(test) == len(splits["test"]) and len({p.target_lang for p in test}) == 1
         assert [p.source_text for p in test] == [u["text"]["zh"] for u in splits["test"]]
+
+
+# --- the help pages and the headline task ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    return {split: libreoffice_help(split) for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def heads():
+    return {split: libreoffice_headlines(split) for split in SPLITS}
+
+
+def _tibetan(text):
+    counts = letter_scripts(text)
+    return counts["Tibetan"] * 2 > sum(counts.values())
+
+
+def test_no_page_is_in_two_splits(blocks, heads):
+    pages = {split: {r["page"] for r in blocks[split]} | {r["page"] for r in heads[split]} for split in SPLITS}
+    assert not pages["train"] & pages["valid"] and not pages["train"] & pages["test"] and not pages["valid"] & pages["test"]
+    tool = _tool()
+    for split, names in pages.items():
+        assert all(tool.help_split_of(page) == split for page in names)
+
+
+def test_records_are_translations_in_their_script(blocks):
+    for split, records in blocks.items():
+        assert records
+        for r in records:
+            assert set(r["text"]) <= {"en", "zh", "dz"} and "en" in r["text"] and len(r["text"]) >= 2
+            for lang in ("zh", "dz"):
+                if lang in r["text"]:
+                    assert r["text"][lang] != r["text"]["en"]
+            if "dz" in r["text"]:
+                assert _tibetan(r["text"]["dz"]), r
+            assert r["kind"] in ("heading", "paragraph") and r["block"].startswith(("hd_id", "par_id"))
+
+
+def test_held_out_text_is_not_in_train(blocks, heads):
+    train = {(lang, t) for r in blocks["train"] for lang, t in r["text"].items() if lang != "en"}
+    train_docs = {(r["lang"], r["document"]) for r in heads["train"]}
+    for split in ("valid", "test"):
+        assert not {(lang, t) for r in blocks[split] for lang, t in r["text"].items() if lang != "en"} & train
+        assert not {(r["lang"], r["document"]) for r in heads[split]} & train_docs
+
+
+def test_headlines_are_a_sections_heading_and_its_text(heads, blocks):
+    headings = {(r["page"], lang, t) for split in SPLITS for r in blocks[split] if r["kind"] == "heading"
+                for lang, t in r["text"].items()}
+    for split, records in heads.items():
+        assert {r["lang"] for r in records} == {"zh", "dz"}
+        for r in records:
+            assert r["summary"] and r["document"] and r["summary"] != r["document"]
+            if r["lang"] == "dz":
+                assert _tibetan(r["summary"]) and _tibetan(r["document"])
+        # Most summaries are headings of the paragraph corpus (the rest were deduplicated away there).
+        found = sum((r["page"], r["lang"], r["summary"]) in headings for r in records)
+        assert found > 0.6 * len(records)
+
+
+def test_help_page_parser_on_real_markup():
+    page = ('<h1 id="hd_id3157557" dir="auto">Section</h1>\n<p id="par_id3145420" class="paragraph" dir="auto">'
+            '<span class="avis">输入新区域的名称。</span>在默认情况下，LibreOffice 将自动为新区域指定名称「区域 X」。</p>'
+            '<p class="x">no id</p><h2 id="hd_id3151170" dir="auto">དབྱེ་ཚན་གསརཔ།</h2>'
+            '<p id="par_id3143280" class="paragraph" dir="auto">&lt;Server&gt; <p>nested</p> ཨིན།</p>')
+    parser = _tool().HelpBlocks()
+    parser.feed(page)
+    assert parser.blocks == [
+        ("h1", "hd_id3157557", "Section"),
+        ("p", "par_id3145420", "输入新区域的名称。在默认情况下，LibreOffice 将自动为新区域指定名称「区域 X」。"),
+        ("h2", "hd_id3151170", "དབྱེ་ཚན་གསརཔ།"),
+        ("p", "par_id3143280", "<Server> nested ཨིན།"),
+    ]
+
+
+def test_loaders_return_the_counts_source_md_states(blocks, heads):
+    stated = _stated_counts("libreoffice-help")
+    for split in SPLITS:
+        records = blocks[split]
+        measured = {"pages": len({r["page"] for r in records}), "records": len(records),
+                    "zh": sum("zh" in r["text"] for r in records), "dz": sum("dz" in r["text"] for r in records),
+                    "zh-dz": sum({"zh", "dz"} <= set(r["text"]) for r in records),
+                    "dz characters": sum(len(r["text"].get("dz", "")) for r in records),
+                    "headlines zh": sum(r["lang"] == "zh" for r in heads[split]),
+                    "headlines dz": sum(r["lang"] == "dz" for r in heads[split])}
+        assert measured == stated[split], split
+
+
+def test_experiment_data_from_both_corpora_and_the_headline_task(tmp_path, blocks, heads):
+    mt = prepare_vendored_data(["libreoffice", "libreoffice-help"], tmp_path / "mt", targets=["dz"])
+    assert mt["langs"] == ["zh", "dz"] and len(mt["test"]) == 1
+    pairs = list(read_task(mt["test"][0], "mt"))
+    help_pairs = sum({"zh", "dz"} <= set(r["text"]) for r in blocks["test"])
+    assert len(pairs) == 500 + help_pairs and {p.target_lang for p in pairs} == {"dz"}
+    headlines = prepare_vendored_data(["libreoffice", "libreoffice-help"], tmp_path / "sum", targets=["dz"], task="sum")
+    assert headlines["task"] == "sum"
+    test = list(read_task(headlines["test"][0], "sum"))
+    assert len(test) == sum(r["lang"] == "dz" for r in heads["test"])
+    train = list(read_task(headlines["train"], "sum"))
+    assert len(train) == sum(r["lang"] == "dz" for r in heads["train"])

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -72,20 +73,34 @@ def tokenizer_statistics(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str
     """How well `tokenizer` covers `texts`: {"unk_rate", "chars_per_token", "round_trip"}.
 
     unk_rate: share of tokens that are <unk>; chars_per_token: characters per token;
-    round_trip: share of texts that decode back to themselves (whitespace runs as one space).
+    round_trip: share of texts that decode back to themselves exactly (whitespace runs as one
+    space); round_trip_normalised: the same, compared with the text as the tokenizer's own
+    normaliser writes it (XLM-R's NFKC turns a fullwidth "，" into ","): what the tokenizer
+    loses beyond the normalisation it was built with.
     """
-    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    texts = list(texts)
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     tokens = sum(map(len, ids))
     unknown = sum(i == tokenizer.unk_token_id for seq in ids for i in seq)
-    exact = sum(
-        tokenizer.decode(seq, clean_up_tokenization_spaces=False) == " ".join(text.split())
-        for seq, text in zip(ids, texts)
-    )
+    decoded = [tokenizer.decode(seq, clean_up_tokenization_spaces=False) for seq in ids]
+    normalise = _normaliser(tokenizer)
     return {
         "unk_rate": unknown / max(tokens, 1),
         "chars_per_token": sum(map(len, texts)) / max(tokens, 1),
-        "round_trip": exact / max(len(texts), 1),
+        "round_trip": sum(d == " ".join(t.split()) for d, t in zip(decoded, texts)) / max(len(texts), 1),
+        "round_trip_normalised": sum(" ".join(d.split()) == " ".join(normalise(t).split())
+                                     for d, t in zip(decoded, texts)) / max(len(texts), 1),
     }
+
+
+def _normaliser(tokenizer: PreTrainedTokenizerBase):
+    """The tokenizer's own text normalisation (a fast tokenizer's normaliser; else NFKC, what
+    SentencePiece's default nmt_nfkc applies), without its space marker."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = backend.normalizer if backend is not None else None
+    if normalizer is None:
+        return lambda text: unicodedata.normalize("NFKC", text)
+    return lambda text: normalizer.normalize_str(text).replace("\u2581", " ")
 
 
 # --- vocabulary extension --------------------------------------------------------------------
@@ -211,6 +226,81 @@ def _remap_rows(old: torch.Tensor, new_vocab: Mapping[str, int], old_vocab: Mapp
     return rows
 
 
+INITIALISATIONS = ("mean", "focus")
+
+
+@torch.no_grad()
+def auxiliary_embeddings(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], dim: int = 64, window: int = 4,
+                         max_tokens: int = 12_000) -> tuple[dict[int, int], torch.Tensor]:
+    """Static token embeddings learnt from `texts` under `tokenizer`, as FOCUS's auxiliary fastText
+    model is, here by a truncated SVD of the positive PMI of co-occurrences within `window` tokens.
+
+    Returns ({token id: row}, unit-length rows) for the `max_tokens` most frequent tokens.
+    """
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    counts = np.bincount(np.fromiter((i for seq in ids for i in seq), dtype=np.int64), minlength=len(tokenizer))
+    kept = np.argsort(-counts)[:max_tokens]
+    kept = kept[counts[kept] > 1]
+    row = np.full(len(counts), -1, dtype=np.int64)
+    row[kept] = np.arange(len(kept))
+    pairs = []
+    for seq in ids:
+        r = row[np.asarray(seq, dtype=np.int64)] if seq else np.empty(0, dtype=np.int64)
+        for offset in range(1, window + 1):
+            a, b = r[:-offset], r[offset:]
+            both = (a >= 0) & (b >= 0)
+            pairs.append(np.stack([a[both], b[both]]))
+    pairs = torch.from_numpy(np.concatenate(pairs, axis=1))
+    pairs = torch.cat([pairs, pairs.flip(0)], dim=1)  # symmetric window
+    n = len(kept)
+    cooc = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (n, n)).coalesce()
+    (i, j), c = cooc.indices(), cooc.values()
+    marginal = torch.sparse.sum(cooc, dim=1).to_dense()
+    pmi = torch.log(c * c.sum() / (marginal[i] * marginal[j]))
+    keep = pmi > 0
+    ppmi = torch.sparse_coo_tensor(torch.stack([i[keep], j[keep]]), pmi[keep], (n, n)).coalesce()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # svd_lowrank's random projection: the same embeddings every run
+    u, singular, _ = torch.svd_lowrank(ppmi, q=min(dim, n - 1), niter=4)
+    torch.random.set_rng_state(generator_state)
+    vectors = torch.nn.functional.normalize(u * singular.sqrt(), dim=1)
+    return {int(token): k for k, token in enumerate(kept)}, vectors
+
+
+def sparsemax(scores: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over the last dimension (Martins & Astudillo, 2016): the Euclidean projection
+    onto the simplex, which gives most entries exactly zero weight."""
+    z, _ = scores.sort(dim=-1, descending=True)
+    k = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    cumulative = z.cumsum(-1)
+    support = (1 + k * z > cumulative).sum(dim=-1, keepdim=True)
+    tau = (cumulative.gather(-1, support - 1) - 1) / support.to(z.dtype)
+    return (scores - tau).clamp(min=0)
+
+
+@torch.no_grad()
+def focus_rows(old: torch.Tensor, rows: torch.Tensor, new_vocab: Mapping[str, int], old_vocab: Mapping[str, int],
+               new_tokenizer: PreTrainedTokenizerBase, auxiliary: tuple[dict[int, int], torch.Tensor]) -> int:
+    """FOCUS (Dobler & de Melo, 2023) for the new pieces that occur in the text behind
+    `auxiliary` (`auxiliary_embeddings`): each becomes a sparsemax-weighted mean of the old rows
+    of the pieces both vocabularies share, weighted by the similarity of their auxiliary
+    embeddings. Writes into `rows` (indexed by new id); returns how many rows it set."""
+    index, vectors = auxiliary
+    special = set(new_tokenizer.all_special_tokens)
+    shared = [(new_id, old_vocab[t]) for t, new_id in new_vocab.items()
+              if t in old_vocab and t not in special and new_id in index]
+    new = [(t, new_id) for t, new_id in new_vocab.items() if t not in old_vocab and new_id in index]
+    if not shared or not new:
+        return 0
+    shared_vectors = vectors[[index[new_id] for new_id, _ in shared]]
+    shared_rows = old[[old_id for _, old_id in shared]]
+    for start in range(0, len(new), 1024):
+        chunk = new[start : start + 1024]
+        weights = sparsemax(vectors[[index[new_id] for _, new_id in chunk]] @ shared_vectors.T)
+        rows[[new_id for _, new_id in chunk]] = (weights @ shared_rows.float()).to(rows.dtype)
+    return len(new)
+
+
 @torch.no_grad()
 def extend_vocabulary(
     model: PreTrainedModel,
@@ -219,13 +309,19 @@ def extend_vocabulary(
     max_new: int,
     out_dir: str | os.PathLike,
     where: str = "encoder",
+    init: str = "mean",
 ) -> tuple[PreTrainedTokenizerFast, list[str]]:
     """Add up to `max_new` pieces learnt from `texts` to `tokenizer` and grow `model` (a masked LM) in place.
 
-    The extended tokenizer is written to `out_dir`. Each new piece's input-embedding row (and
-    output row and bias, where untied) is the mean over its decomposition under the old
-    tokenizer (`piece_decomposition`). Returns (new tokenizer, the pieces added).
+    The extended tokenizer is written to `out_dir`. `init` sets the new rows of the input
+    embeddings (and of the output layer and bias, where untied): `mean`, the mean over the
+    piece's decomposition under the old tokenizer (`piece_decomposition`; the mean of all rows
+    where every part is <unk>); `focus`, FOCUS's weighted mean of similar shared pieces for the
+    pieces that occur in `texts` (`focus_rows`), the decomposition mean for the rest.
+    Returns (new tokenizer, the pieces added).
     """
+    if init not in INITIALISATIONS:
+        raise ValueError(f"unknown initialisation {init!r} (known: {', '.join(INITIALISATIONS)})")
     if max_new < 1:
         raise ValueError(f"--extend-vocab must be at least 1, got {max_new}")
     proto = sentencepiece_proto(tokenizer, where)
@@ -235,13 +331,21 @@ def extend_vocabulary(
     decomposer = _decomposer(proto)
     decompositions = {piece: piece_decomposition(piece, decomposer, old_vocab) for piece, _ in pieces}
 
+    auxiliary = auxiliary_embeddings(new_tokenizer, texts) if init == "focus" else None
+
+    def remap(old: torch.Tensor) -> torch.Tensor:
+        rows = _remap_rows(old, new_vocab, old_vocab, decompositions)
+        if auxiliary is not None:
+            focus_rows(old, rows, new_vocab, old_vocab, new_tokenizer, auxiliary)
+        return rows
+
     inputs = model.get_input_embeddings()
     output = model.get_output_embeddings()
-    new_inputs = _remap_rows(inputs.weight, new_vocab, old_vocab, decompositions)
+    new_inputs = remap(inputs.weight)
     untied = output is not None and output.weight is not inputs.weight
-    new_outputs = _remap_rows(output.weight, new_vocab, old_vocab, decompositions) if untied else None
+    new_outputs = remap(output.weight) if untied else None
     bias = getattr(output, "bias", None) if output is not None else None
-    new_bias = _remap_rows(bias, new_vocab, old_vocab, decompositions) if bias is not None else None
+    new_bias = remap(bias) if bias is not None else None
 
     model.resize_token_embeddings(len(new_vocab), mean_resizing=False)
     model.get_input_embeddings().weight.copy_(new_inputs)
@@ -294,6 +398,28 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
+@torch.no_grad()
+def mlm_validation_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                        max_length: int = 128, mlm_probability: float = 0.15, batch_size: int = 16) -> float:
+    """The masked-LM loss per masked token on held-out `texts`, packed into windows
+    (`mlm_windows`) and masked the same way at every call (a fixed seed), so that losses of one
+    tokenizer compare across models and steps. A loss under another tokenizer predicts other
+    tokens and does not compare."""
+    windows = mlm_windows(tokenizer, list(texts), max_length)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=0)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        batch = collator([{"input_ids": w} for w in windows[start : start + batch_size]])
+        masked = int((batch["labels"] != -100).sum())
+        if masked:
+            total += float(masked_lm_loss(model, batch)) * masked
+            count += masked
+    model.train(was_training)
+    return total / max(count, 1)
+
+
 def continue_mlm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -302,15 +428,25 @@ def continue_mlm(
     max_length: int = 128,
     alpha: float = 0.3,
     mlm_probability: float = 0.15,
+    valid: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[TrainingResult, dict[str, float]]:
     """Continue masked-LM training of `model` on `texts` ({lang: texts}) with `swcm.training.train`.
 
-    Writes what `train` writes to `config.out_dir` (log.jsonl, checkpoints, final/).
+    With `valid` ({lang: held-out texts}), the masked-LM loss on each language's held-out text
+    (`mlm_validation_loss`) is computed every `config.eval_every` steps and at the end, logged as
+    `loss_<lang>` beside their mean over languages, `loss` (which selects OUT/best). Writes what `train` writes to
+    `config.out_dir` (log.jsonl, checkpoints, final/).
     Returns (the training result, the language sampling probabilities)."""
     count = config.max_steps * config.batch_size * config.grad_accum
     examples, probs = mlm_examples(tokenizer, texts, count, max_length, alpha, config.seed)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
-    return train(model, tokenizer, examples, config, collator, loss_fn=masked_lm_loss), probs
+    evaluate = None
+    if valid:
+        def evaluate(model) -> dict:
+            losses = {f"loss_{lang}": mlm_validation_loss(model, tokenizer, texts, max_length)
+                      for lang, texts in valid.items()}
+            return {"loss": sum(losses.values()) / len(losses), **losses}
+    return train(model, tokenizer, examples, config, collator, evaluate, loss_fn=masked_lm_loss), probs
 
 
 # --- the whole step ------------------------------------------------------------------------------
@@ -324,26 +460,42 @@ def adapt_encoder(
     max_length: int = 128,
     alpha: float = 0.3,
     out_dir: str | os.PathLike | None = None,
+    init: str = "mean",
+    valid: Sequence[str] = (),
 ) -> dict:
     """Adapt `encoder` to the monolingual text of `mono` (`--mono` specs).
 
     With `extend_vocab`, up to that many pieces are added first (the grown model and tokenizer
     go to OUT/extended, which a resumed run reuses). With a training `config`, masked-LM
     training continues into config.out_dir; the adapted encoder is OUT/final. Without one,
-    OUT/final is the extended encoder untrained (`out_dir` names OUT). Writes OUT/adapt.json,
-    the returned report: per language <unk> rate, characters per token and round-trip share
-    before and after, pieces added, whether an MLM head was added, the MLM loss.
+    OUT/final is the extended encoder untrained (`out_dir` names OUT). `init` initialises the
+    new rows (`extend_vocabulary`). `valid` (`--mono`-style specs of held-out text) is scored
+    before and after: the tokenizer statistics, and the masked-LM loss per language of the
+    extended model before training and of the adapted one (`mlm_validation_loss`), beside the
+    original encoder's under its own tokenizer (another token sequence: not comparable).
+    Writes OUT/adapt.json, the returned report: per language <unk> rate, characters per token
+    and round-trip shares before and after, pieces added, whether an MLM head was added, the
+    MLM losses.
     """
     out = Path(config.out_dir if config is not None else out_dir)
     if config is not None and not config.resume and checkpoint_dirs(out):
         # Checked before anything is written: OUT/extended must stay the one those checkpoints grew from.
         raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     texts = read_monolingual(mono)
+    held_out = read_monolingual(valid) if valid else {}
+    scored = held_out or texts  # the statistics: on held-out text where there is some
     model, head_added = load_masked_lm(encoder)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
-    report: dict = {"encoder": str(encoder), "mlm_head_added": head_added,
+    report: dict = {"encoder": str(encoder), "mlm_head_added": head_added, "init": init,
                     "mlm_head_tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
-                    "before": {lang: tokenizer_statistics(tokenizer, t) for lang, t in texts.items()}}
+                    "scored_on": "valid" if held_out else "train",
+                    "before": {lang: tokenizer_statistics(tokenizer, t) for lang, t in scored.items()}}
+
+    def valid_losses() -> dict[str, float]:
+        return {lang: mlm_validation_loss(model, tokenizer, t, max_length) for lang, t in held_out.items()}
+
+    if held_out:
+        report["mlm_valid_loss"] = {"original_tokenizer": valid_losses()}
     if extend_vocab:
         extended = out / "extended"
         report["vocab_before"] = len(tokenizer)
@@ -353,14 +505,18 @@ def adapt_encoder(
         else:
             all_texts = [t for lang_texts in texts.values() for t in lang_texts]
             with tempfile.TemporaryDirectory() as tmp:
-                tokenizer, _ = extend_vocabulary(model, tokenizer, all_texts, extend_vocab, tmp, str(encoder))
+                tokenizer, _ = extend_vocabulary(model, tokenizer, all_texts, extend_vocab, tmp, str(encoder), init)
                 save_model_dir(model, tokenizer, extended)  # while its SentencePiece file exists
             tokenizer = AutoTokenizer.from_pretrained(extended)
         report["pieces_added"] = len(tokenizer) - report["vocab_before"]
         report["vocab_after"] = len(tokenizer)
-        report["after"] = {lang: tokenizer_statistics(tokenizer, t) for lang, t in texts.items()}
+        report["after"] = {lang: tokenizer_statistics(tokenizer, t) for lang, t in scored.items()}
+        if held_out:
+            report["mlm_valid_loss"]["extended_untrained"] = valid_losses()
     if config is not None:
-        result, probs = continue_mlm(model, tokenizer, texts, config, max_length, alpha)
+        result, probs = continue_mlm(model, tokenizer, texts, config, max_length, alpha, valid=held_out)
+        if held_out:
+            report["mlm_valid_loss"]["adapted"] = valid_losses()
         report["sampling"] = probs
         if result.history:
             report["mlm_loss"] = {"first": result.history[0]["loss"], "last": result.history[-1]["loss"]}
@@ -375,16 +531,25 @@ def adapt_encoder(
 def print_report(report: dict, file=None) -> None:
     """The adaptation report as a few readable lines (on `file`, default stdout)."""
     file = file or sys.stdout
+
+    def coverage(stats: dict) -> str:
+        return (f"<unk> {stats['unk_rate']:.1%}, {stats['chars_per_token']:.2f} chars/token, round trip "
+                f"{stats['round_trip_normalised']:.0%} modulo the tokenizer's normalisation ({stats['round_trip']:.0%} exact)")
+
+    print(f"on the {report['scored_on']} text:", file=file)
     for lang, before in report["before"].items():
-        line = f"{lang}: <unk> {before['unk_rate']:.1%}, {before['chars_per_token']:.2f} chars/token, round trip {before['round_trip']:.0%}"
         after = report.get("after", {}).get(lang)
-        if after:
-            line += f" -> <unk> {after['unk_rate']:.1%}, {after['chars_per_token']:.2f} chars/token, round trip {after['round_trip']:.0%}"
-        print(line, file=file)
+        print(f"{lang}: {coverage(before)}" + (f" -> {coverage(after)}" if after else ""), file=file)
     if "pieces_added" in report:
         print(f"vocabulary {report['vocab_before']:,} -> {report['vocab_after']:,} ({report['pieces_added']:,} pieces added)", file=file)
     if report["mlm_head_added"]:
         print("the checkpoint had no MLM head: a new one was added" + (", tied to the input embeddings" if report["mlm_head_tied"] else ""), file=file)
     if "mlm_loss" in report:
         print(f"MLM loss {report['mlm_loss']['first']:.3f} -> {report['mlm_loss']['last']:.3f} in {report['steps']} steps", file=file)
+    for lang in report.get("mlm_valid_loss", {}).get("original_tokenizer", {}):
+        losses = report["mlm_valid_loss"]
+        stages = [(name, losses[key][lang]) for key, name in (("extended_untrained", "extended, untrained"),
+                                                              ("adapted", "adapted")) if key in losses]
+        print(f"{lang} held-out MLM loss: " + ", ".join(f"{name} {value:.3f}" for name, value in stages)
+              + f" (the original encoder: {losses['original_tokenizer'][lang]:.3f} on its own tokens, not comparable)", file=file)
     print(f"adapted encoder: {report['adapted_encoder']} (swcm build --encoder {report['adapted_encoder']} --lm-head mlm)", file=file)

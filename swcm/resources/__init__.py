@@ -1,5 +1,6 @@
-"""Vendored data, aligned across languages: the Universal Declaration of Human Rights, and
-LibreOffice's user-interface strings (see each directory's SOURCE.md)."""
+"""Vendored data, aligned across languages: the Universal Declaration of Human Rights,
+LibreOffice's user-interface strings, and LibreOffice's help pages with a headline-generation
+task made from them (see each directory's SOURCE.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 from importlib import resources
 
 UDHR_LANGS = ("zh", "bo", "ug", "kk", "mn", "en")
-LIBREOFFICE_LANGS = ("zh", "ug", "kk", "mn", "en")
+LIBREOFFICE_LANGS = ("zh", "ug", "kk", "mn", "dz", "en")
+LIBREOFFICE_HELP_LANGS = ("zh", "dz", "en")
 SPLITS = ("train", "valid", "test")
 
 
@@ -30,10 +32,26 @@ def udhr(split: str) -> list[dict]:
 def libreoffice(split: str) -> list[dict]:
     """The LibreOffice UI strings of one split: [{"id": ..., "text": {"en": ..., lang: ...}}, ...].
 
-    Every record has English and at least one of zh, ug, kk, mn; valid and test records have all five.
+    Every record has English and at least one of zh, ug, kk, mn, dz; valid and test records have all six.
     """
     return _units("libreoffice", split, f"{split}.jsonl.gz")
 
 
+def libreoffice_help(split: str) -> list[dict]:
+    """The headings and paragraphs of LibreOffice's help pages in one split, aligned by page and id:
+    [{"id", "page", "block", "kind": "heading"|"paragraph", "text": {"en": ..., "zh"?: ..., "dz"?: ...}}].
+
+    Every record has English and zh or dz (dz only where it is Tibetan script); no page is in two splits.
+    """
+    return _units("libreoffice-help", split, f"{split}.jsonl.gz")
+
+
+def libreoffice_headlines(split: str) -> list[dict]:
+    """Headline generation from the help pages, in swcm's summarisation format: a section's
+    opening text -> its heading, [{"id", "page", "document", "summary", "lang": "zh"|"dz"}]."""
+    return _units("libreoffice-help", split, f"headlines-{split}.jsonl.gz")
+
+
 # name (an experiment's `data:` keyword) -> (languages, reader of one split)
-CORPORA = {"udhr": (UDHR_LANGS, udhr), "libreoffice": (LIBREOFFICE_LANGS, libreoffice)}
+CORPORA = {"udhr": (UDHR_LANGS, udhr), "libreoffice": (LIBREOFFICE_LANGS, libreoffice),
+           "libreoffice-help": (LIBREOFFICE_HELP_LANGS, libreoffice_help)}
