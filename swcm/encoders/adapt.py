@@ -518,8 +518,9 @@ def adapt_encoder(
         if held_out:
             report["mlm_valid_loss"]["adapted"] = valid_losses()
         report["sampling"] = probs
-        if result.history:
-            report["mlm_loss"] = {"first": result.history[0]["loss"], "last": result.history[-1]["loss"]}
+        training = [record["loss"] for record in result.history if "loss" in record]  # not the validation records
+        if training:
+            report["mlm_loss"] = {"first": training[0], "last": training[-1]}
         report["steps"] = result.step
     else:
         save_model_dir(model, tokenizer, out / "final")
