@@ -341,7 +341,8 @@ def _language_list(text: str | None, flag: str = "--langs") -> list[str]:
 def _add_score(sub) -> None:
     p = sub.add_parser(
         "score",
-        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, spBLEU, script rate",
+        help="score predictions against references: ROUGE-L F/P/R, chrF++, BLEU, spBLEU (sacrebleu's, on the "
+        "raw text), their script-aware variants, script rate",
         description="Score plain-text predictions against references (UTF-8, one segment per line, "
         "aligned by line). Tokenisation follows the Unicode script of the references (Han characters, "
         "Tibetan syllables, words elsewhere), so any language scores correctly. All scores on 0-100.",
@@ -351,15 +352,15 @@ def _add_score(sub) -> None:
     p.add_argument("--lang", metavar="L", help="target language code; fixes the target script where the code "
                    "implies one (zh, bo, ug, kk-Arab, mn-Mong, ...), else it is read from the references")
     p.add_argument("--json", action="store_true", help='print one JSON object: {"rougeL": {"f", "p", "r"}, '
-                   '"chrf", "bleu", "spbleu", "script_rate"}; spbleu is null without the FLORES-200 '
-                   'SentencePiece model in sacrebleu\'s cache')
+                   '"chrf", "bleu", "spbleu", "chrf_script", "bleu_script", "script_rate", "signatures"}; '
+                   'spbleu is null without the FLORES-200 SentencePiece model in sacrebleu\'s cache')
     p.set_defaults(func=_score)
 
 
 def _score(args) -> int:
     import json
 
-    from .metrics import COLUMN_HEADERS, bleu_tokenize, flatten_scores, read_segments, score, target_script
+    from .metrics import COLUMN_HEADERS, flatten_scores, read_segments, score
 
     if args.lang is not None:
         _language_list(args.lang, "--lang")
@@ -370,14 +371,15 @@ def _score(args) -> int:
         raise UsageError(f"{args.ref} is empty")
     result = score(predictions, references, args.lang)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("rougeL", "chrf", "bleu", "spbleu", "script_rate")}))
+        print(json.dumps({k: v for k, v in result.items() if k != "n"}, ensure_ascii=False))
         return 0
     row = flatten_scores(result)
-    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate"):
+    for key in ("rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "chrf_script", "bleu_script", "script_rate"):
         value = "     –  (no FLORES-200 SentencePiece model in sacrebleu's cache)" if row[key] is None else f"{row[key]:6.2f}"
-        print(f"{COLUMN_HEADERS[key]:<12} {value}")
-    script = target_script(references, args.lang)
-    print(f"{result['n']} segments; script {script}; BLEU tokenize {bleu_tokenize(script)}")
+        print(f"{COLUMN_HEADERS[key]:<20} {value}")
+    print(f"{result['n']} segments; script {result['script']}; sacrebleu signatures:")
+    for key, signature in result["signatures"].items():
+        print(f"  {COLUMN_HEADERS[key]:<18} {signature}")
     return 0
 
 
@@ -510,7 +512,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--max-target-length", type=int, default=128)
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.add_argument("--eval-every", type=int, default=200, help="validate every N steps")
-    p.add_argument("--metric", default="rougeL_f", choices=["rougeL_f", "loss"], help="selects OUT/best")
+    p.add_argument("--metric", default="rougeL_f", choices=["rougeL_f", "chrf", "loss"],
+                   help="selects OUT/best: ROUGE-L F or chrF++ (sacrebleu's) of validation decoding, averaged over "
+                   "languages, or the validation loss")
     p.add_argument("--patience", type=int, help="stop after N validations without improvement")
     p.add_argument("--max-valid", type=int, default=200, help="validation records generated for, drawn with --seed, "
                    "each language keeping its share (0: all)")
