@@ -283,7 +283,11 @@ def _add_build(sub) -> None:
     p.add_argument("--out", help="output model directory")
     p.add_argument("--insert-every", type=int, default=3, help="X: a Normal layer after every X Custom layers")
     p.add_argument("--variant", default="ws", help="ws | random | no-normal | duplicate")
-    p.add_argument("--lm-head", default="untied", help="untied | tied | mlm")
+    p.add_argument("--lm-head", default="auto", choices=["auto", "untied", "tied", "mlm"],
+                   help="auto (default): the encoder's masked-LM head where the checkpoint has one, else tied to the "
+                   "word embeddings; untied: the paper's random head; tied; mlm: the checkpoint's MLM head, copied")
+    p.add_argument("--encoder-layers", type=int, metavar="N", help="keep only the encoder's first N layers "
+                   "(default: all); build's collapse diagnostic suggests N where the top layers are collapsed")
     p.add_argument("--langs", help="comma-separated language codes to add tags for, e.g. zh,bo,ug")
     p.add_argument("--dropout", type=float, help="hidden and attention dropout of the whole model (default: the "
                    "encoder's, e.g. 0.1; 0 learns faster in runs shorter than an epoch)")
@@ -304,11 +308,12 @@ def _build(args) -> int:
         check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder", weights=not args.dry_run)
     if args.dry_run:
         config = load_encoder_config(args.encoder_config or args.encoder)
-        report = dry_run_report(config, args.insert_every, args.variant, args.lm_head)
+        report = dry_run_report(config, args.insert_every, args.variant, args.lm_head, args.encoder_layers, args.encoder)
         if args.json:
             print(json.dumps(report))
         else:
             print(f"decoder plan ({len(report['layers'])} layers): " + " ".join(k[0].upper() for k in report["layers"]))
+            print(f"encoder layers {report['encoder_layers']}; head {report['lm_head']}")
             print(f"parameters: {report['parameters']:,} (decoder {report['decoder_parameters']:,})")
         return 0
     if args.encoder is None or args.out is None:
@@ -316,15 +321,18 @@ def _build(args) -> int:
     langs = _language_list(args.langs)
     with output_directory(args.out, "build", args.overwrite):
         report = build_model_dir(args.encoder, args.out, args.insert_every, args.variant, args.lm_head, langs,
-                                 args.dropout)
+                                 args.dropout, args.encoder_layers)
     print(json.dumps(report) if args.json else f"wrote {args.out}: {report['parameters']:,} parameters, "
-          f"decoder plan " + " ".join(k[0].upper() for k in report["layers"]))
+          f"{report['encoder_layers']} encoder layers, decoder plan " + " ".join(k[0].upper() for k in report["layers"])
+          + f", head {report['lm_head']}")
     if not args.json:
         from .diagnostics import similarity_summary
 
         print("mean pairwise cosine of hidden states (UDHR sample; near 1 = collapsed):")
         for line in similarity_summary(report["hidden_state_similarity"]):
             print(f"  {line}")
+        if report["advice"]:
+            print(report["advice"])
     return 0
 
 
