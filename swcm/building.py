@@ -11,9 +11,9 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from .configuration import SWCMConfig, check_encoder_config
-from .diagnostics import hidden_state_similarity, sample_pairs
+from .diagnostics import cut_advice, hidden_state_similarity, sample_pairs
 from .io import read_json_object, save_model_dir
-from .modeling import SWCMForConditionalGeneration, count_parameters
+from .modeling import SWCMForConditionalGeneration, check_kept_layers, count_parameters
 from .tokenization import add_language_tags
 
 
@@ -35,9 +35,43 @@ def load_encoder_config(path: str | os.PathLike) -> PretrainedConfig:
     return config
 
 
-def dry_run_report(encoder_config: PretrainedConfig, insert_every: int = 3, variant: str = "ws", lm_head: str = "untied") -> dict:
-    """Build on the meta device (nothing allocated) and report the plan and parameter counts."""
-    config = SWCMConfig(encoder=encoder_config.to_dict(), insert_every=insert_every, variant=variant, lm_head=lm_head)
+_MLM_HEAD_KEYS = ("lm_head.", "cls.")  # XLM-R / RoBERTa, BERT
+
+
+def checkpoint_has_mlm_head(encoder: str | os.PathLike | None) -> bool:
+    """Whether the encoder directory's weights hold a masked-LM head, read from the key names
+    of its safetensors files (headers only) or PyTorch file (memory-mapped). False without a
+    directory or weights: what `lm_head="auto"` resolves to "tied"."""
+    if encoder is None or not Path(encoder).is_dir():
+        return False
+    folder = Path(encoder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        keys = list(read_json_object(index).get("weight_map", {}))
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(folder / "model.safetensors", framework="pt") as f:
+            keys = list(f.keys())
+    elif (folder / "pytorch_model.bin").is_file():
+        keys = list(torch.load(folder / "pytorch_model.bin", map_location="meta", mmap=True, weights_only=True))
+    else:
+        return False
+    return any(k.startswith(_MLM_HEAD_KEYS) for k in keys)
+
+
+def dry_run_report(encoder_config: PretrainedConfig, insert_every: int = 3, variant: str = "ws", lm_head: str = "auto",
+                   encoder_layers: int | None = None, encoder: str | os.PathLike | None = None) -> dict:
+    """Build on the meta device (nothing allocated) and report the plan, head and parameter
+    counts. `lm_head="auto"` is resolved from the weights of the `encoder` directory when one
+    is given (`checkpoint_has_mlm_head`), else as for a checkpoint without an MLM head."""
+    encoder_dict = encoder_config.to_dict()
+    if encoder_layers is not None:
+        check_kept_layers(encoder_layers, encoder_dict["num_hidden_layers"], str(encoder or "encoder"))
+        encoder_dict["num_hidden_layers"] = encoder_layers
+    if lm_head == "auto":
+        lm_head = "mlm" if checkpoint_has_mlm_head(encoder) else "tied"
+    config = SWCMConfig(encoder=encoder_dict, insert_every=insert_every, variant=variant, lm_head=lm_head)
     with torch.device("meta"):
         model = SWCMForConditionalGeneration(config)
     return _report(model)
@@ -46,6 +80,8 @@ def dry_run_report(encoder_config: PretrainedConfig, insert_every: int = 3, vari
 def _report(model: SWCMForConditionalGeneration) -> dict:
     return {
         "layers": list(model.config.decoder_layer_types),
+        "encoder_layers": model.config.encoder.num_hidden_layers,
+        "lm_head": model.config.lm_head,
         "parameters": count_parameters(model),
         "decoder_parameters": count_parameters(model.decoder),
     }
@@ -75,15 +111,19 @@ def build_model_dir(
     out_dir: str | os.PathLike,
     insert_every: int = 3,
     variant: str = "ws",
-    lm_head: str = "untied",
+    lm_head: str = "auto",
     langs: list[str] | None = None,
     dropout: float | None = None,
+    encoder_layers: int | None = None,
 ) -> dict:
-    """Build from `encoder`, add language tags for `langs`, save model + tokenizer to `out_dir`.
+    """Build from `encoder` (its first `encoder_layers` layers; None: all), add language tags
+    for `langs`, save model + tokenizer to `out_dir` (`SWCMForConditionalGeneration.from_encoder`).
 
-    The report holds the plan, parameter counts and, under "hidden_state_similarity", the
-    collapse diagnostic per layer on UDHR sample text (`swcm.diagnostics`)."""
-    model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head, dropout)
+    The report holds the plan, the head chosen, parameter counts, under
+    "hidden_state_similarity" the collapse diagnostic per layer on UDHR sample text, and under
+    "advice" a cut to suggest where the encoder's top layers are collapsed, else None
+    (`swcm.diagnostics`)."""
+    model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head, dropout, encoder_layers)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     # Inputs longer than the position table cannot be encoded: make truncation default to it.
     max_positions = model.config.encoder.max_position_embeddings - model.position_offset
@@ -92,4 +132,5 @@ def build_model_dir(
     if langs:
         add_language_tags(model, tokenizer, langs)
     save_model_dir(model, tokenizer, out_dir)
-    return {**_report(model), "hidden_state_similarity": hidden_state_similarity(model, tokenizer, sample_pairs())}
+    similarity = hidden_state_similarity(model, tokenizer, sample_pairs())
+    return {**_report(model), "hidden_state_similarity": similarity, "advice": cut_advice(similarity["encoder"])}

@@ -86,6 +86,39 @@ def hidden_state_similarity(
     }
 
 
+# Above this mean pairwise cosine a layer's token states count as collapsed. multilingual-e5-small
+# on the UDHR sample: layers 1-11 at 0.12-0.39, its top layer at 0.77; a decoder copied from its
+# first 3 layers learnt faster than one copied from all 12 (docs/ws-on-e5.md).
+COLLAPSED = 0.7
+
+
+def collapsed_top(values: list[float], threshold: float = COLLAPSED) -> int | None:
+    """The 0-based index of the lowest layer of the run of top layers whose mean cosine is above
+    `threshold`; None when the top layer is not above it."""
+    first = len(values)
+    while first > 0 and values[first - 1] > threshold:
+        first -= 1
+    return first if first < len(values) else None
+
+
+def cut_advice(encoder_values: list[float], threshold: float = COLLAPSED) -> str | None:
+    """One line suggesting `--encoder-layers` when the encoder's top layers are collapsed
+    (`collapsed_top`), e.g. "encoder layers 10–12 are collapsed (mean cosine 0.91–0.98 > 0.7):
+    a decoder copied from them starts collapsed; consider --encoder-layers 9 (or fewer)";
+    None when they are not."""
+    first = collapsed_top(encoder_values, threshold)
+    if first is None:
+        return None
+    n = len(encoder_values)
+    top = encoder_values[first:]
+    layers = f"encoder layer {n} is" if first == n - 1 else f"encoder layers {first + 1}–{n} are"
+    cosine = f"{top[0]:.2f}" if len(top) == 1 else f"{min(top):.2f}–{max(top):.2f}"
+    head = f"{layers} collapsed (mean cosine {cosine} > {threshold}): a decoder copied from {'it' if len(top) == 1 else 'them'} starts collapsed; "
+    if first == 0:
+        return head + "continued masked-LM training (swcm adapt) may spread them"
+    return head + f"consider --encoder-layers {first} (or fewer; on multilingual-e5-small 3 of 12 measured best)"
+
+
 def similarity_summary(similarity: dict[str, list[float]], shown: int = 6) -> list[str]:
     """One short line per stack: "decoder: L1 0.20 · L6 0.45 · … · L15 0.97", at most `shown`
     layers evenly spaced, the first and the last always among them."""

@@ -2,8 +2,9 @@
 
 `evaluate_model` is `swcm evaluate`: for every test file it writes the predictions
 (OUT/predictions/<file stem>.jsonl, the input records with a "prediction" field), scores all
-of them one language at a time (`swcm.metrics.evaluate_predictions`: ROUGE-L F/P/R, chrF++,
-BLEU, spBLEU, script rate) and writes OUT/results.json and OUT/results.md, a table shaped like the
+of them one language at a time (`swcm.metrics.evaluate_predictions`: ROUGE-L F/P/R, sacrebleu's
+chrF++, BLEU and spBLEU with their signatures, the script-aware chrF++ and BLEU, script rate) and
+writes OUT/results.json and OUT/results.md, a table shaped like the
 paper's Tables 1 and 2. For cross-lingual transfer (Table 2: fine-tuned on Chinese, evaluated on
 Tibetan, Uyghur, Kazakh and Mongolian) `transfer_from` records the fine-tuning language and
 titles the table accordingly; the script rate shows how much of each output is in the target
@@ -26,8 +27,10 @@ from .generation import generate_file, load_generator
 from .languages import language_convention
 from .io import atomic_text_file
 
-# The paper's table shape: language, ROUGE-L F/P/R, then chrF++, BLEU, spBLEU, script rate and size.
-RESULT_COLUMNS = ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate", "n")
+# The paper's table shape: language, ROUGE-L F/P/R, then sacrebleu's chrF++, BLEU and spBLEU, the
+# script-aware chrF++ and BLEU, script rate and size.
+RESULT_COLUMNS = ("lang", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "chrf_script", "bleu_script",
+                  "script_rate", "n")
 TASK_NAMES = {"sum": "summarisation", "mrc": "reading comprehension", "mt": "translation"}
 
 
@@ -85,8 +88,8 @@ def evaluate_model(
     `swcm.generation.generate_sequences` (batch_size, max_new_tokens, num_beams, …).
 
     Writes OUT/predictions/<stem>.jsonl, OUT/results.json ({"model", "task", "transfer_from",
-    "test_files", "languages", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows:
-    {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu", "script_rate", "n"}.
+    "test_files", "languages", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows
+    (`swcm.metrics.evaluate_predictions`'s, sacrebleu's signatures under "signatures").
     """
     if not test_files:
         raise ValueError("no test files")

@@ -3,8 +3,8 @@
 Task files are read and validated by `swcm.data.readers`; each record becomes one
 token-level example (source → target, the target language's tag first). Training is
 `swcm.training.train`; every `eval_every` steps the validation hook generates for the
-validation set and scores it (ROUGE-L F averaged over languages, and the validation loss),
-which selects the best checkpoint (OUT/best) and drives early stopping.
+validation set and scores it (ROUGE-L F and sacrebleu's chrF++, each averaged over languages, and
+the validation loss); the chosen one selects the best checkpoint (OUT/best) and drives early stopping.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .modeling import SWCMForConditionalGeneration
 from .tokenization import add_language_tags
 from .training import TrainingConfig, TrainingResult, distributed_state, train
 
-EVAL_METRICS = ("rougeL_f", "loss")
+EVAL_METRICS = ("rougeL_f", "chrf", "loss")  # what the validation hook returns; `metric` picks one
 
 
 @dataclass
@@ -94,12 +94,13 @@ def _subset(records: list[TextPair], n: int | None, seed: int, what: str) -> lis
 
 
 def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, batch_size: int = 16, seed: int = 0):
-    """An `evaluate(model) -> {"rougeL_f", "loss"}` hook over validation records.
+    """An `evaluate(model) -> {"rougeL_f", "chrf", "loss"}` hook over validation records.
 
     At most `settings.max_valid_examples` records are used, drawn with `seed`, stratified by
     language (not the first N: on a file sorted by language that would be one language).
-    ROUGE-L F is scored per target language and averaged over languages, so a large
-    language does not drown the others; the loss is the mean token cross-entropy.
+    ROUGE-L F and chrF++ (sacrebleu's, on the raw text) are scored per target language and
+    averaged over languages, so a large language does not drown the others; the loss is the
+    mean token cross-entropy.
     """
     records = by_language_sample(list(records), settings.max_valid_examples, seed)
     examples = encode_records(tokenizer, records, settings, "validation data")
@@ -122,7 +123,8 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
             [{"prediction": p, "reference": r.target_text, "lang": r.target_lang} for r, p in zip(records, predictions)],
             reference_field="reference", lang_field="lang",
         )
-        return {"rougeL_f": sum(row["rougeL_f"] for row in rows) / len(rows), "loss": total / max(count, 1)}
+        means = {key: sum(row[key] for row in rows) / len(rows) for key in ("rougeL_f", "chrf")}
+        return {**means, "loss": total / max(count, 1)}
 
     return evaluate
 

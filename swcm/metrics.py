@@ -1,9 +1,14 @@
 """Metrics that work for any script: ROUGE-L, chrF++, BLEU, spBLEU and script rate.
 
-Google's `rouge-score` tokenizer keeps only [a-z0-9], so Chinese, Tibetan, Uyghur, Kazakh
-and Mongolian text all score 0. Here the scoring is done by the same libraries
-(`rouge-score`, `sacrebleu`), fed with a tokenisation chosen by the Unicode script of the
-text itself, so a language the tool has never heard of still scores correctly:
+chrF++ and BLEU are sacrebleu's standard corpus scores on the raw text, so they sit beside
+published FLORES/NLLB figures: chrF++ is `CHRF(word_order=2)`; BLEU tokenizes with sacrebleu's
+choice for the target, "zh" for Chinese (Han script) and its default "13a" otherwise. Each
+row records sacrebleu's signature of both. spBLEU is BLEU on FLORES-200 SentencePiece pieces.
+
+ROUGE-L has no standard for these scripts: Google's `rouge-score` tokenizer keeps only
+[a-z0-9], so Chinese, Tibetan, Uyghur, Kazakh and Mongolian text all score 0. Here it is
+computed by `rouge-score` on a tokenisation chosen by the Unicode script of the text itself,
+so a language the tool has never heard of still scores correctly:
 
 - Scripts written without spaces between words are split into characters, one token per
   letter with the combining marks (vowel signs, tone marks) that follow it: Han (character-level ROUGE
@@ -17,6 +22,11 @@ text itself, so a language the tool has never heard of still scores correctly:
 - Text is NFKC-normalised and lower-cased, so case, full-width forms and Arabic
   presentation forms do not count as errors. On plain English the tokens are exactly
   `rouge-score`'s own.
+
+The same tokens give the script-aware variants `chrf_script` and `bleu_script`: chrF++ and
+BLEU with words that mean something in unspaced scripts (Tibetan syllables, characters),
+punctuation left out. They are not comparable with published chrF++/BLEU and carry their own
+names.
 
 All scores are on 0-100.
 """
@@ -44,9 +54,8 @@ _TOKEN_RE = regex.compile(
     rf"[[{_CHARACTER_CLASS}]&&\w]\p{{M}}*|[[\w\u180E]--[\p{{Pc}}{_CHARACTER_CLASS}]]+", regex.V1
 )
 
-# Scripts whose text has no usable word spacing: BLEU and chrF++ word n-grams are computed
-# on the metric tokens (Tibetan syllables, characters) joined by spaces. Han uses sacrebleu's
-# own "zh" tokenizer for BLEU, the standard for published Chinese BLEU.
+# Scripts whose text has no usable word spacing: the script-aware BLEU and chrF++ take their
+# words from the metric tokens (Tibetan syllables, characters) joined by spaces.
 _UNSPACED_SCRIPTS = frozenset({"Tibetan", *CHARACTER_SCRIPTS})
 
 # ISO 15924 code → Unicode script name (the Script property values of Scripts.txt, Unicode
@@ -201,12 +210,20 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> dict[str, 
 
 
 def bleu_tokenize(script: str) -> str:
-    """The sacrebleu tokenizer BLEU uses for a script.
+    """The sacrebleu tokenizer of the standard BLEU for text in `script`: "zh" for Han (what
+    sacrebleu picks for Chinese targets), else its default "13a". (For Japanese and Korean
+    sacrebleu picks "ja-mecab" / "ko-mecab", which need MeCab; swcm does not install it, so
+    compare spBLEU there.)"""
+    return "zh" if script == "Han" else "13a"
 
-    Han: "zh" (characters; sacrebleu's standard for Chinese). Other scripts without word
-    spacing (Tibetan, kana): "none", on text pre-split by `tokenize_for_metrics`. Latin or no
-    letters: "13a" (the WMT standard). Every other script: "intl", which also splits off
-    non-ASCII punctuation such as the Arabic comma ، that "13a" would glue to words.
+
+def script_bleu_tokenize(script: str) -> str:
+    """The sacrebleu tokenizer of the script-aware BLEU (`bleu_script`) for a script.
+
+    Han: "zh" on the raw text, as the standard BLEU. Other scripts without word spacing
+    (Tibetan, kana, Thai, ...): "none", on text pre-split by `tokenize_for_metrics`. Latin or no
+    letters: "13a". Every other script: "intl", which also splits off non-ASCII punctuation
+    such as the Arabic comma ، that "13a" would glue to words.
     """
     if script == "Han":
         return "zh"
@@ -216,9 +233,9 @@ def bleu_tokenize(script: str) -> str:
 
 
 def _words_for_sacrebleu(texts: Sequence[str], script: str) -> list[str]:
-    # chrF++ word n-grams and BLEU need words; for unspaced scripts they are the metric
-    # tokens (characters, syllables). chrF's character n-grams ignore spaces, so this only
-    # drops the punctuation from them.
+    # The script-aware chrF++ word n-grams and BLEU need words; for unspaced scripts they are
+    # the metric tokens (characters, syllables). chrF's character n-grams ignore spaces, so
+    # this only drops the punctuation from them.
     if script in _UNSPACED_SCRIPTS:
         return [" ".join(tokenize_for_metrics(t)) for t in texts]
     return list(texts)
@@ -232,37 +249,63 @@ def spbleu_model_path() -> str:
     return os.path.join(tokenizer_spm.SACREBLEU_DIR, "models", os.path.basename(tokenizer_spm.SPM_MODELS["flores200"]["url"]))
 
 
-def spbleu(predictions: Sequence[str], references: Sequence[str]) -> float | None:
+def spbleu(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, str] | None:
     """Corpus spBLEU: sacrebleu's BLEU on FLORES-200 SentencePiece pieces (tokenize="flores200"),
     the BLEU that low-resource MT papers report, one tokenisation for every language.
+    Returns (score, sacrebleu's signature).
 
     None when the model is not in sacrebleu's cache (`spbleu_model_path()`): sacrebleu would
     download it, and nothing here downloads at run time. Fetch it once where you are online:
     `python -c "from sacrebleu.tokenizers.tokenizer_spm import Flores200Tokenizer as T; T()"`.
     """
-    from sacrebleu.metrics import BLEU
-
     _check_pairs(predictions, references)
     if not os.path.isfile(spbleu_model_path()):
         return None
-    return min(100.0, BLEU(tokenize="flores200").corpus_score(list(predictions), [list(references)]).score)
+    return _bleu(predictions, references, "flores200")
 
 
-def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str) -> dict[str, float | None]:
-    """Corpus chrF++, BLEU and spBLEU (sacrebleu) for text in `script`:
-    {"chrf": ..., "bleu": ..., "spbleu": ... or None (see `spbleu`)}."""
-    from sacrebleu.metrics import BLEU, CHRF
+def _bleu(predictions: Sequence[str], references: Sequence[str], tokenize: str) -> tuple[float, str]:
+    """sacrebleu's corpus BLEU and its signature."""
+    from sacrebleu.metrics import BLEU
 
+    metric = BLEU(tokenize=tokenize)
+    # exp(log p) puts a perfect BLEU a rounding error above 100.
+    score = min(100.0, metric.corpus_score(list(predictions), [list(references)]).score)
+    return score, metric.get_signature().format()
+
+
+def _chrf(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+    """sacrebleu's corpus chrF++ (character 6-grams and word bigrams) and its signature."""
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF(word_order=2)
+    return metric.corpus_score(list(predictions), [list(references)]).score, metric.get_signature().format()
+
+
+def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str) -> dict:
+    """Corpus chrF++, BLEU and spBLEU (sacrebleu) for text in `script`, with their signatures:
+    {"chrf", "bleu", "spbleu" (None, see `spbleu`), "chrf_script", "bleu_script",
+    "signatures": {"chrf", "bleu", "spbleu" (where scored), "bleu_script"}}.
+
+    "chrf" and "bleu" are the standard scores on the raw text (see the module docstring);
+    "chrf_script" and "bleu_script" the script-aware ones, on the metric tokens."""
     _check_pairs(predictions, references)
-    hyps = _words_for_sacrebleu(predictions, script)
-    refs = _words_for_sacrebleu(references, script)
-    tokenize = bleu_tokenize(script)
-    bleu_hyps, bleu_refs = (predictions, references) if tokenize == "zh" else (hyps, refs)
+    chrf, chrf_signature = _chrf(predictions, references)
+    bleu, bleu_signature = _bleu(predictions, references, bleu_tokenize(script))
+    tokenize = script_bleu_tokenize(script)
+    hyps, refs = _words_for_sacrebleu(predictions, script), _words_for_sacrebleu(references, script)
+    bleu_script, script_signature = _bleu(*((predictions, references) if tokenize == "zh" else (hyps, refs)), tokenize)
+    sp = spbleu(predictions, references)
+    signatures = {"chrf": chrf_signature, "bleu": bleu_signature, "bleu_script": script_signature}
+    if sp is not None:
+        signatures["spbleu"] = sp[1]
     return {
-        "chrf": CHRF(word_order=2).corpus_score(hyps, [refs]).score,
-        # exp(log p) puts a perfect BLEU a rounding error above 100.
-        "bleu": min(100.0, BLEU(tokenize=tokenize).corpus_score(list(bleu_hyps), [list(bleu_refs)]).score),
-        "spbleu": spbleu(predictions, references),
+        "chrf": chrf,
+        "bleu": bleu,
+        "spbleu": None if sp is None else sp[0],
+        "chrf_script": _chrf(hyps, refs)[0],
+        "bleu_script": bleu_script,
+        "signatures": signatures,
     }
 
 
@@ -293,15 +336,18 @@ def score(predictions: Sequence[str], references: Sequence[str], lang: str | Non
 
     `lang` (optional) fixes the target script where the code implies one (see
     `script_for_lang`); otherwise it comes from the references. Returns
-    {"rougeL": {"f", "p", "r"}, "chrf", "bleu", "spbleu", "script_rate", "n"}, scores on 0-100
-    (spbleu None when its SentencePiece model is not at hand, see `spbleu`).
+    {"script", "rougeL": {"f", "p", "r"}, "chrf", "bleu", "spbleu", "chrf_script", "bleu_script",
+    "signatures", "script_rate", "n"}, "script" the script scored in (`target_script`), scores on 0-100 (spbleu None when its SentencePiece model
+    is not at hand, see `spbleu`; the rest as `chrf_bleu`).
     Raises ValueError when the lists differ in length or are empty.
     """
     predictions, references = list(predictions), list(references)
     _check_pairs(predictions, references)
+    script = target_script(references, lang)
     return {
+        "script": script,
         "rougeL": rouge_l(predictions, references),
-        **chrf_bleu(predictions, references, target_script(references, lang)),
+        **chrf_bleu(predictions, references, script),
         "script_rate": script_rate(predictions, references, lang),
         "n": len(predictions),
     }
@@ -333,9 +379,10 @@ def read_segments(path: str | os.PathLike) -> list[str]:
 
 
 def flatten_scores(scores: dict) -> dict:
-    """`score()`'s result as one flat row: rougeL_f, rougeL_p, rougeL_r, chrf, bleu, spbleu, script_rate, n."""
-    row = {f"rougeL_{k}": v for k, v in scores["rougeL"].items()}
-    row.update({k: v for k, v in scores.items() if k != "rougeL"})
+    """`score()`'s result as one flat row: "rougeL" becomes rougeL_f, rougeL_p, rougeL_r in its place."""
+    row = {}
+    for key, value in scores.items():
+        row.update({f"rougeL_{k}": v for k, v in value.items()} if key == "rougeL" else {key: value})
     return row
 
 
@@ -352,7 +399,8 @@ def evaluate_predictions(
     `records` are dicts holding a prediction, a reference and a language code (e.g. the
     `swcm generate` output of a task file). Returns one row per language, in order of first
     appearance: {"lang", "script", "rougeL_f", "rougeL_p", "rougeL_r", "chrf", "bleu", "spbleu",
-    "script_rate", "n"}, where "script" is the script the language was scored in. A record
+    "chrf_script", "bleu_script", "signatures", "script_rate", "n"}, where "script" is the script
+    the language was scored in and "signatures" sacrebleu's signatures (see `chrf_bleu`). A record
     missing a field raises ValueError naming `source` (a file name) and its line.
     """
     groups: dict[str, tuple[list[str], list[str]]] = {}
@@ -366,7 +414,7 @@ def evaluate_predictions(
     if not groups:
         raise ValueError(f"{source or 'records'}: nothing to evaluate")
     return [
-        {"lang": lang, "script": target_script(refs, lang), **flatten_scores(score(preds, refs, lang))}
+        {"lang": lang, **flatten_scores(score(preds, refs, lang))}
         for lang, (preds, refs) in groups.items()
     ]
 
@@ -380,10 +428,13 @@ COLUMN_HEADERS = {
     "chrf": "chrF++",
     "bleu": "BLEU",
     "spbleu": "spBLEU",
+    "chrf_script": "script-aware chrF++",
+    "bleu_script": "script-aware BLEU",
     "script_rate": "script rate",
     "n": "n",
 }
-# The paper's table shape: ROUGE-L F/P/R, then the translation metrics and script rate.
+# The paper's table shape: ROUGE-L F/P/R, then the translation metrics (sacrebleu's, then the
+# script-aware variants) and script rate.
 METRIC_COLUMNS = tuple(COLUMN_HEADERS)
 
 

@@ -16,6 +16,7 @@ are computed once, in a transformers `EncoderDecoderCache`.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.bart.modeling_bart import shift_tokens_right  # labels → decoder inputs, as BART
 
-from .configuration import SWCMConfig, check_encoder_config
+from .configuration import LM_HEADS, SWCMConfig, check_encoder_config
 
 
 @torch.no_grad()
@@ -244,6 +245,23 @@ def _causal_mask(cache_position: torch.Tensor, padding_mask: torch.Tensor | None
     return mask
 
 
+_LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
+
+
+def check_kept_layers(layers: int, total: int, where: str = "encoder") -> None:
+    """ValueError naming `where` unless an encoder of `total` layers can keep its first `layers`."""
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+        raise ValueError(f"{where}: cannot keep {layers} of its {total} layers")
+
+
+def first_layers_state(state: dict[str, torch.Tensor], layers: int, total: int, where: str = "encoder") -> dict[str, torch.Tensor]:
+    """An encoder's (or masked LM's) state dict without the tensors of its layers `layers` and
+    above: what an encoder cut to its first `layers` of `total` layers holds. Embeddings and any
+    masked-LM head stay. ValueError naming `where` unless 1 <= layers <= total."""
+    check_kept_layers(layers, total, where)
+    return {k: v for k, v in state.items() if (m := _LAYER_KEY.search(k)) is None or int(m.group(2)) < layers}
+
+
 class MLMHead(nn.Module):
     """The encoder's masked-LM head layout: dense → activation → LayerNorm → Linear(H, V)."""
 
@@ -332,45 +350,57 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         encoder: str | os.PathLike | PreTrainedModel,
         insert_every: int = 3,
         variant: str = "ws",
-        lm_head: str = "untied",
+        lm_head: str = "auto",
         dropout: float | None = None,
+        encoder_layers: int | None = None,
     ) -> "SWCMForConditionalGeneration":
         """Build an SWCM model from a pretrained encoder (a local directory, hub id or model).
 
         The encoder's weights are loaded unchanged; every Custom layer is copied from its
-        source encoder layer (not for `variant="random"`); Normal layers and the untied head
-        are random. `lm_head="mlm"` copies the checkpoint's masked-LM head and fails with a
-        one-line error when the checkpoint has none. `dropout` replaces the encoder config's
-        hidden and attention dropout for the whole model (None: keep the encoder's).
+        source encoder layer (not for `variant="random"`); Normal layers are random.
+        `lm_head`: "auto" copies the checkpoint's masked-LM head where it has one and ties the
+        head to the word embeddings where it has none (what measured best for `ws`,
+        docs/ws-on-e5.md); "untied" is the paper's random head; "tied"; "mlm" copies the
+        masked-LM head and fails with a one-line error when the checkpoint has none. The
+        model's config holds the head chosen. `encoder_layers` keeps only the encoder's first N
+        layers (None: all), before the decoder is planned. `dropout` replaces the encoder
+        config's hidden and attention dropout for the whole model (None: keep the encoder's).
         """
+        if lm_head not in (*LM_HEADS, "auto"):
+            raise ValueError(f"unknown lm_head {lm_head!r}; expected one of auto, {', '.join(LM_HEADS)}")
         if dropout is not None and not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         masked_lm = None
         if isinstance(encoder, PreTrainedModel):
-            check_encoder_config(encoder.config, type(encoder).__name__)
+            where = type(encoder).__name__
+            check_encoder_config(encoder.config, where)
             if hasattr(encoder, "lm_head") or hasattr(encoder, "cls"):
                 masked_lm, encoder = encoder, encoder.base_model
             encoder_model = encoder
         else:
             where = str(encoder)
             check_encoder_config(AutoConfig.from_pretrained(encoder), where)
-            if lm_head == "mlm":
+            if lm_head in ("mlm", "auto"):
                 masked_lm, info = AutoModelForMaskedLM.from_pretrained(encoder, output_loading_info=True)
-                missing = [k for k in info["missing_keys"] if k.startswith(("lm_head", "cls."))]
-                if missing:
-                    raise ValueError(f"{where}: lm_head='mlm' needs a masked-LM head, but the checkpoint has none")
                 encoder_model = masked_lm.base_model
+                if any(k.startswith(("lm_head", "cls.")) for k in info["missing_keys"]):
+                    masked_lm = None  # a head made up by transformers, not the checkpoint's
             else:
                 encoder_model = AutoModel.from_pretrained(encoder, add_pooling_layer=False)
         if lm_head == "mlm" and masked_lm is None:
-            raise ValueError(f"{type(encoder).__name__}: lm_head='mlm' needs a masked-LM model, got a bare encoder")
+            raise ValueError(f"{where}: lm_head='mlm' needs a masked-LM head, but the checkpoint has none")
+        if lm_head == "auto":
+            lm_head = "mlm" if masked_lm is not None else "tied"
 
         encoder_config = encoder_model.config.to_dict()
+        state = {k: v for k, v in encoder_model.state_dict().items() if not k.startswith("pooler.")}
+        if encoder_layers is not None:
+            state = first_layers_state(state, encoder_layers, encoder_config["num_hidden_layers"], where)
+            encoder_config["num_hidden_layers"] = encoder_layers
         if dropout is not None:
             encoder_config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
         config = SWCMConfig(encoder=encoder_config, insert_every=insert_every, variant=variant, lm_head=lm_head)
         model = cls(config).to(encoder_model.dtype)
-        state = {k: v for k, v in encoder_model.state_dict().items() if not k.startswith("pooler.")}
         model.encoder.load_state_dict(state)
         for layer, source in zip(model.decoder.layers, config.decoder_layer_sources):
             if source is not None:

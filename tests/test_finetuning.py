@@ -71,6 +71,29 @@ def test_finetune_translation_learns_and_keeps_the_best(model_dir, tmp_path, cap
         assert len(tokenizer) == model.get_input_embeddings().num_embeddings
 
 
+def test_finetune_may_keep_the_best_by_chrf(model_dir, tmp_path, capsys):
+    """--metric chrf: OUT/best is the evaluation with the highest sacrebleu chrF++ (raw text,
+    averaged over languages) of validation decoding."""
+    from sacrebleu.metrics import CHRF
+
+    train = write_mt(tmp_path / "train.jsonl", "train", limit=8)
+    valid = write_mt(tmp_path / "valid.jsonl", "valid", limit=3)
+    out = tmp_path / "ft"
+    assert cli(["finetune", "--task", "mt", "--model", str(model_dir), "--train", str(train), "--valid", str(valid),
+                "--out", str(out), "--max-steps", "20", "--batch-size", "8", "--lr", "3e-3", "--eval-every", "10",
+                "--max-new-tokens", "8", "--no-progress", "--metric", "chrf", "--max-target-length", "32"]) == 0
+    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval_chrf" in r]
+    best = max(evals, key=lambda r: (r["eval_chrf"], -r["step"]))
+    assert f"best chrf {best['eval_chrf']:.4g} at step {best['step']}" in capsys.readouterr().out
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(out / "best").eval(), AutoTokenizer.from_pretrained(out / "best")
+    records = [json.loads(line) for line in valid.read_text(encoding="utf-8").splitlines()]
+    predictions = generate_texts(model, tokenizer, [r["src"] for r in records], [r["tgt_lang"] for r in records],
+                                 max_new_tokens=8, batch_size=8, progress=False)  # batched as validation was
+    chrf = [CHRF(word_order=2).corpus_score([p for p, r in zip(predictions, records) if r["tgt_lang"] == lang],
+                                            [[r["tgt"] for r in records if r["tgt_lang"] == lang]]).score for lang in TARGETS]
+    assert best["eval_chrf"] == pytest.approx(sum(chrf) / len(chrf), abs=1e-9)
+
+
 def test_finetune_rejects_bad_records_with_file_and_line(model_dir, tmp_path, capsys):
     train = write_mt(tmp_path / "train.jsonl", "train", limit=2)
     with open(train, "a", encoding="utf-8") as f:

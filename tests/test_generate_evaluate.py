@@ -203,7 +203,8 @@ def test_evaluate_two_files_two_languages_gives_a_row_per_language(model_dir, tm
                  "--out", str(out), "--transfer-from", "zh", "--num-beams", "2", *FAST]) == 0
     printed = capsys.readouterr().out
     assert "Cross-lingual transfer (summarisation): fine-tuned on zh, evaluated on kk" in printed
-    assert "| language | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | spBLEU | script rate | n |" in printed
+    assert ("| language | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | spBLEU | script-aware chrF++ "
+            "| script-aware BLEU | script rate | n |") in printed
     assert "\n| zh |" in printed and "\n| kk |" in printed
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -220,6 +221,8 @@ def test_evaluate_two_files_two_languages_gives_a_row_per_language(model_dir, tm
         expected = score([r["prediction"] for r in predicted], [r["summary"] for r in predicted], lang)
         assert row["rougeL_f"] == pytest.approx(expected["rougeL"]["f"]) and row["chrf"] == pytest.approx(expected["chrf"])
         assert row["script_rate"] == pytest.approx(expected["script_rate"])
+        assert row["signatures"] == expected["signatures"]  # sacrebleu's, e.g. "nrefs:1|...|tok:zh|..."
+        assert "nw:2" in row["signatures"]["chrf"] and f"tok:{'zh' if lang == 'zh' else '13a'}|" in row["signatures"]["bleu"]
         assert row["rougeL_p"] > 20 and row["script_rate"] > 60
 
 

@@ -1,4 +1,5 @@
-"""Metrics on real UDHR text: script detection, script-aware ROUGE-L, chrF++/BLEU, script rate, `swcm score`."""
+"""Metrics on real UDHR text: script detection, script-aware ROUGE-L, sacrebleu's chrF++/BLEU and the
+script-aware variants, script rate, `swcm score`."""
 
 from __future__ import annotations
 
@@ -172,7 +173,9 @@ def test_scripts_without_spaces_are_split_into_characters(lang):
     assert rouge_l([prediction], [text]) == pytest.approx(
         {"f": 100 * 2 * (n - 1) / (2 * n - 1), "p": 100.0, "r": 100 * (n - 1) / n})
     result = score([text], [text], lang)
-    assert result["chrf"] == pytest.approx(100.0) and result["bleu"] == pytest.approx(100.0)
+    assert result["chrf"] == result["chrf_script"] == pytest.approx(100.0) and result["bleu_script"] == pytest.approx(100.0)
+    # sacrebleu's BLEU reads a sentence without spaces as a few long "words": under four, no 4-grams, 0.
+    assert result["bleu"] == (pytest.approx(100.0) if len(text.split()) >= 4 else 0.0)
 
 
 def test_thai_and_myanmar_marks_stay_with_their_letter():
@@ -216,6 +219,45 @@ def test_a_wrong_prediction_scores_below_a_partly_right_one(lang):
     assert wrong["rougeL"]["f"] < partly["rougeL"]["f"] < 100
 
 
+def half_right(refs: list[str]) -> list[str]:
+    """Predictions whose first half is the reference's and second half another reference's."""
+    shifted = refs[1:] + refs[:1]
+    return [ref[: len(ref) // 2] + shifted[i][len(shifted[i]) // 2:] for i, ref in enumerate(refs)]
+
+
+@pytest.mark.parametrize("lang, tokenize", [("bo", "13a"), ("zh", "zh"), ("ug", "13a")])
+def test_chrf_and_bleu_are_sacrebleus_standard_scores_on_the_raw_text(lang, tokenize):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    refs = texts(lang)
+    predictions = half_right(refs)
+    chrf, bleu = CHRF(word_order=2), BLEU(tokenize=tokenize)
+    result = score(predictions, refs, lang)
+    assert result["chrf"] == chrf.corpus_score(predictions, [refs]).score
+    assert result["bleu"] == bleu.corpus_score(predictions, [refs]).score
+    assert result["signatures"]["chrf"] == chrf.get_signature().format()  # nrefs:1|case:mixed|...|nw:2|...
+    assert result["signatures"]["bleu"] == bleu.get_signature().format() and f"tok:{tokenize}|" in result["signatures"]["bleu"]
+    assert "spbleu" not in result["signatures"]  # not scored: no FLORES-200 model here
+
+
+@pytest.mark.parametrize("lang, tokenize", [("bo", "none"), ("zh", "zh")])
+def test_the_script_aware_variants_have_names_of_their_own(lang, tokenize):
+    """Unspaced scripts: on syllables / characters without punctuation, not sacrebleu's chrF++."""
+    refs = texts(lang)
+    predictions = half_right(refs)
+    result = score(predictions, refs, lang)
+    words = lambda lines: [" ".join(tokenize_for_metrics(line)) for line in lines]  # noqa: E731
+    from sacrebleu.metrics import CHRF
+
+    assert result["chrf_script"] == CHRF(word_order=2).corpus_score(words(predictions), [words(refs)]).score
+    assert result["chrf_script"] != pytest.approx(result["chrf"])
+    assert f"tok:{tokenize}|" in result["signatures"]["bleu_script"]
+    if lang == "bo":  # Tibetan: syllable BLEU, far from 13a's whitespace "words" (whole phrases)
+        assert result["bleu_script"] > result["bleu"] + 5
+    else:  # Chinese: BLEU on characters either way
+        assert result["bleu_script"] == result["bleu"]
+
+
 @pytest.fixture
 def flores200_stand_in(tmp_path, monkeypatch):
     """sacrebleu's cache holding a SentencePiece model where its FLORES-200 model would be: the
@@ -247,6 +289,7 @@ def test_spbleu_is_bleu_on_the_sentencepiece_pieces(flores200_stand_in, lang):
     expected = BLEU(tokenize="none").corpus_score(pieces(halves), [pieces(refs)]).score
     result = score(halves, refs, lang)
     assert result["spbleu"] == pytest.approx(expected) and 0 < expected < 100
+    assert "tok:flores200|" in result["signatures"]["spbleu"]
     assert score(shifted, refs, lang)["spbleu"] < result["spbleu"] < score(refs, refs, lang)["spbleu"] == 100.0
     assert evaluate_predictions(
         [{"p": h, "r": r, "l": lang} for h, r in zip(halves, refs)], reference_field="r", lang_field="l",
@@ -289,10 +332,11 @@ def test_evaluate_predictions_one_row_per_language_in_order():
 
     table = markdown_table(rows)
     lines = table.splitlines()
-    assert lines[0] == "| language | script | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | spBLEU | script rate | n |"
-    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"  # spBLEU: no model here
-    assert lines[3] == "| zh | Han | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | – | 100.00 | 9 |"
-    assert len(lines) == 2 + len(rows) and len(METRIC_COLUMNS) == 10
+    assert lines[0] == ("| language | script | ROUGE-L F | ROUGE-L P | ROUGE-L R | chrF++ | BLEU | spBLEU "
+                        "| script-aware chrF++ | script-aware BLEU | script rate | n |")
+    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"  # spBLEU: no model here
+    assert lines[3] == "| zh | Han | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | – | 100.00 | 100.00 | 100.00 | 9 |"
+    assert len(lines) == 2 + len(rows) and len(METRIC_COLUMNS) == 12
 
     with pytest.raises(ValueError, match='^test.jsonl:2: missing field "tgt_lang"$'):
         evaluate_predictions([records[0], {"tgt": "x", "prediction": "y"}], reference_field="tgt",
@@ -321,12 +365,13 @@ def test_cli_score_json(tmp_path, capsys):
     assert len(out.strip().splitlines()) == 1
     printed = json.loads(out)
     expected = score(texts("zh"), texts("bo"), "bo")
-    assert printed == {k: expected[k] for k in ("rougeL", "chrf", "bleu", "spbleu", "script_rate")}
-    assert printed["script_rate"] == 0.0
+    assert printed == {k: v for k, v in expected.items() if k != "n"}
+    assert printed["script_rate"] == 0.0 and printed["script"] == "Tibetan" and "nw:2" in printed["signatures"]["chrf"]
 
     assert main(["score", "--pred", ref, "--ref", ref]) == 0
     out = capsys.readouterr().out
     assert "ROUGE-L F" in out and "100.00" in out and "script Tibetan" in out
+    assert "script-aware chrF++" in out and "tok:13a|" in out
 
 
 def test_cli_score_errors(tmp_path, capsys):

@@ -175,11 +175,15 @@ def test_dry_run_reports_the_published_size(tmp_path, capsys):
         "model_type": "xlm-roberta", "vocab_size": 135135, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1,
     }))
-    assert cli(["build", "--encoder-config", str(cfg), "--dry-run", "--json"]) == 0
+    assert cli(["build", "--encoder-config", str(cfg), "--dry-run", "--json", "--lm-head", "untied"]) == 0  # the paper's head
     report = json.loads(capsys.readouterr().out)
     assert report["layers"] == ["custom"] * 3 + ["normal"] + ["custom"] * 3 + ["normal"] + ["custom"] * 3 + ["normal"] + ["custom"] * 3
     assert abs(report["parameters"] - 491.6e6) <= 0.002 * 491.6e6
     assert 0 < report["decoder_parameters"] < report["parameters"]
+    # The default head, auto, is tied for a config alone (no checkpoint to copy an MLM head from).
+    assert cli(["build", "--encoder-config", str(cfg), "--dry-run", "--json"]) == 0
+    tied = json.loads(capsys.readouterr().out)
+    assert tied["lm_head"] == "tied" and tied["parameters"] == report["parameters"] - 135135 * 768
     assert cli(["build", "--encoder-config", str(cfg), "--dry-run", "--json", "--insert-every", "0"]) == 2
     assert "insert_every" in capsys.readouterr().err
 
@@ -273,7 +277,7 @@ def test_mlm_head_missing_is_a_clear_error(tiny_encoder_dir, tmp_path):
 
 
 def test_language_tags_resize_and_force_the_first_token(tiny_encoder_dir, tmp_path):
-    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir).eval()
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir, lm_head="untied").eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     old_rows = model.get_input_embeddings().weight.detach().clone()
     ids = add_language_tags(model, tokenizer, LANGS)

@@ -192,7 +192,9 @@ def test_no_weight_decay_on_biases_and_layer_norms(model_and_batch):
     assert all(n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n for n in not_decayed)
     assert "decoder.layers.0.self_attn_layer_norm.weight" in not_decayed
     assert "encoder.encoder.layer.0.attention.output.LayerNorm.weight" in not_decayed
-    assert "lm_head.weight" in decayed and "decoder.layers.0.ffn_a.intermediate.weight" in decayed
+    assert "decoder.layers.0.ffn_a.intermediate.weight" in decayed
+    # the default head on this encoder is its MLM head (dense → LayerNorm → decoder Linear)
+    assert "lm_head.decoder.weight" in decayed and "lm_head.layer_norm.weight" in not_decayed
 
 
 # --- the loop ----------------------------------------------------------------------------
