@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import AutoTokenizer
 
 from swcm.cli import main
-from swcm.data.examples import ExampleEncoder
 from swcm.fast_generation import FastSWCM
 from swcm.generation import generate_sequences, load_generator
 from swcm.io import save_model_dir
@@ -21,22 +20,14 @@ LANGS = ["zh", "ug", "kk", "mn", "en"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_encoder_dir):
+def trained(tiny_encoder_dir, teach_to_echo):
     """A tiny SWCM model (decoder C C N C C) taught for a few steps to echo UDHR sentences, so
     that it ends its outputs with </s> at different lengths, as a real model does."""
     torch.manual_seed(0)
     model = SWCMForConditionalGeneration.from_encoder(str(tiny_encoder_dir), insert_every=2, lm_head="tied")
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     add_language_tags(model, tokenizer, LANGS)
-    encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=8)
-    batch = DataCollatorForSeq2Seq(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
-                                               for u in udhr("test") for lang in LANGS])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(40):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    teach_to_echo(model, tokenizer, LANGS, steps=40)
     return model.eval(), tokenizer
 
 
