@@ -221,10 +221,11 @@ class _DecodeState:
         if self.length < capacity:
             return
         grown = []
-        for keys, values in self.self_kv:
-            new_k, new_v = keys.new_empty(*keys.shape[:2], 2 * capacity, keys.shape[3]), values.new_empty(*values.shape[:2], 2 * capacity, values.shape[3])
-            new_k[:, :, :capacity], new_v[:, :, :capacity] = keys, values
-            grown.append((new_k, new_v))
+        for pair in self.self_kv:
+            new_pair = tuple(x.new_empty(x.shape[0], x.shape[1], 2 * capacity, x.shape[3]) for x in pair)
+            for new, old in zip(new_pair, pair):
+                new[:, :, :capacity] = old
+            grown.append(new_pair)
         self.self_kv = grown
 
     def reorder(self, rows: torch.Tensor) -> None:
