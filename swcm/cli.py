@@ -638,6 +638,11 @@ def _add_generation_args(p) -> None:
     g.add_argument("--top-p", type=float, metavar="P", help="sampling: nucleus probability mass")
     g.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
     g.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (sampling)")
+    g.add_argument("--engine", default="transformers", choices=["transformers", "fast"],
+                   help="transformers: model.generate() (default; any model); fast: swcm's lean decoding loop for SWCM "
+                   "models, greedy or beam search, the same outputs in float32, faster on a CPU")
+    g.add_argument("--quantize", default="none", choices=["none", "int8"],
+                   help="int8: int8 weights in every linear layer and the head (--engine fast, CPU; float32 otherwise)")
 
 
 def _generation_options(args) -> dict:
@@ -651,6 +656,10 @@ def _generation_options(args) -> dict:
     sampling = {k: getattr(args, k) for k in ("top_k", "top_p", "temperature") if getattr(args, k) is not None}
     if sampling and not args.do_sample:
         raise UsageError("--top-k, --top-p and --temperature need --do-sample")
+    if args.engine == "fast" and args.do_sample:
+        raise UsageError("--engine fast decodes greedily or by beam search; sampling needs --engine transformers")
+    if args.quantize != "none" and args.engine != "fast":
+        raise UsageError(f"--quantize {args.quantize} needs --engine fast")
     options = {"batch_size": args.batch_size, "max_source_length": args.max_source_length,
                "max_new_tokens": args.max_new_tokens, "progress": not args.no_progress, **sampling}
     for key in ("num_beams", "num_return_sequences", "length_penalty", "no_repeat_ngram_size"):
@@ -707,7 +716,7 @@ def _generate(args) -> int:
     check_model_dir(args.model, seq2seq_model_types(), "an encoder-decoder model")
     check_output_file(args.output, args.overwrite, is_own=_is_prediction_file)
     start = time.perf_counter()
-    model, tokenizer = load_generator(args.model, args.device, args.dtype)
+    model, tokenizer = load_generator(args.model, args.device, args.dtype, args.engine, args.quantize)
     languages = language_convention(model, tokenizer, language_options["lang_codes"], language_options["source_prefix"])
     set_seed(args.seed)
     problems = Problems()
@@ -772,7 +781,7 @@ def _evaluate(args) -> int:
         rows = evaluate_model(
             args.model, args.task, args.test, args.out, fields=fields, tgt_lang=args.tgt_lang,
             transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record,
-            **language_options, **options,
+            engine=args.engine, quantize=args.quantize, **language_options, **options,
         )
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")

@@ -74,6 +74,8 @@ def evaluate_model(
     on_bad_record: str = "error",
     lang_codes: Mapping[str, str] | None = None,
     source_prefix: str | None = None,
+    engine: str = "transformers",
+    quantize: str | None = None,
     **generate_options,
 ) -> list[dict]:
     """Generate for every test file with the model in `model_dir` and score one language at a time.
@@ -84,7 +86,8 @@ def evaluate_model(
     rows are per language over all files, in order of first appearance. `transfer_from` names
     the language the model was fine-tuned on (cross-lingual transfer). `lang_codes` (language
     code → the model's code, e.g. {"bo": "bod_Tibt"}) and `source_prefix` adapt the model
-    family's language convention (`swcm.languages.language_convention`). `generate_options` go to
+    family's language convention (`swcm.languages.language_convention`). `engine` and `quantize`
+    choose the decoding engine (`swcm.generation.load_generator`). `generate_options` go to
     `swcm.generation.generate_sequences` (batch_size, max_new_tokens, num_beams, …).
 
     Writes OUT/predictions/<stem>.jsonl, OUT/results.json ({"model", "task", "transfer_from",
@@ -95,7 +98,7 @@ def evaluate_model(
         raise ValueError("no test files")
     out = Path(out_dir)
     outputs = prediction_paths(test_files, out)
-    model, tokenizer = load_generator(model_dir, device, dtype)
+    model, tokenizer = load_generator(model_dir, device, dtype, engine, quantize)
     languages = language_convention(model, tokenizer, lang_codes, source_prefix)
     scored: list[dict] = []
     files = []
@@ -110,7 +113,10 @@ def evaluate_model(
     rows = evaluate_predictions(scored, reference_field="reference", lang_field="lang")
     results = {
         "model": str(model_dir), "task": task, "transfer_from": transfer_from, "test_files": files,
-        "languages": languages.describe(), "generation": {k: v for k, v in generate_options.items() if k != "progress"}, "rows": rows,
+        "languages": languages.describe(),
+        "generation": {**{k: v for k, v in generate_options.items() if k != "progress"}, "engine": engine,
+                       "quantize": quantize or "none"},
+        "rows": rows,
     }
     with atomic_text_file(out / "results.json") as f:
         f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")

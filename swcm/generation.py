@@ -122,7 +122,8 @@ def generate_texts(model, tokenizer, sources: Sequence[str], target_langs: Seque
     return [seqs[0] for seqs in generate_sequences(model, tokenizer, sources, target_langs, **kwargs)]
 
 
-def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
+def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "auto",
+                   engine: str = "transformers", quantize: str | None = None):
     """Load a saved model directory for generation: (model in eval mode on `device`, tokenizer).
 
     `device` defaults to "cuda" when a GPU is visible, else "cpu". `dtype` ("float32",
@@ -130,8 +131,14 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
     the device runs it fast and float32 elsewhere (`swcm.precision.resolve_dtype`). Any transformers seq2seq
     model directory works (the baselines: NLLB-200, M2M-100, mBART-50, mT5, Marian); SWCM
     models load through the Auto classes `swcm` registers.
+
+    `engine="fast"` (SWCM models only) returns the model wrapped in `swcm.fast_generation.FastSWCM`,
+    which decodes greedily or by beam search with the same outputs, faster on a CPU;
+    `quantize="int8"` (with it, on the CPU) decodes with int8 weights, loading the model in float32.
     """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from .fast_generation import FastSWCM, check_engine
 
     from . import modeling  # noqa: F401  (importing swcm registers SWCM with the Auto classes)
 
@@ -140,9 +147,14 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    check_engine(engine, quantize, device, dtype)
+    if quantize == "int8":
+        dtype = "float32"  # int8 weights are quantised from float32 ones; activations stay float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, device)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    if engine == "fast":
+        model = FastSWCM(model, quantize)
     return model, tokenizer
 
 

@@ -5,8 +5,9 @@ import os
 
 import pytest
 import torch
-from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+from transformers import DataCollatorForSeq2Seq, XLMRobertaConfig, XLMRobertaForMaskedLM
 
+from swcm.data.examples import ExampleEncoder
 from swcm.resources import udhr
 from swcm.encoders.tiny_encoder import train_tokenizer
 
@@ -70,3 +71,24 @@ def tiny_bert_dir(tmp_path_factory):
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def teach_to_echo():
+    """A function that trains an SWCM model in place, `steps` AdamW steps at lr 1e-2 on one batch,
+    to echo the start of the UDHR test sentences in `langs` (source = target, the language's tag
+    forced), so that what a tiny model generates depends on its input and ends with </s>."""
+
+    def teach(model, tokenizer, langs, steps):
+        encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=8)
+        batch = DataCollatorForSeq2Seq(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
+                                                   for u in udhr("test") for lang in langs])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(steps):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model
+
+    return teach

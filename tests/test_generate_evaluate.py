@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import AutoTokenizer
 
 from swcm.cli import main
-from swcm.data.examples import ExampleEncoder, pair_separator
+from swcm.data.examples import pair_separator
 from swcm.data.readers import read_task
 from swcm.metrics import score
 from swcm.generation import generate_sequences, generate_texts, load_generator, read_task_inputs
@@ -23,7 +23,7 @@ FAST = ["--max-new-tokens", "6", "--no-progress", "--device", "cpu", "--dtype", 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_encoder_dir, tmp_path_factory):
+def model_dir(tiny_encoder_dir, tmp_path_factory, teach_to_echo):
     """A tiny SWCM model taught for a few steps to echo the start of UDHR sentences in every
     language, so that what it generates depends on its input (a random one says the same
     thing whatever it reads, and could not tell a mixed-up order)."""
@@ -31,15 +31,7 @@ def model_dir(tiny_encoder_dir, tmp_path_factory):
     model = SWCMForConditionalGeneration.from_encoder(str(tiny_encoder_dir))
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     add_language_tags(model, tokenizer, LANGS)
-    encoder = ExampleEncoder(tokenizer, max_source_length=16, max_target_length=8)
-    batch = DataCollatorForSeq2Seq(tokenizer)([encoder.encode(u["text"][lang], u["text"][lang], lang)
-                                        for u in udhr("test") for lang in LANGS])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(60):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    teach_to_echo(model, tokenizer, LANGS, steps=60)
     return save_model_dir(model, tokenizer, tmp_path_factory.mktemp("swcm") / "model")
 
 
