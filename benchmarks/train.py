@@ -35,6 +35,7 @@ from swcm.training import parameter_groups, training_loss
 
 SHAPES = {  # hidden, layers, heads, FFN, vocabulary
     "small": (256, 6, 4, 1024, 16000),
+    "demo": (384, 3, 12, 1536, 17000),  # the demo's e5-small cut to 3 layers, vocabulary trimmed to ~17k
     "base": (768, 12, 12, 3072, 135135),  # CINO-base-v2 / XLM-R base
 }
 # Dense bf16 peaks (TFLOP/s) of common GPUs, for MFU; --peak-tflops for any other.
@@ -126,7 +127,7 @@ def timed(step, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="small", help="small (default) or base (XLM-R base)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small", help="small (default), demo or base (XLM-R base)")
     parser.add_argument("--vocab-size", type=int, help="override the shape's vocabulary")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--source-length", type=int, default=64)

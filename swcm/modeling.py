@@ -215,9 +215,9 @@ class SWCMDecoder(nn.Module):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         causal = decoder_attention_mask is None and past == 0
         self_mask = None if causal else _causal_mask(cache_position, decoder_attention_mask, past + hidden_states.shape[1])
-        cross_mask = None
-        if encoder_attention_mask is not None and not bool(encoder_attention_mask.all()):
-            cross_mask = encoder_attention_mask[:, None, None, :].bool()
+        # The source mask is passed as it is, even when it hides nothing: asking would be a
+        # host-device sync in every forward (and a torch.compile graph break).
+        cross_mask = encoder_attention_mask[:, None, None, :].bool() if encoder_attention_mask is not None else None
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
@@ -451,13 +451,22 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         cache_position: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
+        skip_logits: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Standard seq2seq forward. `labels` (−100 = ignored) give the mean cross-entropy
         loss and, when `decoder_input_ids` is absent, are shifted right behind
-        `decoder_start_token_id` to make it. `num_items_in_batch` (passed by transformers'
-        Trainer) makes the loss the token sum divided by it instead of the mean. `cache` is
-        transformers 5's name for `past_key_values` (generate() passes it so)."""
+        `decoder_start_token_id` to make it. Two loss keywords: `label_smoothing` (ε, default 0)
+        and `num_items_in_batch` (passed by transformers' Trainer), which makes the loss the token
+        sum divided by it instead of the mean; neither is a named parameter, since the Trainer
+        takes every parameter whose name holds "label" for a label column. `cache` is
+        transformers 5's name for `past_key_values` (generate() passes it so).
+
+        With labels the head runs on the labelled positions for the loss; `skip_logits=True`
+        (Liger-Kernel's name, which transformers' Trainer passes too) leaves out the other
+        positions and the B×T×V logits (`logits` is then None), as a training step that reads
+        only the loss wants. By default logits are returned, except in transformers' Trainer's
+        training step (training mode and `num_items_in_batch` given), which reads only the loss."""
         if cache is not None:
             past_key_values = cache
         if labels is not None and decoder_input_ids is None:
@@ -496,16 +505,26 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
             past_key_values,
             cache_position,
         )
-        logits = self.lm_head(hidden_states)
-
+        num_items_in_batch = kwargs.get("num_items_in_batch")
+        if skip_logits is None:
+            skip_logits = self.training and num_items_in_batch is not None
         loss = None
-        if labels is not None:
-            loss = seq2seq_loss(logits, labels)
-            num_items_in_batch = kwargs.get("num_items_in_batch")
-            if num_items_in_batch is not None:
-                # transformers' Trainer under gradient accumulation: normalise by the target
-                # tokens of the whole optimizer step, not by this micro-batch's.
-                loss = loss * (labels != -100).sum() / num_items_in_batch
+        if labels is None:
+            logits = None if skip_logits else self.lm_head(hidden_states)
+        else:
+            labelled = labels != -100
+            positions = labelled.nonzero(as_tuple=True)  # N of them: the loss's one host-device sync
+            rows = self.lm_head(hidden_states[positions])  # the labelled positions' logits, N × V
+            # transformers' Trainer under gradient accumulation normalises by the target tokens
+            # of the whole optimizer step, not by this micro-batch's.
+            loss = token_cross_entropy(rows, labels[positions], kwargs.get("label_smoothing", 0.0)) / (
+                num_items_in_batch if num_items_in_batch is not None else rows.shape[0]
+            )
+            logits = None
+            if not skip_logits:  # built from the same rows: the loss has the same bits either way
+                rest = (~labelled).nonzero(as_tuple=True)
+                logits = rows.new_empty(*labels.shape, rows.shape[-1])
+                logits = logits.index_put(positions, rows).index_put(rest, self.lm_head(hidden_states[rest]))
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
@@ -519,12 +538,52 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
 _CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
-def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean token cross-entropy over labels != −100, optionally label-smoothed (in float32)."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-        ignore_index=-100, label_smoothing=label_smoothing,
-    )
+# Rows of logits upcast to float32 at a time by `token_cross_entropy`: 64 MiB of float32 each.
+CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 24
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The summed cross-entropy of N × V `logits` (any float dtype) against N `targets`, as
+    `F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=…)` gives it,
+    without holding a float32 copy of `logits`: float32 is computed a chunk of rows at a time,
+    in the forward and again in the backward, and only `logits` itself is kept for the gradient."""
+    return _TokenCrossEntropy.apply(logits, targets, label_smoothing)
+
+
+class _TokenCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        ctx.save_for_backward(logits, targets)
+        ctx.label_smoothing = label_smoothing
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for rows in _chunks(logits.shape):
+            total += F.cross_entropy(logits[rows].float(), targets[rows], reduction="sum", label_smoothing=label_smoothing)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total: torch.Tensor):
+        logits, targets = ctx.saved_tensors
+        smoothing, vocab = ctx.label_smoothing, logits.shape[-1]
+        chunks = _chunks(logits.shape)
+        grad = None if len(chunks) == 1 else torch.empty_like(logits)
+        for rows in chunks:
+            # d/dlogits of (1 − ε)·(−log p_target) + ε·mean_j(−log p_j) = p − (1 − ε)·onehot − ε/V
+            part = torch.softmax(logits[rows].float(), dim=-1)
+            if smoothing:
+                part.sub_(smoothing / vocab)
+            part[torch.arange(part.shape[0], device=part.device), targets[rows]] -= 1.0 - smoothing
+            part.mul_(grad_total)
+            if grad is None:
+                grad = part.to(logits.dtype)  # one chunk: no second N × V buffer when dtypes agree
+            else:
+                grad[rows] = part
+        return grad, None, None
+
+
+def _chunks(shape: torch.Size) -> list[slice]:
+    step = max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // shape[-1])
+    return [slice(start, start + step) for start in range(0, shape[0], step)]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -59,7 +59,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .io import atomic_directory, save_tokenizer
-from .modeling import seq2seq_loss
 from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_precision
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -241,11 +240,11 @@ def training_loss(
     the label shift.
     """
     decoder_input_ids = scheduled_sampling_inputs(model, batch, ratio, unwrapped)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        decoder_input_ids=decoder_input_ids, use_cache=False,
-    ).logits
-    return seq2seq_loss(logits, batch["labels"], label_smoothing), decoder_input_ids
+    loss = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids,
+        labels=batch["labels"], label_smoothing=label_smoothing, skip_logits=True, use_cache=False,
+    ).loss  # the head on the labelled positions only, no B×T×V logits
+    return loss, decoder_input_ids
 
 
 # --- optimiser ---------------------------------------------------------------------------
@@ -263,6 +262,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
         {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
+
+
+def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
+    """AdamW over `groups`, fused (one kernel for all parameters instead of a loop over
+    tensors) where this torch has the kernel for the parameters' device — CUDA, and the CPU
+    from torch 2.4 — else torch's default implementation."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except RuntimeError:  # "`fused=True` requires all the params to be … of supported devices"
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
@@ -718,14 +727,15 @@ def train(
         load_model_weights(model, resume_from)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # fused: one kernel for all parameters (CPU and GPU) instead of a loop over tensors.
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=True)
+    # The optimizer is built on the prepared model: its parameters on their device (fused AdamW
+    # wants them there), wrapped or sharded as they will train.
+    model = accelerator.prepare(model)
+    unwrapped = accelerator.unwrap_model(model)
+    optimizer = accelerator.prepare(adamw(parameter_groups(unwrapped, config.weight_decay), config.lr))
     scheduler = _scheduler(optimizer, config)  # stepped once per optimizer step, on every rank
-    model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.gradient_accumulation_steps != config.grad_accum:  # a DeepSpeed config set its own
         raise ValueError(f"the DeepSpeed configuration accumulates {accelerator.gradient_accumulation_steps} micro-batches "
                          f"but grad_accum is {config.grad_accum}; set one value in both")
-    unwrapped = accelerator.unwrap_model(model)
     world = 1 if sharded else accelerator.num_processes
     cursor = _DataCursor(examples, config.seed, config.shuffle, config.group_by_length,
                          config.max_tokens and config.max_tokens * world)
@@ -829,7 +839,10 @@ def train(
                     loss, _ = training_loss(model, batch, ratio, config.label_smoothing, unwrapped)
                 else:
                     loss = loss_fn(model, batch)
-                loss = loss * count  # the mean over the micro-batch's target tokens, as a sum
+                # the mean over the micro-batch's target tokens, as a sum; a micro-batch without
+                # any (possible in adapt's MLM windows) has a NaN mean and adds nothing: zero loss,
+                # zero gradient (it still runs, so that DDP's ranks stay in step)
+                loss = torch.where(count > 0, loss * count, 0.0)
                 accelerator.backward(loss * scale)
             loss_sum += loss.detach()
             tokens += batch["attention_mask"].sum() + count

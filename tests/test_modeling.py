@@ -357,3 +357,68 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_encoder_dir, token
     model(**batch, labels=batch["input_ids"]).loss.backward()
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, plain[n], atol=1e-5), n
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_the_label_positions_loss_equals_cross_entropy_over_the_full_logits(tiny_encoder_dir, tokenizer, label_smoothing):
+    """The training path (head on the labelled positions only, `skip_logits=True`) gives the
+    loss and gradients of `F.cross_entropy` over the full float32 logits with −100 ignored, as
+    the model computed it before; the default path returns those full logits too."""
+    torch.manual_seed(0)
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir, dropout=0.0).train()
+    batch = _batch(tokenizer)
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels)
+
+    def gradients(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    logits = model(**batch, decoder_input_ids=decoder_input_ids).logits  # no labels: the head on every position
+    reference = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing
+    )
+    expected = gradients(reference)
+    cheap = model(**batch, labels=labels, label_smoothing=label_smoothing, skip_logits=True)
+    assert cheap.logits is None
+    assert cheap.loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    got = gradients(cheap.loss)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    full = model(**batch, labels=labels, label_smoothing=label_smoothing)  # as transformers' users call it
+    assert full.loss.item() == cheap.loss.item()  # the same rows, the same bits
+    torch.testing.assert_close(full.logits, logits, rtol=1e-5, atol=1e-5)
+    # transformers' Trainer passes num_items_in_batch in its training step, which reads only the
+    # loss, and in evaluation (eval mode), which reads the logits too
+    items = 2 * int((labels != -100).sum())
+    step = model(**batch, labels=labels, label_smoothing=label_smoothing, num_items_in_batch=items)
+    assert step.logits is None and step.loss.item() == pytest.approx(cheap.loss.item() / 2, rel=1e-6)
+    with torch.no_grad():
+        evaluation = model.eval()(**batch, labels=labels, label_smoothing=label_smoothing, num_items_in_batch=items)
+    assert evaluation.logits.shape == logits.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_cross_entropy_in_chunks_equals_torchs(dtype, monkeypatch):
+    """`token_cross_entropy`, a few rows at a time (no float32 copy of all the logits kept), sums
+    what `F.cross_entropy` on the float32 logits sums, with its gradient in the logits' dtype."""
+    from swcm import modeling
+
+    monkeypatch.setattr(modeling, "CROSS_ENTROPY_CHUNK_ELEMENTS", 3 * 50)  # 3 rows of 50 at a time: 4 chunks
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(11, 50)).to(dtype).requires_grad_()
+    targets = torch.randint(0, 50, (11,))
+    for smoothing in (0.0, 0.2):
+        expected = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=smoothing)
+        (expected_grad,) = torch.autograd.grad(3 * expected, logits)
+        got = modeling.token_cross_entropy(logits, targets, smoothing)
+        (grad,) = torch.autograd.grad(3 * got, logits)
+        assert got.dtype == torch.float32 and grad.dtype == dtype
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(grad, expected_grad)
+    empty = modeling.token_cross_entropy(logits[:0], targets[:0])
+    assert empty.item() == 0.0

@@ -254,6 +254,28 @@ def test_accumulation_weighs_every_target_token_alike(tmp_path, tiny_encoder_dir
     assert max_diff(accumulated, whole) < 1e-5
 
 
+def test_a_micro_batch_without_target_tokens_adds_nothing(tmp_path, tiny_encoder_dir, tokenizer):
+    """A micro-batch whose labels are all −100 (possible in adapt's MLM windows) has a NaN mean
+    loss; the step skips it: the logged loss and the weights are those of the step without it."""
+    examples = copy_examples(tokenizer, n=1)[:4]
+    empty = {"input_ids": examples[0]["input_ids"], "labels": [-100] * 5}
+    initial = build_model(tiny_encoder_dir, tokenizer, dropout=False)
+
+    def one_step(name, data, grad_accum):
+        model = copy.deepcopy(initial)
+        config = TrainingConfig(out_dir=tmp_path / name, max_steps=1, batch_size=2, grad_accum=grad_accum,
+                                lr=1e-3, weight_decay=0.0, max_grad_norm=1.0, shuffle=False, progress=False,
+                                mixed_precision="no")
+        result = train(model, tokenizer, data, config, collate(tokenizer))
+        return params(model), result.history[0]
+
+    plain, plain_log = one_step("plain", examples, 2)
+    skipped, skipped_log = one_step("skipped", examples[:2] + [empty, empty] + examples[2:], 3)
+    assert skipped_log["loss"] == pytest.approx(plain_log["loss"], abs=1e-6)
+    assert skipped_log["grad_norm"] == pytest.approx(plain_log["grad_norm"], rel=1e-5)
+    assert max_diff(skipped, plain) < 1e-6
+
+
 def test_checkpoints_and_final_model(tmp_path, tiny_encoder_dir, tokenizer):
     examples = copy_examples(tokenizer, n=4)
     config = TrainingConfig(out_dir=tmp_path, max_steps=6, batch_size=4, lr=1e-3, save_every=2, keep_last=2,
