@@ -114,7 +114,8 @@ _LETTER_RE = regex.compile(r"\p{L}")
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _char_script(ch: str) -> str | None:
+def char_script(ch: str) -> str | None:
+    """The Unicode script name of one character ("Tibetan"), None for Common, Inherited or unassigned."""
     match = _SCRIPT_RE.match(ch)
     return match.lastgroup if match else None  # None: Common, Inherited or unassigned
 
@@ -124,7 +125,7 @@ def letter_scripts(text: str) -> Counter:
 
     Letters shared by several scripts (Common, Inherited) are not counted.
     """
-    counts = Counter(_char_script(ch) for ch in _LETTER_RE.findall(text))
+    counts = Counter(char_script(ch) for ch in _LETTER_RE.findall(text))
     counts.pop(None, None)
     return counts
 

@@ -27,6 +27,7 @@ from swcm.encoders.adapt import (
     mlm_validation_loss,
     load_masked_lm,
     piece_decomposition,
+    script_characters,
     sentencepiece_proto,
     sparsemax,
     tokenizer_statistics,
@@ -130,6 +131,15 @@ def test_new_rows_are_the_mean_of_their_decomposition(zh_en_encoder, tmp_path):
     assert checked > 0
 
 
+def test_a_script_the_vocabulary_cannot_read_is_added_whole():
+    """UDHR Tibetan lacks ༈ (it is in the vendored bo test text): the whole script comes in, so it is no <unk>."""
+    tibetan = _texts("bo")
+    assert "༈" not in "".join(tibetan)
+    chars = script_characters(tibetan + _texts("zh"), known=set("".join(_texts("zh"))), nfkc=True)
+    assert "༈" in chars and "ཀ" in chars and "༌" not in chars  # NFKC writes U+0F0C as ་
+    assert not any("\u4e00" <= c <= "\u9fff" for c in chars)  # Han: known, so not added
+
+
 def test_sparsemax_is_a_sparse_distribution():
     weights = sparsemax(torch.tensor([[0.9, 0.85, 0.1, -0.5], [0.2, 0.2, 0.2, 0.2]]))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
@@ -158,7 +168,7 @@ def test_focus_gives_pieces_of_an_unseen_script_distinct_rows(zh_en_encoder, tmp
         model = AutoModelForMaskedLM.from_pretrained(zh_en_encoder)
         old = AutoTokenizer.from_pretrained(zh_en_encoder)
         # Mixed text, so that the new pieces co-occur with pieces both vocabularies share.
-        new, added = extend_vocabulary(model, old, _texts("bo", "zh", "en"), 150, tmp_path / init, init=init)
+        new, added = extend_vocabulary(model, old, _texts("bo", "zh", "en"), 500, tmp_path / init, init=init)
         tibetan = [p for p in added if any("\u0f00" <= c <= "\u0fff" for c in p) and len(p.strip("▁")) > 1]
         rows[init] = model.get_input_embeddings().weight[new.convert_tokens_to_ids(tibetan)].detach()
     assert len(rows["mean"]) > 5

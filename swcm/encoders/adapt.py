@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import regex
 import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
@@ -41,6 +42,7 @@ from transformers import (
 )
 
 from ..configuration import check_encoder_config
+from ..metrics import char_script
 from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
 from ..io import save_model_dir, save_tokenizer
@@ -131,7 +133,9 @@ def train_new_pieces(texts: Sequence[str], proto: sp_pb2.ModelProto, max_new: in
 
     The new model uses the old one's normalisation, so its pieces are written as the old
     tokenizer sees text. Single characters the old model lacks come first (without them the
-    text cannot be covered), then the other pieces by score (log probability).
+    text cannot be covered): those of the text, then every other character of the scripts the
+    text is written in (`script_characters`), so that a rare sign the training text happens not
+    to hold is no <unk> later; then the other pieces by score (log probability).
     """
     normalization = proto.normalizer_spec.name if proto.normalizer_spec.name in NAMED_NORMALIZATIONS else "identity"
     characters = {c for text in texts for c in text if not c.isspace()}
@@ -156,8 +160,34 @@ def train_new_pieces(texts: Sequence[str], proto: sp_pb2.ModelProto, max_new: in
     candidates = [(p.piece, p.score) for p in trained.pieces if p.type == NORMAL and p.piece not in known]
     # Single characters: what covering the text needs, so they come before longer pieces.
     chars = [c for c in candidates if len(c[0]) == 1]
+    lowest = min((score for _, score in candidates), default=0.0) - 1.0
+    seen = known | {piece for piece, _ in chars}
+    fallback = [(c, lowest) for c in script_characters(texts, known, nfkc="nfkc" in normalization) if c not in seen]
     rest = sorted((c for c in candidates if len(c[0]) > 1), key=lambda c: -c[1])
-    return (chars + rest)[:max_new]
+    return (chars + fallback + rest)[:max_new]
+
+
+_ALL_CHARACTERS = None
+
+
+def script_characters(texts: Sequence[str], known: set[str], nfkc: bool = False) -> list[str]:
+    """Every assigned character (letters, marks, digits and signs alike: Tibetan's ༈ and ༄ too),
+    in code-point order, of each script the old vocabulary `known` cannot read: a script of
+    whose characters in `texts` it lacks at least half. With `nfkc`, only characters that NFKC
+    leaves as they are (the others never reach a tokenizer that normalises so)."""
+    global _ALL_CHARACTERS
+    used: dict[str, set[str]] = defaultdict(set)
+    for c in {c for text in texts for c in text}:
+        script = char_script(c)
+        if script is not None:
+            used[script].add(c)
+    scripts = [s for s, chars in used.items() if 2 * len(chars - known) >= len(chars)]
+    if not scripts:
+        return []
+    if _ALL_CHARACTERS is None:
+        _ALL_CHARACTERS = "".join(chr(i) for i in range(0x110000) if not 0xD800 <= i <= 0xDFFF)
+    return [c for script in sorted(scripts) for c in regex.findall(rf"\p{{Script={script}}}", _ALL_CHARACTERS)
+            if not c.isspace() and (not nfkc or unicodedata.normalize("NFKC", c) == c)]
 
 
 def extended_proto(proto: sp_pb2.ModelProto, pieces: Sequence[tuple[str, float]]) -> sp_pb2.ModelProto:
