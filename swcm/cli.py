@@ -256,6 +256,10 @@ def _add_adapt(sub) -> None:
                    help="held-out monolingual text, as --mono: coverage and masked-LM loss are reported on it "
                    "before and after (and every --eval-every steps); repeat")
     p.add_argument("--eval-every", type=int, help="with --valid-mono: its masked-LM loss every N steps (log.jsonl)")
+    p.add_argument("--train", default="all", choices=("all", "new-rows"),
+                   help="what masked-LM training updates: all (default; CINO: the whole encoder) or new-rows (only the "
+                   "new pieces' embeddings, and the MLM head where the checkpoint had none: the languages the encoder "
+                   "read keep their representations; what a short adaptation wants)")
     _add_training_args(p, max_steps=1000, lr=1e-4, batch_size=16)
     _add_overwrite(p)
     p.set_defaults(func=_adapt)
@@ -280,7 +284,7 @@ def _adapt(args) -> int:
     _check_resume(args)
     with output_directory(args.out, "adapt", args.overwrite):
         report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha,
-                               out_dir=args.out, init=args.init, valid=args.valid_mono)
+                               out_dir=args.out, init=args.init, valid=args.valid_mono, train_parts=args.train)
     print_report(report)
     return 0
 

@@ -37,7 +37,7 @@ PRETRAIN_KEYS = ("lm_head", "dropout", "alpha", "mt_ratio", "max_source_length",
 FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map")
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
 # The adapt section (vocabulary extension + continued MLM on the vendored text of `langs`), beside the loop's settings.
-ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha")
+ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha", "train")
 # Training-loop settings a grid point decides itself.
 _RUN_OWNED = ("out_dir", "seed", "resume", "progress")
 
@@ -462,7 +462,8 @@ def adapt_prepared_encoder(encoder_dir: str, settings: dict, cache_dir: str | os
          f"{settings.get('max_steps', 0)} masked-LM steps", progress)
     config = _training_config(settings, out, seed, progress=progress) if settings.get("max_steps") else None
     adapt_encoder(encoder_dir, specs["train"], config, settings["extend_vocab"], settings.get("max_length", 128),
-                  settings.get("alpha", 0.3), out_dir=out, init=settings.get("init", "focus"), valid=specs["valid"])
+                  settings.get("alpha", 0.3), out_dir=out, init=settings.get("init", "focus"), valid=specs["valid"],
+                  train_parts=settings.get("train", "all"))
     return str(out / "final")
 
 

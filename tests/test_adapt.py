@@ -176,6 +176,29 @@ def test_focus_gives_pieces_of_an_unseen_script_distinct_rows(zh_en_encoder, tmp
     assert torch.unique(rows["focus"], dim=0).shape[0] > len(rows["focus"]) / 2
 
 
+def test_training_only_the_new_rows_leaves_the_encoder_as_it_was(zh_en_encoder, tmp_path):
+    """`--train new-rows`: the layers and the old rows do not move, the new rows and the head do."""
+    from swcm.encoders.adapt import train_only_new_rows
+
+    model, head_added = load_masked_lm(zh_en_encoder)
+    old = AutoTokenizer.from_pretrained(zh_en_encoder)
+    new, added = extend_vocabulary(model, old, _texts("bo"), 200, tmp_path / "tok")
+    new_ids = [new.convert_tokens_to_ids(p) for p in added]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_only_new_rows(model, new_ids, head_added=True)
+    config = TrainingConfig(out_dir=tmp_path / "mlm", max_steps=3, batch_size=4, lr=1e-2, weight_decay=0.0,
+                            progress=False, mixed_precision="no")
+    continue_mlm(model, new, {"bo": _texts("bo")}, config, max_length=32)
+    embeddings = model.get_input_embeddings().weight
+    name = next(n for n, p in model.named_parameters() if p is embeddings)
+    moved = (embeddings - before[name]).abs().sum(dim=1) > 0
+    assert moved[new_ids].any() and not moved[[i for i in range(len(new)) if i not in set(new_ids)]].any()
+    for n, p in model.named_parameters():
+        if n != name and not n.startswith("lm_head"):
+            torch.testing.assert_close(p, before[n], rtol=0, atol=0, msg=n)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n.startswith("lm_head"))
+
+
 def test_mlm_validation_loss_is_repeatable(zh_en_encoder):
     model = AutoModelForMaskedLM.from_pretrained(zh_en_encoder)
     tokenizer = AutoTokenizer.from_pretrained(zh_en_encoder)

@@ -450,6 +450,27 @@ def mlm_validation_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return total / max(count, 1)
 
 
+TRAINED_PARTS = ("all", "new-rows")
+
+
+def train_only_new_rows(model: PreTrainedModel, new_ids: Sequence[int], head_added: bool) -> None:
+    """Freeze `model` but for the input-embedding rows `new_ids` (a gradient hook zeroes the
+    others' gradient) and, where the MLM head was just added, that head: the encoder's layers and
+    its old rows stay as they were, so the languages it already read keep their representations."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    embeddings = model.get_input_embeddings().weight
+    embeddings.requires_grad_(True)
+    keep = torch.zeros(embeddings.shape[0], 1, dtype=embeddings.dtype)
+    keep[list(new_ids)] = 1
+    embeddings.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
+    if head_added:
+        output = model.get_output_embeddings()
+        head = next(module for module in model.children() if any(m is output for m in module.modules()))
+        for parameter in head.parameters():
+            parameter.requires_grad_(True)
+
+
 def continue_mlm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -492,6 +513,7 @@ def adapt_encoder(
     out_dir: str | os.PathLike | None = None,
     init: str = "mean",
     valid: Sequence[str] = (),
+    train_parts: str = "all",
 ) -> dict:
     """Adapt `encoder` to the monolingual text of `mono` (`--mono` specs).
 
@@ -503,6 +525,8 @@ def adapt_encoder(
     before and after: the tokenizer statistics, and the masked-LM loss per language of the
     extended model before training and of the adapted one (`mlm_validation_loss`), beside the
     original encoder's under its own tokenizer (another token sequence: not comparable).
+    `train_parts`: `all` (CINO: the whole masked LM) or `new-rows` (only the new pieces' rows,
+    and the MLM head where the checkpoint had none: `train_only_new_rows`).
     Writes OUT/adapt.json, the returned report: per language <unk> rate, characters per token
     and round-trip shares before and after, pieces added, whether an MLM head was added, the
     MLM losses.
@@ -543,7 +567,13 @@ def adapt_encoder(
         report["after"] = {lang: tokenizer_statistics(tokenizer, t) for lang, t in scored.items()}
         if held_out:
             report["mlm_valid_loss"]["extended_untrained"] = valid_losses()
+    if train_parts not in TRAINED_PARTS:
+        raise ValueError(f"unknown part to train {train_parts!r} (known: {', '.join(TRAINED_PARTS)})")
+    report["trained"] = train_parts
     if config is not None:
+        if train_parts == "new-rows":
+            old_vocab = AutoTokenizer.from_pretrained(encoder).get_vocab()
+            train_only_new_rows(model, [i for t, i in tokenizer.get_vocab().items() if t not in old_vocab], head_added)
         result, probs = continue_mlm(model, tokenizer, texts, config, max_length, alpha, valid=held_out)
         if held_out:
             report["mlm_valid_loss"]["adapted"] = valid_losses()
