@@ -71,7 +71,11 @@ def run(args: list[str], log: Path, steps_before: int) -> tuple[float, float, fl
     """Run `swcm` with `args`; returns (seconds to the first new line of `log`, peak RSS in MB,
     seconds to the end). RSS is sampled every 20 ms over the process and its children."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "swcm.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Run from `log`'s directory: `-m` puts the working directory first on sys.path, and a
+    # checkout there would shadow the installed swcm.
+    errors = open(log.parent.parent / "stderr.txt", "w+b")  # a pipe left unread could fill and block the run
+    proc = subprocess.Popen([sys.executable, "-m", "swcm.cli", *args], stdout=subprocess.DEVNULL, stderr=errors,
+                            cwd=log.parent.parent)
     ps, peak, first = psutil.Process(proc.pid), 0, None
     while proc.poll() is None:
         try:
@@ -83,8 +87,11 @@ def run(args: list[str], log: Path, steps_before: int) -> tuple[float, float, fl
             first = time.perf_counter() - start
         time.sleep(0.02)
     end = time.perf_counter() - start
+    errors.seek(0)
+    message = errors.read().decode(errors="replace")[-3000:]
+    errors.close()
     if proc.returncode != 0:
-        sys.exit(f"swcm {' '.join(args)} failed:\n{proc.stderr.read().decode()[-3000:]}")
+        sys.exit(f"swcm {' '.join(args)} failed:\n{message}")
     if first is None:  # the run ended between two polls
         first = end
     return first, peak / 2**20, end
@@ -99,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
+        work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         corpus = work / f"{args.lang}-{args.size_mb:g}mb.txt"
         if not corpus.is_file():

@@ -20,9 +20,10 @@ ignored; a blank line of a plain-text or TSV file is an empty record.
 Task files (fine-tuning, generation) are JSONL with overridable field names; `read_task_records`
 reads them for both uses (the target optional where generation needs none) and `read_task`
 gives the complete `TextPair`s that training needs.
-Large corpora are read lazily, line by line; `streaming_dataset` wraps them in a `datasets`
-IterableDataset (one shard; ranks take every world_size-th record) for sharding across ranks
-and exact resumption.
+Large corpora are read lazily, line by line; `RecordStream` reads one stream's records, a
+rank's share of them (every world_size-th record), with a position (file, byte offset) that
+resumes by seeking, which is what pretraining reads through. `streaming_dataset` wraps the same
+records in a `datasets` IterableDataset (one shard) for use with `datasets` tools.
 """
 
 from __future__ import annotations
@@ -385,6 +386,9 @@ class RecordStream:
         return dict(self.position)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if not isinstance(state, dict) or set(state) != set(self.start):
+            raise ValueError(f"not a record stream position (keys {', '.join(self.start)}): {state!r:.200}; "
+                             "was the checkpoint written by an older swcm?")
         self.position = {name: int(state[name]) for name in self.start}
 
     def __iter__(self) -> Iterator[dict[str, str]]:
