@@ -5,6 +5,8 @@ language in the data, build this process's share of the pretraining stream
 (`swcm.data.PretrainingStream`: language-balanced sampling, mBART noise, both MT directions)
 and train with `swcm.training.train`. Under `accelerate launch` every rank builds its own
 stream over a disjoint part of the data, and its data position goes into each checkpoint.
+The language census (one tokenisation pass over the corpus) is computed once, by the main
+process, and kept in OUT/census.json: other ranks and later starts (`--resume`) read it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
+from .data.census_cache import CENSUS_FILE, cached_languages
 from .data.examples import truncation_report
 from .data.noise import NoiseConfig
 from .data.pretraining import PretrainingStream
@@ -59,23 +63,30 @@ class PretrainSettings:
     on_bad_record: str = "error"
 
 
-def data_languages(settings: PretrainSettings) -> list[str]:
+def data_languages(settings: PretrainSettings, census_cache: str | os.PathLike | None = None) -> list[str]:
     """Every language code in the data, sorted: from LANG=PATH / SRC-TGT=PATH specs directly,
-    by reading the records of JSONL sources (bad records are left to the stream to report)."""
-    found: set[str] = set()
-    for specs, kind in ((settings.mono, "mono"), (settings.parallel, "parallel")):
-        for spec in specs:
-            source = parse_source_spec(spec, kind, settings.langs)
-            if source.langs is not None:
-                found.update(source.langs)
-                continue
+    and for JSONL sources from a census file over the same files when `census_cache` names one
+    (`swcm.data.census_cache`), else by reading their records (bad records are left to the
+    stream to report)."""
+    sources = {"dae": [parse_source_spec(spec, "mono", settings.langs) for spec in settings.mono],
+               "mt": [parse_source_spec(spec, "parallel", settings.langs) for spec in settings.parallel]}
+    cached = None
+    if census_cache is not None and Path(census_cache).is_file():
+        cached = cached_languages(census_cache, sources, settings.langs, settings.on_bad_record)
+    found: set[str] = set(cached or ())
+    for source in sources["dae"] + sources["mt"]:
+        if source.langs is not None:
+            found.update(source.langs)
+        elif cached is None:
             for record in read_records(source, langs=settings.langs, on_bad_record="skip", problems=Problems()):
                 found.update(stream_key(record))
     return sorted(found)
 
 
-def pretraining_stream(tokenizer: PreTrainedTokenizerBase, settings: PretrainSettings, seed: int = 0) -> PretrainingStream:
-    """This process's `PretrainingStream` (its rank's share of the data) for `settings`."""
+def pretraining_stream(tokenizer: PreTrainedTokenizerBase, settings: PretrainSettings, seed: int = 0,
+                       census_cache: str | os.PathLike | None = None) -> PretrainingStream:
+    """This process's `PretrainingStream` (its rank's share of the data) for `settings`, its
+    census kept in / read from `census_cache` when given."""
     state = distributed_state()
     limit = min(tokenizer.model_max_length, MAX_LENGTH)
     return PretrainingStream(
@@ -85,7 +96,7 @@ def pretraining_stream(tokenizer: PreTrainedTokenizerBase, settings: PretrainSet
         max_source_length=min(settings.max_source_length or limit, limit),
         max_target_length=min(settings.max_target_length or limit, limit),
         seed=seed, rank=state.process_index, world_size=state.num_processes, langs=settings.langs,
-        on_bad_record=settings.on_bad_record,
+        on_bad_record=settings.on_bad_record, census_cache=census_cache,
     )
 
 
@@ -100,9 +111,12 @@ def pretrain(model_dir: str | os.PathLike, config: TrainingConfig, settings: Pre
         raise ValueError("no pretraining data: give monolingual (--mono) and/or parallel (--parallel) sources")
     model = SWCMForConditionalGeneration.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    add_language_tags(model, tokenizer, data_languages(settings))
-    stream = pretraining_stream(tokenizer, settings, config.seed)
-    main = distributed_state().is_main_process
+    cache = Path(config.out_dir) / CENSUS_FILE
+    add_language_tags(model, tokenizer, data_languages(settings, cache))
+    state = distributed_state()
+    with state.main_process_first():  # the main process computes the census; the others read it
+        stream = pretraining_stream(tokenizer, settings, config.seed, census_cache=cache)
+    main = state.is_main_process
     if main:
         probs = ", ".join(f"{name} {p:.3f}" for name, p in sorted(stream.probabilities.items()))
         print(f"sampling: {probs}", file=sys.stderr)

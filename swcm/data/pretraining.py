@@ -11,34 +11,36 @@ tokens (records are counted in tokens of the model's tokenizer, both sides of a 
   pair: A → B (labels start with tag(B)), then B → A (tag(A)). With zh–x pairs these are the
   paper's zh→x and x→zh directions.
 
-Every (objective, language) stream reads its own files lazily through a `datasets`
-IterableDataset, so corpora of many GB are fine, and restarts (a new epoch) when exhausted.
-Ranks read disjoint records (`split_dataset_by_node`: every world_size-th record of a stream,
-never whole files, so each rank sees every file in its proportion). `state_dict()` captures every stream's position, the
-chunks and reverse directions still pending, and the random generator, so that a stream
+Every (objective, language) stream reads its own files lazily (`swcm.data.readers.RecordStream`),
+so corpora of many GB are fine, and restarts (a new epoch) when exhausted. Ranks read disjoint
+records (every world_size-th record of a stream, never whole files, so each rank sees every
+file in its proportion). `state_dict()` captures every stream's position (file, byte offset),
+the chunks and reverse directions still pending, and the random generator, so that a stream
 restored with `load_state_dict()` yields exactly the examples the original would have yielded
-next. The state holds only plain Python values (it loads with `torch.load(weights_only=True)`)
-and stays small: pending documents are kept as text, their token ids are recomputed on restore.
+next, seeking to its position without reading the corpus before it. The state holds only plain
+Python values (it loads with `torch.load(weights_only=True)`) and stays small: pending
+documents are kept as text, their token ids are recomputed on restore.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
-from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
+from .census_cache import census_key, read_census, write_census
 from .examples import ExampleEncoder
 from .noise import NoiseConfig, add_noise, protected_ids, sentence_end_ids
-from .readers import Problems, Source, census, parse_source_spec, streaming_dataset
+from .readers import Problems, RecordStream, Source, census, parse_source_spec
 from .sampling import ObjectiveSampler
 
 
 class _RecordStream:
-    """One (objective, language) stream: records from a datasets IterableDataset, cycling forever.
+    """One (objective, language) stream: records from a `RecordStream`, cycling forever.
 
     `pending` holds records already read but not yet used up (DAE documents whose chunks are
     still to come, from chunk number `chunk` of the first; the reverse MT direction); it is part
@@ -46,9 +48,9 @@ class _RecordStream:
     restore, so that the position stays small and cheap to copy after every batch.
     """
 
-    def __init__(self, dataset, name: str):
-        self.dataset, self.name = dataset, name
-        self._start = dataset.state_dict()  # the position at the start of an epoch
+    def __init__(self, records: RecordStream, name: str):
+        self.records, self.name = records, name
+        self._start = records.state_dict()  # the position at the start of an epoch
         self._position = self._start  # where a new iterator starts
         self._iterator: Iterator[dict] | None = None
         self.epoch, self.read = 0, 0
@@ -59,8 +61,8 @@ class _RecordStream:
     def next_record(self) -> dict:
         while True:
             if self._iterator is None:
-                self.dataset.load_state_dict(copy.deepcopy(self._position))
-                self._iterator = iter(self.dataset)
+                self.records.load_state_dict(self._position)
+                self._iterator = iter(self.records)
             try:
                 record = next(self._iterator)
             except StopIteration:
@@ -72,7 +74,7 @@ class _RecordStream:
             return record
 
     def state_dict(self) -> dict:
-        position = self._position if self._iterator is None else self.dataset.state_dict()
+        position = self._position if self._iterator is None else self.records.state_dict()
         return {"data": copy.deepcopy(position), "epoch": self.epoch, "read": self.read,
                 "pending": copy.deepcopy(self.pending), "chunk": self.chunk}
 
@@ -104,11 +106,13 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         share of the data. langs: the allowed language codes (all when None).
     on_bad_record: "error" raises on the first bad record, "skip" drops bad records; all of
         them are counted once, up front, in `problems` (a `Problems`; report `problems.summary()`).
+    census_cache: a file where the census below is kept and from which it is read back when
+        the files and the tokenizer are unchanged (`swcm.data.census_cache`); None: not kept.
 
-    Reading (and tokenising) every record once at construction gives the exact per-language
-    token counts that the sampling needs (`counts`: {objective: {stream key: tokens}}) and
-    surfaces bad records before training starts. After that, documents are
-    read and tokenised one at a time, as examples are drawn.
+    Reading (and tokenising) every record once at construction (the census) gives the exact
+    per-language token counts that the sampling needs (`counts`: {objective: {stream key:
+    tokens}}) and surfaces bad records before training starts. After that, documents are
+    read and tokenised a few at a time, as examples are drawn.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         world_size: int = 1,
         langs: Collection[str] | None = None,
         on_bad_record: str = "error",
+        census_cache: str | os.PathLike | None = None,
     ):
         if not 0.0 <= mt_fraction <= 1.0:
             raise ValueError(f"mt_fraction must be in [0, 1], got {mt_fraction}")
@@ -153,8 +158,12 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         # q_i counts tokens (both sides of a pair for MT), not records: documents differ in
         # length by orders of magnitude between corpora (MC2), and a language's share of the
         # data is its share of what the model reads.
-        found = {o: census(s, langs=langs, on_bad_record=on_bad_record, problems=self.problems,
-                           measure=self._token_counts) for o, s in sources.items()}
+        cache_key = census_key(sources, tokenizer, langs, on_bad_record) if census_cache is not None else None
+        found = read_census(census_cache, cache_key, sources, self.problems) if census_cache is not None else None
+        fresh = found is None
+        if fresh:
+            found = {o: census(s, langs=langs, on_bad_record=on_bad_record, problems=self.problems,
+                               measure=self._token_counts) for o, s in sources.items()}
         self.counts = {o: {key: sum(files.values()) for key, files in f.items()} for o, f in found.items()}
         if not any(self.counts.values()):
             named = ", ".join(s.spec for s in sources["dae"] + sources["mt"])
@@ -176,11 +185,13 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         }
         self._streams: dict[tuple[str, tuple[str, ...]], _RecordStream] = {}
         for objective, key in self.sampler.probs:
-            dataset = streaming_dataset(list(found[objective][key]), langs=langs, on_bad_record=on_bad_record, key=key)
-            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-            self._streams[objective, key] = _RecordStream(dataset, _stream_name(objective, key))
+            records = RecordStream(list(found[objective][key]), langs=langs, on_bad_record=on_bad_record, key=key,
+                                   rank=rank, world_size=world_size)
+            self._streams[objective, key] = _RecordStream(records, _stream_name(objective, key))
         self._rng = np.random.default_rng([seed, rank])
         self.examples = 0  # produced so far
+        if fresh and census_cache is not None:  # only now: a refused run leaves no file behind
+            write_census(census_cache, cache_key, sources, found, self.problems)
 
     def _token_counts(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.encoder.token_ids(texts)]

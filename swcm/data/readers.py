@@ -20,9 +20,10 @@ ignored; a blank line of a plain-text or TSV file is an empty record.
 Task files (fine-tuning, generation) are JSONL with overridable field names; `read_task_records`
 reads them for both uses (the target optional where generation needs none) and `read_task`
 gives the complete `TextPair`s that training needs.
-Large corpora are read lazily, line by line; `streaming_dataset` wraps them in a `datasets`
-IterableDataset (one shard; ranks take every world_size-th record) for sharding across ranks
-and exact resumption.
+Large corpora are read lazily, line by line; `RecordStream` reads one stream's records, a
+rank's share of them (every world_size-th record), with a position (file, byte offset) that
+resumes by seeking, which is what pretraining reads through. `streaming_dataset` wraps the same
+records in a `datasets` IterableDataset (one shard) for use with `datasets` tools.
 """
 
 from __future__ import annotations
@@ -206,21 +207,27 @@ def _open(path: str):
     return opener(path, "rb")
 
 
-def _lines(path: str) -> Iterator[tuple[str, str | BadRecord]]:
-    """(where, line) for every line of `path`, without its line break; a BadRecord for bad UTF-8."""
+def _lines(path: str, offset: int = 0, line_number: int = 0) -> Iterator[tuple[str, str | BadRecord, int]]:
+    """(where, line, end) for every line of `path` after byte `offset` (the start of line
+    `line_number` + 1), without its line break; a BadRecord for bad UTF-8. `end` is the byte
+    offset just after the line (in the decompressed text for compressed files), where reading
+    can start again."""
     with _open(path) as f:
-        for n, raw in enumerate(f, 1):
+        if offset:
+            f.seek(offset)  # compressed files decompress up to it, but nothing before it is parsed
+        for n, raw in enumerate(f, line_number + 1):
+            offset += len(raw)
             where = f"{path}:{n}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 yield where, BadRecord(
                     where, "not UTF-8", f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)"
-                )
+                ), offset
                 continue
             if n == 1:
                 line = line.removeprefix("\ufeff")
-            yield where, line.rstrip("\r\n")
+            yield where, line.rstrip("\r\n"), offset
 
 
 def _json_object(line: str, where: str) -> dict:
@@ -295,7 +302,7 @@ def _parse(source: Source, line: str, where: str, langs: Collection[str] | None)
 def _parsed(files: Iterable[str], parse: Callable[[str, str], object], skip_blank: bool) -> Iterator:
     """parse(line, where) for every line of `files`, or the line's BadRecord; blank lines optional."""
     for path in files:
-        for where, line in _lines(path):
+        for where, line, _ in _lines(path):
             if isinstance(line, BadRecord):
                 yield line
             elif not (skip_blank and not line.strip()):
@@ -349,6 +356,68 @@ def _generate(files: tuple[tuple[Source, str], ...], langs: tuple[str, ...] | No
         for record in read_records(source, langs=langs, on_bad_record=on_bad_record, files=[path]):
             if key is None or stream_key(record) == key:
                 yield record
+
+
+class RecordStream:
+    """One stream's records read lazily from (source, file) pairs, in order, with a position
+    that seeks: this rank's share (every `world_size`-th record from the `rank`-th, counting the
+    valid records of `key` only, as `datasets.distributed.split_dataset_by_node` shares
+    `streaming_dataset`), without reading what comes before it.
+
+    Iterating yields the records from the position to the end of the last file (one epoch).
+    The position, `state_dict()`, is a few integers: the file, the byte offset and line number
+    after the last record yielded, and how many of the stream's records to pass over before
+    the next one this rank takes; `load_state_dict()` seeks straight there, so a resumed run
+    starts at once whatever the corpus size. Bad records raise (on_bad_record="error") or are
+    dropped ("skip"; count them beforehand with `census`).
+    """
+
+    def __init__(self, files: Sequence[tuple[Source, str]], *, langs: Collection[str] | None = None,
+                 on_bad_record: str = "error", key: tuple[str, ...] | None = None, rank: int = 0, world_size: int = 1):
+        _check_on_bad_record(on_bad_record)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.files, self.langs, self.on_bad_record, self.key = list(files), langs, on_bad_record, key
+        self.world_size = world_size
+        self.start = {"file": 0, "offset": 0, "line": 0, "skip": rank}
+        self.position = dict(self.start)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not isinstance(state, dict) or set(state) != set(self.start):
+            raise ValueError(f"not a record stream position (keys {', '.join(self.start)}): {state!r:.200}; "
+                             "was the checkpoint written by an older swcm?")
+        self.position = {name: int(state[name]) for name in self.start}
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        position = self.position  # a later load_state_dict gives a new dict: this iterator is then stale
+        while position["file"] < len(self.files):
+            source, path = self.files[position["file"]]
+            lines = _lines(path, position["offset"], position["line"])
+            for n, (where, line, end) in enumerate(lines, position["line"] + 1):
+                if isinstance(line, BadRecord):
+                    record = line
+                elif source.format == "jsonl" and not line.strip():
+                    continue
+                else:
+                    try:
+                        record = _parse(source, line, where, self.langs)
+                    except BadRecord as err:
+                        record = err
+                if isinstance(record, BadRecord):
+                    if self.on_bad_record == "error":
+                        raise record
+                    continue
+                if self.key is not None and stream_key(record) != self.key:
+                    continue
+                if position["skip"]:  # another rank's record
+                    position["skip"] -= 1
+                    continue
+                position.update(offset=end, line=n, skip=self.world_size - 1)
+                yield record
+            position.update(file=position["file"] + 1, offset=0, line=0)
 
 
 def stream_key(record: Mapping[str, str]) -> tuple[str, ...]:
