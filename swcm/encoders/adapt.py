@@ -436,12 +436,15 @@ def mlm_validation_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     tokenizer compare across models and steps. A loss under another tokenizer predicts other
     tokens and does not compare."""
     windows = mlm_windows(tokenizer, list(texts), max_length)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=0)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        batch = collator([{"input_ids": w} for w in windows[start : start + batch_size]])
+    with torch.random.fork_rng():  # the masks from a fixed seed (transformers 4's collator masks with torch's RNG)
+        torch.manual_seed(0)
+        batches = [collator([{"input_ids": w} for w in windows[start : start + batch_size]])
+                   for start in range(0, len(windows), batch_size)]
+    for batch in batches:
         masked = int((batch["labels"] != -100).sum())
         if masked:
             total += float(masked_lm_loss(model, batch)) * masked
