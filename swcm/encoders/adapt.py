@@ -289,10 +289,9 @@ def auxiliary_embeddings(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str
     pmi = torch.log(c * c.sum() / (marginal[i] * marginal[j]))
     keep = pmi > 0
     ppmi = torch.sparse_coo_tensor(torch.stack([i[keep], j[keep]]), pmi[keep], (n, n)).coalesce()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)  # svd_lowrank's random projection: the same embeddings every run
-    u, singular, _ = torch.svd_lowrank(ppmi, q=min(dim, n - 1), niter=4)
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng():  # svd_lowrank's random projection: the same embeddings every run
+        torch.manual_seed(0)
+        u, singular, _ = torch.svd_lowrank(ppmi, q=min(dim, n - 1), niter=4)
     vectors = torch.nn.functional.normalize(u * singular.sqrt(), dim=1)
     return {int(token): k for k, token in enumerate(kept)}, vectors
 
