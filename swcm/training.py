@@ -686,7 +686,8 @@ def train(
     sharded: bool = False,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
 ) -> TrainingResult:
-    """Train `model` in place on `examples` for `config.max_steps` optimizer steps.
+    """Train `model` in place on `examples` for `config.max_steps` optimizer steps; its weights
+    are made fp32 first (master weights, whatever they were stored in).
 
     `examples` yields token-level examples; `collator` pads a list of them into a batch with
     `input_ids`, `attention_mask` and `labels` (−100 padding). `evaluate(model) -> dict`, when
@@ -723,6 +724,7 @@ def train(
         for stale in (out / "checkpoints").glob(".step-*"):  # a save interrupted by a kill
             shutil.rmtree(stale, ignore_errors=True)
 
+    model.float()  # fp32 master weights, whatever dtype they were stored in; autocast computes in `precision`
     if resume_from is not None:
         load_model_weights(model, resume_from)
     if config.gradient_checkpointing:
