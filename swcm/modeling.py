@@ -395,8 +395,9 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
 
         encoder_config = encoder_model.config.to_dict()
         # Built in fp32 whatever the encoder is stored in: these are the weights training updates
-        # (the copies below convert); generation may load them in a half precision.
-        encoder_config["dtype"] = "float32"
+        # (the copies below convert). The encoder's part of the config keeps no dtype of its own,
+        # which would override the model's: the whole model loads in the dtype asked for.
+        encoder_config.pop("dtype", None)
         state = {k: v for k, v in encoder_model.state_dict().items() if not k.startswith("pooler.")}
         if encoder_layers is not None:
             state = first_layers_state(state, encoder_layers, encoder_config["num_hidden_layers"], where)
