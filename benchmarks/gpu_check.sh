@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What a machine with a CUDA GPU checks, in under 5 minutes on one GPU:
+# What a machine with a CUDA GPU checks, meant to take under 5 minutes on one GPU (each stage's
+# `timeout` only ends a hang):
 #
 #   1. the tests marked `cuda` (the precision chosen for this GPU, training on it);
 #   2. 20 pretraining steps of a base-shaped model (XLM-R base: hidden 768, 12 layers, vocabulary
