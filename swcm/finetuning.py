@@ -143,7 +143,7 @@ def finetune(
     the run's seed, stratified by language (Figure 4's 10K / 20K / 50K)."""
     if config.metric not in EVAL_METRICS:
         raise ValueError(f"unknown metric {config.metric!r}; expected one of {', '.join(EVAL_METRICS)}")
-    model = SWCMForConditionalGeneration.from_pretrained(model_dir)
+    model = SWCMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     problems = Problems()
     train_records = read_task_pairs(train_file, tokenizer, settings, problems)

@@ -128,7 +128,8 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
 
     `device` defaults to "cuda" when a GPU is visible, else "cpu". `dtype` ("float32",
     "bfloat16", "float16") is the model's weight and compute dtype; "auto" takes bfloat16 where
-    the device runs it fast and float32 elsewhere (`swcm.precision.resolve_dtype`). Any transformers seq2seq
+    the device runs it natively and fast, float16 on a T4 or V100, float32 elsewhere
+    (`swcm.precision.resolve_dtype`). Any transformers seq2seq
     model directory works (the baselines: NLLB-200, M2M-100, mBART-50, mT5, Marian); SWCM
     models load through the Auto classes `swcm` registers.
 

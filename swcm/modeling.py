@@ -356,8 +356,9 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
     ) -> "SWCMForConditionalGeneration":
         """Build an SWCM model from a pretrained encoder (a local directory, hub id or model).
 
-        The encoder's weights are loaded unchanged; every Custom layer is copied from its
-        source encoder layer (not for `variant="random"`); Normal layers are random.
+        The encoder's weights are loaded unchanged (as fp32, whatever dtype they are stored in:
+        the model is built in fp32); every Custom layer is copied from its source encoder layer
+        (not for `variant="random"`); Normal layers are random.
         `lm_head`: "auto" copies the checkpoint's masked-LM head where it has one and ties the
         head to the word embeddings where it has none (what measured best for `ws`,
         docs/ws-on-e5.md); "untied" is the paper's random head; "tied"; "mlm" copies the
@@ -393,6 +394,10 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
             lm_head = "mlm" if masked_lm is not None else "tied"
 
         encoder_config = encoder_model.config.to_dict()
+        # Built in fp32 whatever the encoder is stored in: these are the weights training updates
+        # (the copies below convert). The encoder's part of the config keeps no dtype of its own,
+        # which would override the model's: the whole model loads in the dtype asked for.
+        encoder_config.pop("dtype", None)
         state = {k: v for k, v in encoder_model.state_dict().items() if not k.startswith("pooler.")}
         if encoder_layers is not None:
             state = first_layers_state(state, encoder_layers, encoder_config["num_hidden_layers"], where)
@@ -400,7 +405,7 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
         if dropout is not None:
             encoder_config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
         config = SWCMConfig(encoder=encoder_config, insert_every=insert_every, variant=variant, lm_head=lm_head)
-        model = cls(config).to(encoder_model.dtype)
+        model = cls(config)
         model.encoder.load_state_dict(state)
         for layer, source in zip(model.decoder.layers, config.decoder_layer_sources):
             if source is not None:

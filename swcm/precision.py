@@ -1,20 +1,32 @@
-"""Which precision to compute in: the one the hardware runs fastest, never assumed.
+"""Which precision to compute in: the one the hardware runs natively and fast, never assumed.
 
 Machines differ by orders of magnitude here. An Intel CPU with AMX runs bf16 matrix products
 3.5–4× faster than fp32; an AMD EPYC without AVX512-BF16 runs them at about 1 GFLOP/s against
-150–170 in fp32; a recent GPU runs bf16 at full speed. So `auto` (the default of every command)
-decides per machine:
+150–170 in fp32; a GPU of compute capability 8.0 or later (A100, A10, L4, H100, …) runs bf16 on
+its tensor cores, while a T4 (7.5) or V100 (7.0) has none for bf16: torch accepts bf16 there
+(`torch.cuda.is_bf16_supported()` counts emulation since torch 2.3) but runs it emulated. So
+`auto` (the default of every command) decides per machine:
 
 - an explicit choice ("no", "bf16", "fp16") is taken as given;
 - otherwise accelerate's own configuration wins: `ACCELERATE_MIXED_PRECISION`, which
   `accelerate launch` sets from `accelerate config`;
-- otherwise bf16 on a GPU that supports it, and on a CPU with bf16 instructions (AVX512-BF16
-  or AMX) whose bf16 matrix product, measured by a short probe (cached per process), is
-  clearly faster than its fp32 one; fp32 elsewhere.
-  fp16 is never chosen automatically (it needs loss scaling and a GPU).
+- otherwise, on a CUDA GPU, by its compute capability: bf16 from 8.0; fp16 from 7.0 to 8.0
+  (T4, V100), since their tensor cores run fp16 at 8× their fp32 rate, and fp16's narrow range,
+  in which small gradients would vanish, is what accelerate's fp16 mixed precision covers by
+  scaling the loss (torch's GradScaler; a step whose gradients overflow is skipped, and the
+  learning-rate schedule waits with it), while the weights stay fp32 (fp32 instead would give up that 8×: the difference between a
+  free T4 being usable for pretraining or not). A model whose activations overflow fp16 shows
+  it as an inf or NaN loss; `--mixed-precision no` then trains it in fp32. Below 7.0 fp32:
+  there are no tensor cores, and fp16 runs at a fraction of fp32's rate on most of those GPUs;
+- on a CPU with bf16 instructions (AVX512-BF16 or AMX), bf16 when its bf16 matrix product,
+  measured by a short probe (cached per process), is clearly faster than its fp32 one; fp32
+  on other CPUs (fp16 needs a GPU);
+- on other accelerators, bf16 where accelerate says they run it, else fp32.
 
-The decision itself is a pure function of what was measured (`choose_mixed_precision`), so
-both branches are tested on any machine.
+Whatever is chosen, trainable weights stay fp32 (autocast computes in the chosen precision);
+generation loads its weights in the chosen dtype (`resolve_dtype`). The decision itself is a
+pure function of the facts (`choose_mixed_precision`: compute capability, measured rates), so
+every branch is tested on any machine.
 """
 
 from __future__ import annotations
@@ -31,6 +43,9 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 # bf16 autocast adds casts around every matrix product; below this speed-up they eat the gain.
 BF16_MIN_SPEEDUP = 1.5
 ACCELERATE_ENV = "ACCELERATE_MIXED_PRECISION"
+# CUDA compute capabilities: bf16 tensor cores from Ampere (8.0), fp16 ones from Volta (7.0).
+BF16_NATIVE_CAPABILITY = (8, 0)
+FP16_TENSOR_CORE_CAPABILITY = (7, 0)
 
 
 class PrecisionChoice(NamedTuple):
@@ -49,15 +64,31 @@ def choose_mixed_precision(
     device_type: str,
     *,
     bf16_supported: bool = True,
+    compute_capability: tuple[int, int] | None = None,
+    device_name: str | None = None,
     bf16_gflops: float | None = None,
     fp32_gflops: float | None = None,
 ) -> PrecisionChoice:
     """The automatic choice for a device, from its capabilities and measured matmul rates.
 
-    `device_type` is "cpu", "cuda", "mps", …; `bf16_supported` whether the device runs bf16 at
-    all. On a CPU the choice needs the measured bf16 and fp32 matrix-product rates (GFLOP/s):
-    bf16 when it is at least `BF16_MIN_SPEEDUP` times as fast as fp32.
+    `device_type` is "cpu", "cuda", "mps", …. On a CUDA GPU the choice needs its
+    `compute_capability` (major, minor), as `torch.cuda.get_device_capability()` gives it
+    (`device_name` only goes into the reason): bf16 from `BF16_NATIVE_CAPABILITY`, fp16 from
+    `FP16_TENSOR_CORE_CAPABILITY`, fp32 below. Elsewhere `bf16_supported` says whether the
+    device runs bf16 at all; on a CPU the choice then needs the measured bf16 and fp32
+    matrix-product rates (GFLOP/s): bf16 when it is at least `BF16_MIN_SPEEDUP` times as fast.
     """
+    if device_type == "cuda":
+        if compute_capability is None:
+            raise ValueError("on a CUDA GPU the choice needs its compute capability")
+        major, minor = compute_capability
+        where = f"{device_name or 'CUDA GPU'}, compute capability {major}.{minor}"
+        if (major, minor) >= BF16_NATIVE_CAPABILITY:
+            return PrecisionChoice("bf16", f"{where}: native bf16")
+        if (major, minor) >= FP16_TENSOR_CORE_CAPABILITY:
+            return PrecisionChoice("fp16", f"{where}: bf16 would be emulated (native from 8.0); "
+                                           "fp16 on its tensor cores, the loss scaled")
+        return PrecisionChoice("no", f"{where}: no tensor cores for bf16 or fp16")
     if not bf16_supported:
         return PrecisionChoice("no", f"{device_type} has no fast bf16")
     if device_type != "cpu":
@@ -118,7 +149,8 @@ def auto_mixed_precision(device: str | torch.device | None = None) -> PrecisionC
     CPU), ignoring any configuration. The CPU probe runs once per process."""
     device = torch.device(device) if device is not None else _default_device()
     if device.type == "cuda":
-        return choose_mixed_precision("cuda", bf16_supported=torch.cuda.is_bf16_supported())
+        return choose_mixed_precision("cuda", compute_capability=torch.cuda.get_device_capability(device),
+                                      device_name=torch.cuda.get_device_name(device))
     if device.type == "cpu":
         return _cpu_choice()
     # Other accelerators: accelerate knows whether they run bf16.
@@ -144,7 +176,8 @@ def resolve_mixed_precision(requested: str = "auto", device: str | torch.device 
 
 def resolve_dtype(requested: str = "auto", device: str | torch.device | None = None) -> torch.dtype:
     """The dtype to load a model in for inference: `requested` ("float32", "bfloat16",
-    "float16") or, for "auto", the dtype of `resolve_mixed_precision("auto", device)`."""
+    "float16") or, for "auto", the dtype of `resolve_mixed_precision("auto", device)` (fp16 on
+    a T4 or V100: inference needs no loss scaling)."""
     if requested not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {requested!r}")
     if requested == "auto":

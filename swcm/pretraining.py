@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .data.census_cache import CENSUS_FILE, cached_languages
@@ -109,7 +110,7 @@ def pretrain(model_dir: str | os.PathLike, config: TrainingConfig, settings: Pre
     """
     if not settings.mono and not settings.parallel:
         raise ValueError("no pretraining data: give monolingual (--mono) and/or parallel (--parallel) sources")
-    model = SWCMForConditionalGeneration.from_pretrained(model_dir)
+    model = SWCMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     cache = Path(config.out_dir) / CENSUS_FILE
     add_language_tags(model, tokenizer, data_languages(settings, cache))

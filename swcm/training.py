@@ -4,8 +4,8 @@
 token-level examples `{"input_ids", "labels"}` and a collator that pads a list of them into
 a batch. Pretraining passes the DAE + MT example stream; fine-tuning passes task examples
 and an `evaluate(model) -> dict` hook, which enables best-checkpoint selection and early
-stopping. The same code runs in one process and under `accelerate launch` (DDP, or FSDP;
-DeepSpeed is refused). Data reach the ranks in one of two ways:
+stopping. The same code runs in one process and under `accelerate launch` (DDP; FSDP and
+DeepSpeed are refused, `swcm.distributed`). Data reach the ranks in one of two ways:
 
 - shared (the default; fine-tuning lists): every rank reads the same example sequence and
   keeps its own slice of each global batch, so a run on W processes with batch size B sees
@@ -33,7 +33,6 @@ is unpickled (accelerate's own `load_state` would unpickle registered objects).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -58,6 +57,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .distributed import process_group_kwargs, refuse_unsupported_parallelism
 from .io import atomic_directory, save_tokenizer
 from .precision import MIXED_PRECISION_CHOICES, PrecisionChoice, resolve_mixed_precision
 
@@ -649,6 +649,7 @@ def _accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
     # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
     # then it is DDP over gloo, and a single process is unaffected.
     on_cpu = not _has_accelerator_device()
+    distributed_state()  # the process group, with its timeout, unless something asked for the rank before
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
                               project_dir=str(config.out_dir))
     return accelerator, precision
@@ -658,7 +659,7 @@ def distributed_state() -> PartialState:
     """This process's place in the launch (`.process_index`, `.num_processes`), set up as
     `train()` sets it up. Call this, not a bare `PartialState()`, before `train()` when you
     need the rank (e.g. to build a sharded stream): accelerate fixes its state on first use."""
-    return PartialState(cpu=not _has_accelerator_device())
+    return PartialState(cpu=not _has_accelerator_device(), **process_group_kwargs())
 
 
 def _has_accelerator_device() -> bool:
@@ -686,7 +687,8 @@ def train(
     sharded: bool = False,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
 ) -> TrainingResult:
-    """Train `model` in place on `examples` for `config.max_steps` optimizer steps.
+    """Train `model` in place on `examples` for `config.max_steps` optimizer steps; its weights
+    are made fp32 first (master weights, whatever they were stored in).
 
     `examples` yields token-level examples; `collator` pads a list of them into a batch with
     `input_ids`, `attention_mask` and `labels` (−100 padding). `evaluate(model) -> dict`, when
@@ -711,11 +713,10 @@ def train(
         raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
+    refuse_unsupported_parallelism()
     accelerator, precision = _accelerator(config)
+    refuse_unsupported_parallelism(accelerator.distributed_type)
     accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("training under DeepSpeed is not supported: its optimizer state, part of every checkpoint, "
-                         "is restored only by unpickling (accelerate's load_state), which swcm does not do; use DDP or FSDP")
     accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate() and DeepSpeed's engine
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
@@ -723,6 +724,7 @@ def train(
         for stale in (out / "checkpoints").glob(".step-*"):  # a save interrupted by a kill
             shutil.rmtree(stale, ignore_errors=True)
 
+    model.float()  # fp32 master weights, whatever dtype they were stored in; autocast computes in `precision`
     if resume_from is not None:
         load_model_weights(model, resume_from)
     if config.gradient_checkpointing:
@@ -767,22 +769,11 @@ def train(
     def run_evaluation() -> bool:
         """Evaluate, keep the best model; True when early stopping says stop."""
         metrics = [None]
-        # Under FSDP no rank holds whole weights, so every rank evaluates (the same data, in step)
-        # with whole weights: FSDP1's summon_full_params gathers them; FSDP2's module gathers its
-        # own in each forward, together on all ranks. Otherwise the main process evaluates alone.
-        fsdp = accelerator.distributed_type == DistributedType.FSDP
-        if accelerator.is_main_process or fsdp:
-            whole = contextlib.nullcontext()
-            if fsdp and not getattr(accelerator, "is_fsdp2", False):  # older accelerate: FSDP1 only
-                from torch.distributed.fsdp import FullyShardedDataParallel
-
-                whole = FullyShardedDataParallel.summon_full_params(model, writeback=False)
+        if accelerator.is_main_process:  # the others wait for its metrics, as long as SWCM_DIST_TIMEOUT allows
             unwrapped.eval()
-            with whole, torch.no_grad():
-                evaluated = [dict(evaluate(unwrapped))]
+            with torch.no_grad():
+                metrics = [dict(evaluate(unwrapped))]
             unwrapped.train()
-            if accelerator.is_main_process:
-                metrics = evaluated
         broadcast_object_list(metrics)
         metrics = metrics[0]
         if config.metric not in metrics:

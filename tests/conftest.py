@@ -14,6 +14,17 @@ from swcm.encoders.tiny_encoder import train_tokenizer
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: without one they are skipped (benchmarks/gpu_check.sh
+    runs them where there is one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Every test runs torch on one thread: the models are tiny, so intra-op threads only

@@ -2,13 +2,17 @@
 configuration, printed and logged."""
 
 import json
+import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from safetensors import safe_open
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, XLMRobertaForMaskedLM
 
 from swcm.encoders.tiny_encoder import train_tiny_encoder
+from swcm.finetuning import FinetuneSettings, finetune
 from swcm.generation import load_generator
+from swcm.io import save_model_dir
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.precision import (
     ACCELERATE_ENV,
@@ -19,6 +23,7 @@ from swcm.precision import (
     resolve_dtype,
     resolve_mixed_precision,
 )
+from swcm.pretraining import PretrainSettings, pretrain
 from swcm.resources import udhr
 from swcm.training import TrainingConfig, train
 
@@ -47,12 +52,39 @@ def test_cpu_with_slow_bf16_gets_fp32():
     assert choose_mixed_precision("cpu", bf16_gflops=BF16_MIN_SPEEDUP * 160, fp32_gflops=160.0).mixed_precision == "bf16"
 
 
-def test_devices_without_bf16_get_fp32_and_gpus_with_it_bf16():
+def test_devices_without_bf16_get_fp32():
     assert choose_mixed_precision("cpu", bf16_supported=False).mixed_precision == "no"
-    assert choose_mixed_precision("cuda", bf16_supported=False).mixed_precision == "no"  # e.g. a V100: fp16 on request only
-    assert choose_mixed_precision("cuda", bf16_supported=True).mixed_precision == "bf16"
+    assert choose_mixed_precision("mps", bf16_supported=False).mixed_precision == "no"
+    assert choose_mixed_precision("xpu", bf16_supported=True).mixed_precision == "bf16"
     with pytest.raises(ValueError, match="matmul rates"):
         choose_mixed_precision("cpu")
+
+
+@pytest.mark.parametrize("gpu, capability, expected", [
+    ("NVIDIA H100 80GB HBM3", (9, 0), "bf16"),
+    ("NVIDIA L4", (8, 9), "bf16"),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), "bf16"),
+    ("Tesla T4", (7, 5), "fp16"),  # the free Colab GPU: bf16 would be emulated
+    ("Tesla V100-SXM2-16GB", (7, 0), "fp16"),
+    ("Tesla P100-PCIE-16GB", (6, 0), "no"),  # no tensor cores
+])
+def test_gpus_get_bf16_only_where_it_is_native(gpu, capability, expected):
+    choice = choose_mixed_precision("cuda", compute_capability=capability, device_name=gpu)
+    assert choice.mixed_precision == expected
+    assert f"{gpu}, compute capability {capability[0]}.{capability[1]}" in choice.reason
+    assert choice.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[expected]
+    # whatever torch would accept: the capability alone decides
+    assert choose_mixed_precision("cuda", bf16_supported=True, compute_capability=capability).mixed_precision == expected
+    with pytest.raises(ValueError, match="compute capability"):
+        choose_mixed_precision("cuda", bf16_supported=True)
+
+
+@pytest.mark.cuda
+def test_this_gpu_gets_the_choice_for_its_capability():
+    choice = auto_mixed_precision("cuda")
+    assert choice == choose_mixed_precision("cuda", compute_capability=torch.cuda.get_device_capability(),
+                                            device_name=torch.cuda.get_device_name())
+    assert resolve_dtype("auto", "cuda") == choice.dtype
 
 
 def test_the_probe_measures_this_machine():
@@ -151,3 +183,94 @@ def test_generation_loads_in_the_dtype_asked_for(tmp_path, tiny_encoder_dir):
                             ("auto", auto_mixed_precision("cpu").dtype)]:
         model, _ = load_generator(tmp_path, "cpu", dtype)
         assert {p.dtype for p in model.parameters()} == {expected}
+
+
+# --- trainable weights are fp32, whatever the checkpoint's dtype ---------------------------
+
+
+def stored_dtypes(directory) -> set[str]:
+    """The dtypes in a directory's model.safetensors, as safetensors names them ("F32", "BF16")."""
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        return {f.get_slice(key).get_dtype() for key in f.keys()}
+
+
+def assert_trained_in_fp32(out, step):
+    assert stored_dtypes(out / "final") == {"F32"}
+    optimizer = torch.load(out / "checkpoints" / f"step-{step}" / "optimizer.pt", weights_only=True)
+    moments = {v.dtype for state in optimizer["state"].values() for k, v in state.items() if k.startswith("exp_avg")}
+    assert moments == {torch.float32}
+
+
+@pytest.fixture(scope="module")
+def bf16_model_dir(tiny_encoder_dir, tmp_path_factory):
+    """An SWCM model saved in bf16 (safetensors), as a half-precision checkpoint is."""
+    out = tmp_path_factory.mktemp("bf16") / "model"
+    torch.manual_seed(0)
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir).to(torch.bfloat16)
+    save_model_dir(model, AutoTokenizer.from_pretrained(tiny_encoder_dir), out)
+    assert stored_dtypes(out) == {"BF16"}
+    # what transformers 5 loads by default ("auto": the stored dtype)
+    assert {p.dtype for p in AutoModelForSeq2SeqLM.from_pretrained(out, dtype="auto").parameters()} == {torch.bfloat16}
+    return out
+
+
+def test_a_model_built_from_a_bf16_encoder_is_fp32(tmp_path, tiny_encoder_dir):
+    encoder = XLMRobertaForMaskedLM.from_pretrained(tiny_encoder_dir).to(torch.bfloat16)
+    encoder.save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(tmp_path)
+    assert stored_dtypes(tmp_path) == {"BF16"}
+    for source in (tmp_path, encoder):  # a directory, or a model in memory
+        model = SWCMForConditionalGeneration.from_encoder(source)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        embeddings = encoder.base_model.embeddings.word_embeddings.weight
+        assert torch.equal(model.get_input_embeddings().weight, embeddings.float())  # the encoder's values, exactly
+        # the config it carries builds fp32 too (its encoder part does not keep the encoder's bf16)
+        assert {p.dtype for p in SWCMForConditionalGeneration(model.config).parameters()} == {torch.float32}
+
+
+def test_pretraining_a_bf16_checkpoint_trains_fp32_weights(tmp_path, bf16_model_dir):
+    text = tmp_path / "en.txt"
+    text.write_text("".join(u["text"]["en"] + "\n" for u in udhr("train")[:20]), encoding="utf-8")
+    (tmp_path / "out").mkdir()  # as `swcm pretrain` makes it: the census is kept there from the start
+    config = TrainingConfig(out_dir=tmp_path / "out", max_steps=2, batch_size=2, save_every=2, progress=False)
+    settings = PretrainSettings(mono=[f"en={text}"], max_source_length=32, max_target_length=32)
+    assert pretrain(bf16_model_dir, config, settings).step == 2
+    assert_trained_in_fp32(tmp_path / "out", 2)
+
+
+def test_finetuning_a_bf16_checkpoint_trains_fp32_weights(tmp_path, bf16_model_dir):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"src": u["text"]["zh"][:40], "tgt": u["text"]["bo"][:60], "src_lang": "zh",
+                                        "tgt_lang": "bo"}, ensure_ascii=False) + "\n" for u in udhr("train")[:8]),
+                    encoding="utf-8")
+    config = TrainingConfig(out_dir=tmp_path / "out", max_steps=2, batch_size=4, save_every=2, progress=False)
+    settings = FinetuneSettings(task="mt", max_source_length=32, max_target_length=32)
+    assert finetune(bf16_model_dir, data, None, config, settings).step == 2
+    assert_trained_in_fp32(tmp_path / "out", 2)
+
+
+def test_the_training_loop_trains_a_bf16_model_in_fp32(tmp_path, bf16_model_dir):
+    model = AutoModelForSeq2SeqLM.from_pretrained(bf16_model_dir, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(bf16_model_dir)
+    before = model.get_input_embeddings().weight.detach().float().clone()
+    config = TrainingConfig(out_dir=tmp_path, max_steps=2, batch_size=4, lr=1e-3, progress=False)
+    train(model, tokenizer, _examples(tokenizer), config, _collate(tokenizer))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    after = model.get_input_embeddings().weight.detach()
+    # trained: steps of about lr (1e-3), which bf16's 8-bit mantissa could not hold for most weights
+    assert not torch.equal(after, before)
+    assert after.to(torch.bfloat16).float().ne(after).float().mean() > 0.5
+
+
+@pytest.mark.cuda
+def test_training_on_this_gpu_in_its_precision(tmp_path, bf16_model_dir):
+    model = AutoModelForSeq2SeqLM.from_pretrained(bf16_model_dir, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(bf16_model_dir)
+    config = TrainingConfig(out_dir=tmp_path, max_steps=3, batch_size=4, log_every=1, save_every=3, progress=False)
+    result = train(model, tokenizer, _examples(tokenizer), config, _collate(tokenizer))
+    choice = auto_mixed_precision("cuda")
+    assert [r["mixed_precision"] for r in result.history] == [choice.mixed_precision] * 3
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert {(p.dtype, p.device.type) for p in model.parameters()} == {(torch.float32, "cuda")}
+    # fp16 (a T4 or V100) trains with a loss scaler, whose state the checkpoint keeps
+    assert (tmp_path / "checkpoints" / "step-3" / "scaler.pt").exists() == (choice.mixed_precision == "fp16")

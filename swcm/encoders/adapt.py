@@ -395,7 +395,8 @@ def load_masked_lm(encoder: str | os.PathLike) -> tuple[PreTrainedModel, bool]:
     its decoder tied to the input embeddings as in BERT and XLM-R) because the checkpoint had none."""
     where = str(encoder)
     check_encoder_config(AutoConfig.from_pretrained(encoder), where)
-    model, info = AutoModelForMaskedLM.from_pretrained(encoder, output_loading_info=True)
+    # fp32 whatever it is stored in: these are the weights adaptation trains
+    model, info = AutoModelForMaskedLM.from_pretrained(encoder, dtype=torch.float32, output_loading_info=True)
     head_added = any(k.startswith(("lm_head", "cls.")) for k in info["missing_keys"])
     return model, head_added
 
