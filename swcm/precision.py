@@ -136,11 +136,20 @@ def cpu_has_bf16_instructions() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+CPU_PROBE_ROUNDS = 5
+
+
 @functools.cache
 def _cpu_choice() -> PrecisionChoice:
     if not cpu_has_bf16_instructions():
         return choose_mixed_precision("cpu", bf16_supported=False)
-    bf16, fp32 = matmul_gflops(torch.bfloat16), matmul_gflops(torch.float32)
+    # Alternate the two probes and keep each one's best: other processes on the same cores slow
+    # whichever probe they overlap (one probe under load once read bf16 at 4 GFLOP/s against
+    # fp32's 198 on a CPU whose bf16 runs at 370), so one pass can pick the wrong precision.
+    bf16 = fp32 = 0.0
+    for _ in range(CPU_PROBE_ROUNDS):
+        bf16 = max(bf16, matmul_gflops(torch.bfloat16, budget_s=0.02))
+        fp32 = max(fp32, matmul_gflops(torch.float32, budget_s=0.02))
     return choose_mixed_precision("cpu", bf16_gflops=bf16, fp32_gflops=fp32)
 
 
