@@ -31,6 +31,11 @@ class TrainingConfig:
     (see `teacher_forcing_ratio`), which decays from 1.0 to `ss_floor`. With an evaluate hook,
     `eval_every` steps the hook runs, the best model by `metric` is kept in OUT/best, and
     training stops after `patience` evaluations without improvement (None: never).
+    `num_workers` processes look up, finish (the pretraining stream's DAE noise) and collate
+    the batches ahead of the loop; 0 does it on the training thread. Which batches come next is
+    decided on the main process either way: the batches, and a resumed run, are the same (for a
+    collator that draws no random numbers; `DataCollatorForLanguageModeling` masks with each
+    worker's own generator).
     """
 
     out_dir: str | Path
@@ -61,6 +66,7 @@ class TrainingConfig:
     greater_is_better: bool | None = None  # None: False for metrics named *loss*, else True
     patience: int | None = None
     progress: bool = True
+    num_workers: int = 0  # DataLoader worker processes that finish (DAE noise) and collate batches
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -70,6 +76,8 @@ class TrainingConfig:
         for name in ("eval_every", "patience", "max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr <= 0:

@@ -273,7 +273,8 @@ def train(
                          f"but grad_accum is {config.grad_accum}; set one value in both")
     run.start(resume_from)
     state, result = run.state, run.result
-    loader = batch_loader(run.sampler, collator, seed=config.seed)
+    loader = batch_loader(run.sampler, collator, config.num_workers, pin_memory=accelerator.device.type == "cuda",
+                          seed=config.seed)
     batches = run.batches(loader)
     bar = tqdm(total=config.max_steps, initial=state.step, desc="train", unit="step",
                disable=not (config.progress and accelerator.is_main_process))
