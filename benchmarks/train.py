@@ -251,11 +251,11 @@ def loop_with_workers(args, workers: list[int]) -> None:
               f"{torch.get_num_threads()} threads; shape {args.shape}, vocab {model.config.vocab_size}; "
               f"the demo's pretraining: 768 padded tokens a step, 32-token sources and targets, MT half")
         initial = {k: v.clone() for k, v in model.state_dict().items()}
-        for count in workers:
+        for run, count in enumerate(workers):
             model.load_state_dict(initial)
             stream = PretrainingStream(tokenizer, data["mono"], data["parallel"], mt_fraction=0.5, max_source_length=32,
                                        max_target_length=32, seed=0)
-            config = TrainingConfig(out_dir=root / f"run-{count}", max_steps=args.steps, batch_size=8, max_tokens=768,
+            config = TrainingConfig(out_dir=root / f"run-{run}", max_steps=args.steps, batch_size=8, max_tokens=768,
                                     lr=1e-3, warmup_steps=5, scheduled_sampling="linear", log_every=1,
                                     save_every=args.steps, keep_last=1, progress=False, num_workers=count)
             started = time.perf_counter()
