@@ -13,7 +13,15 @@ per FLOP (SWCM's FLOP/s over MBart's), achieved GFLOP/s and its share of a plain
 product's rate measured in the same run (`--device cuda`: MFU, the share of the GPU's dense
 bf16 peak). Speed is noisy on a shared machine: the best of `--steps` timed steps is used.
 
+With `--workers 0,2` it times the whole training loop instead (`swcm.training.train`: batching,
+DAE noise, collation, copies to the device, forward, backward, AdamW) on the demo's pretraining
+(the vendored LibreOffice text in zh, ug, kk, mn and dz, monolingual and zh–x pairs, half MT,
+batches of 768 padded tokens grouped by length, 32-token sources and targets, a SentencePiece
+tokenizer trained on the same text) with each number of DataLoader workers, and prints the
+loop's tokens/s (the median over its steps after the first `--warmup`) and the wall time.
+
     python benchmarks/train.py                       # small shape, a few minutes on 2 cores
+    python benchmarks/train.py --shape demo --workers 0,2 --steps 30
     python benchmarks/train.py --shape base --batch 8 --source-length 128 --target-length 128
     python benchmarks/train.py --device cuda --shape base --compile
 """
@@ -23,15 +31,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import MBartConfig, MBartForConditionalGeneration, XLMRobertaConfig
+from transformers import DataCollatorForSeq2Seq, MBartConfig, MBartForConditionalGeneration, XLMRobertaConfig
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.precision import cpu_name, matmul_gflops, resolve_mixed_precision
-from swcm.training import parameter_groups, training_loss
+from swcm.training import TrainingConfig, parameter_groups, train, training_loss
 
 SHAPES = {  # hidden, layers, heads, FFN, vocabulary
     "small": (256, 6, 4, 1024, 16000),
@@ -42,15 +52,21 @@ SHAPES = {  # hidden, layers, heads, FFN, vocabulary
 GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
 
-def build_models(shape: str, vocab_size: int | None) -> tuple[SWCMForConditionalGeneration, MBartForConditionalGeneration]:
+def swcm_model(shape: str, vocab_size: int | None) -> tuple[SWCMForConditionalGeneration, XLMRobertaConfig]:
+    """An SWCM model of `shape` (random weights) and its encoder's configuration."""
     hidden, layers, heads, ffn, vocab = SHAPES[shape]
-    vocab = vocab_size or vocab
     encoder = XLMRobertaConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        vocab_size=vocab_size or vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=ffn, max_position_embeddings=514, type_vocab_size=1,
     )
     torch.manual_seed(0)
-    swcm = SWCMForConditionalGeneration(SWCMConfig(encoder=encoder.to_dict()))
+    return SWCMForConditionalGeneration(SWCMConfig(encoder=encoder.to_dict())), encoder
+
+
+def build_models(shape: str, vocab_size: int | None) -> tuple[SWCMForConditionalGeneration, MBartForConditionalGeneration]:
+    swcm, encoder = swcm_model(shape, vocab_size)
+    vocab, hidden, layers, heads, ffn = (encoder.vocab_size, encoder.hidden_size, encoder.num_hidden_layers,
+                                         encoder.num_attention_heads, encoder.intermediate_size)
     mbart_config = MBartConfig(
         vocab_size=vocab, d_model=hidden, encoder_layers=layers, decoder_layers=len(swcm.decoder.layers),
         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
@@ -141,10 +157,16 @@ def main() -> None:
                         help="also profile one step of each model (torch.profiler) and print its N costliest ops")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (on a busy shared CPU, 1 is steadier)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU (default: known GPUs)")
+    parser.add_argument("--workers", help="comma-separated DataLoader worker counts: time the training loop on the "
+                                          "demo's pretraining with each (e.g. 0,2) instead of one step")
+    parser.add_argument("--warmup", type=int, default=3, help="with --workers: first steps left out of the median")
     args = parser.parse_args()
     device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.workers:
+        loop_with_workers(args, [int(n) for n in args.workers.split(",")])
+        return
 
     swcm, mbart = build_models(args.shape, args.vocab_size)
     vocab = swcm.config.vocab_size
@@ -207,6 +229,42 @@ def main() -> None:
         ratio_median = median["mbart"] / median["swcm"]
         print(f"  swcm/mbart: {ratio:.2f} tokens/s (median {ratio_median:.2f}), "
               f"per FLOP {per_flop:.2f} (median {ratio_median * flops['swcm'] / flops['mbart']:.2f})")
+
+
+def loop_with_workers(args, workers: list[int]) -> None:
+    """The training loop on the demo's pretraining data and settings, once per worker count."""
+    from swcm.data import PretrainingStream
+    from swcm.encoders.tiny_encoder import train_tokenizer
+    from swcm.experiments import prepare_vendored_data
+    from swcm.tokenization import add_language_tags
+
+    with tempfile.TemporaryDirectory(prefix="swcm-loop-") as tmp:
+        root = Path(tmp)
+        data = prepare_vendored_data("libreoffice", root / "data", targets=["ug", "kk", "mn", "dz"])
+        texts = [line for spec in data["mono"] for line in Path(spec.split("=", 1)[1]).read_text(encoding="utf-8").splitlines()]
+        tokenizer = train_tokenizer(texts, root / "tokenizer", vocab_size=8000)
+        langs = data["langs"]
+        model, _ = swcm_model(args.shape, max(args.vocab_size or SHAPES[args.shape][4], len(tokenizer) + len(langs)))
+        add_language_tags(model, tokenizer, langs)
+        where = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()  # where the loop trains
+        print(f"{where}; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads; shape {args.shape}, vocab {model.config.vocab_size}; "
+              f"the demo's pretraining: 768 padded tokens a step, 32-token sources and targets, MT half")
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        for run, count in enumerate(workers):
+            model.load_state_dict(initial)
+            stream = PretrainingStream(tokenizer, data["mono"], data["parallel"], mt_fraction=0.5, max_source_length=32,
+                                       max_target_length=32, seed=0)
+            config = TrainingConfig(out_dir=root / f"run-{run}", max_steps=args.steps, batch_size=8, max_tokens=768,
+                                    lr=1e-3, warmup_steps=5, scheduled_sampling="linear", log_every=1,
+                                    save_every=args.steps, keep_last=1, progress=False, num_workers=count)
+            started = time.perf_counter()
+            result = train(model, tokenizer, stream, config, DataCollatorForSeq2Seq(tokenizer), sharded=True)
+            wall = time.perf_counter() - started
+            rates = [r["tokens_per_s"] for r in result.history[args.warmup :]]
+            print(f"  {count} workers: {statistics.median(rates):8.0f} tokens/s (median of steps {args.warmup + 1}-"
+                  f"{args.steps}; min {min(rates):.0f}, max {max(rates):.0f}), {wall:.1f} s for {args.steps} steps "
+                  f"with the final save, {result.history[-1]['mixed_precision']}")
 
 
 def _millions(model) -> str:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from swcm.data.batching import GROUP_BATCHES, DataCursor, example_length
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import libreoffice, udhr
-from swcm.training import GROUP_BATCHES, TrainingConfig, _DataCursor, example_length, train
+from swcm.training import TrainingConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_length_grouping_cuts_padding_reads_every_example_once_and_resumes_exact
     """Batches of 8 examples, or with a token budget as many as fit in `budget` positions."""
     examples = _libreoffice_examples(AutoTokenizer.from_pretrained(tiny_encoder_dir))
     data = examples if kind == "list" else _Stream(examples)
-    cursor = lambda group: _DataCursor(data, seed=3, shuffle=True, group_by_length=group, max_tokens=budget)  # noqa: E731
+    cursor = lambda group: DataCursor(data, seed=3, shuffle=True, group_by_length=group, max_tokens=budget)  # noqa: E731
 
     def first_epoch(group):
         batches, seen = [], 0
@@ -139,7 +140,7 @@ def test_length_grouped_steps_do_not_walk_from_long_to_short(tiny_encoder_dir):
     longest first, every batch full but the last."""
     examples = _libreoffice_examples(AutoTokenizer.from_pretrained(tiny_encoder_dir), n=1600)
     size = 8
-    cursor = _DataCursor(examples, seed=0, shuffle=True, group_by_length=True)
+    cursor = DataCursor(examples, seed=0, shuffle=True, group_by_length=True)
     batches = list(islice(cursor.batches(size), -(-len(examples) // size)))
     assert len(batches) > 3 * GROUP_BATCHES // 2  # more than one mega-batch
     assert all(len(b) == size for b in batches[:-1])

@@ -6,7 +6,9 @@ tokens (records are counted in tokens of the model's tokenizer, both sides of a 
 
 - DAE, language L: the next chunk of L's next document (documents longer than the maximum
   length are cut into chunks, at a sentence end when one is near) → input = the chunk noised
-  by `add_noise`, labels = [tag(L)] + the chunk + </s>.
+  by `add_noise`, labels = [tag(L)] + the chunk + </s>. The noise has a seed of its own, drawn
+  with the example: the stream hands out drafts (`drafts()`), the chunk still clean, and
+  `finish` (a `DaeNoise`) noises them, in a `DataLoader` worker when training has workers.
 - MT, language pair {A, B}: each pair read gives two examples, on consecutive draws of the
   pair: A → B (labels start with tag(B)), then B → A (tag(A)). With zh–x pairs these are the
   paper's zh→x and x→zh directions.
@@ -33,7 +35,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .census_cache import census_key, read_census, write_census
-from .examples import ExampleEncoder
+from .examples import ExampleEncoder, special_tokens_around
 from .noise import NoiseConfig, add_noise, protected_ids, sentence_end_ids
 from .readers import Problems, RecordStream, Source, census, parse_source_spec
 from .sampling import ObjectiveSampler
@@ -87,6 +89,31 @@ class _RecordStream:
 # DAE documents are read and tokenised this many at a time: one batched call to a fast
 # tokenizer encodes them in parallel (Rust threads), well ahead of the model.
 _READ_AHEAD = 8
+NOISE_SEED = "noise_seed"  # the key of a DAE draft's noise seed
+
+
+class DaeNoise:
+    """Finishes a stream's drafts: a DAE draft's source noised by `add_noise` with a generator
+    of its own seed, so that a draft gives the same example wherever and whenever it is finished
+    (any other example passes unchanged). Small and picklable, for `DataLoader` workers."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, noise: NoiseConfig, sentence_ends: dict[str, frozenset[int]],
+                 max_source_ids: int):
+        self.noise, self.sentence_ends, self.max_source_ids = noise, sentence_ends, max_source_ids
+        self.mask_id, self.special_ids = tokenizer.mask_token_id, protected_ids(tokenizer)
+        prefix, suffix = special_tokens_around(tokenizer)
+        self.prefix, self.suffix = len(prefix), len(suffix)
+
+    def __call__(self, draft: dict) -> dict[str, list[int]]:
+        if NOISE_SEED not in draft:
+            return draft
+        ids, end = draft["input_ids"], len(draft["input_ids"]) - self.suffix
+        noised = add_noise(
+            ids[self.prefix : end], self.noise, np.random.default_rng(draft[NOISE_SEED]), mask_id=self.mask_id,
+            sentence_end_ids=self.sentence_ends[draft["lang"]], special_ids=self.special_ids,
+            max_length=self.max_source_ids,
+        )
+        return {"input_ids": [*ids[: self.prefix], *noised, *ids[end:]], "labels": draft["labels"]}
 
 
 def _stream_name(objective: str, key: tuple[str, ...]) -> str:
@@ -139,10 +166,8 @@ class PretrainingStream(torch.utils.data.IterableDataset):
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.noise = noise or NoiseConfig()
         self.encoder = ExampleEncoder(tokenizer, max_source_length, max_target_length)
-        self.mask_id = tokenizer.mask_token_id
-        if self.mask_id is None and self.noise.mask_ratio > 0:
+        if tokenizer.mask_token_id is None and self.noise.mask_ratio > 0:
             raise ValueError("the tokenizer has no mask token, which text infilling needs")
-        self.special_ids = protected_ids(tokenizer)
         # A DAE chunk is both the target and (noised) the source: it must fit either way.
         self.chunk_length = min(self.encoder.max_source_ids, self.encoder.max_target_ids)
 
@@ -183,6 +208,7 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         self._sentence_ends = {
             key[0]: sentence_end_ids(tokenizer, key[0]) for (objective, key) in self.sampler.probs if objective == "dae"
         }
+        self.finish = DaeNoise(tokenizer, self.noise, self._sentence_ends, self.encoder.max_source_ids)
         self._streams: dict[tuple[str, tuple[str, ...]], _RecordStream] = {}
         for objective, key in self.sampler.probs:
             records = RecordStream(list(found[objective][key]), langs=langs, on_bad_record=on_bad_record, key=key,
@@ -202,13 +228,25 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         return {_stream_name(o, key): p for (o, key), p in self.sampler.probs.items()}
 
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
+        return map(self.finish, self.drafts())
+
+    def drafts(self) -> Iterator[dict]:
+        """The examples to come, DAE sources not yet noised (`next_draft`); `finish` completes
+        them, where batches are collated (in `DataLoader` workers, with `swcm.training`)."""
         if torch.utils.data.get_worker_info() is not None:
-            raise RuntimeError("PretrainingStream keeps its position in one process: use DataLoader(num_workers=0)")
+            raise RuntimeError("PretrainingStream keeps its position in the main process: read it there, "
+                               "and finish its drafts in the workers (swcm.data.batching)")
         while True:
-            yield self.next_example()
+            yield self.next_draft()
 
     def next_example(self) -> dict[str, list[int]]:
         """Draw (objective, language) and produce that stream's next example."""
+        return self.finish(self.next_draft())
+
+    def next_draft(self) -> dict:
+        """Draw (objective, language) and take that stream's next example, DAE noise still to
+        apply: a DAE draft holds the clean source, its noise seed (drawn here, so the position
+        decides it) and its language."""
         objective, key = self.sampler.draw(self._rng)
         stream = self._streams[objective, key]
         example = self._dae(stream, key[0]) if objective == "dae" else self._mt(stream)
@@ -227,11 +265,9 @@ class PretrainingStream(torch.utils.data.IterableDataset):
         if stream.chunk == len(chunks):
             del stream.pending[0], stream.cache[0]
             stream.chunk = 0
-        noised = add_noise(
-            chunk, self.noise, self._rng, mask_id=self.mask_id, sentence_end_ids=self._sentence_ends[lang],
-            special_ids=self.special_ids, max_length=self.encoder.max_source_ids,
-        )
-        return self.encoder.example(noised, chunk, lang)
+        # The chunk fits both limits (`chunk_length`): as a source it is framed, never cut.
+        draft = self.encoder.example(chunk, chunk, lang)
+        return {**draft, NOISE_SEED: int(self._rng.integers(2**63)), "lang": lang}
 
     def _chunks(self, ids: list[int], ends: frozenset[int]) -> list[list[int]]:
         """Cut a document into pieces of at most `chunk_length` tokens, after a sentence end in

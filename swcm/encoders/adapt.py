@@ -47,7 +47,7 @@ from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
 from ..io import save_model_dir, save_tokenizer
 from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
-from .tiny_encoder import SENTENCEPIECE_FILE, mlm_windows, write_xlmr_tokenizer
+from .tiny_encoder import SENTENCEPIECE_FILE, masked_lm_loss, mlm_windows, write_xlmr_tokenizer
 
 REPORT_FILE = "adapt.json"
 NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
@@ -421,11 +421,6 @@ def mlm_examples(
         lang_windows = windows[langs[lang_index]]
         examples.append({"input_ids": lang_windows[rng.integers(len(lang_windows))]})
     return examples, probs
-
-
-def masked_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """The masked LM's own cross-entropy on a `DataCollatorForLanguageModeling` batch."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 @torch.no_grad()

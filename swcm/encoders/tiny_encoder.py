@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,12 +41,12 @@ from transformers import (
     XLMRobertaConfig,
     XLMRobertaForMaskedLM,
     XLMRobertaTokenizer,
-    get_linear_schedule_with_warmup,
 )
 from transformers.convert_slow_tokenizer import XLMRobertaConverter
 
 from ..io import atomic_directory, save_tokenizer
 from ..precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
+from ..training import TrainingConfig, train
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # the file name XLM-R checkpoints use
 
@@ -237,8 +238,8 @@ def train_tiny_encoder(
     """Train a stand-in encoder on `texts` and save it as a Hugging Face directory in `out_dir`.
 
     The tokenizer comes from `train_tokenizer`; the model is an `XLMRobertaForMaskedLM` (FFN 4×
-    hidden, type vocab 1) trained with masked-language modelling for `settings.steps` AdamW steps
-    (linear warm-up and decay; autocast in the precision `swcm.precision` resolves for
+    hidden, type vocab 1) trained with masked-language modelling through the shared training loop
+    for `settings.steps` AdamW steps (linear warm-up and decay; autocast in the precision `swcm.precision` resolves for
     `settings.mixed_precision`, printed and recorded as "mixed_precision"). Settings are a `TinyEncoderSettings`, or its
     fields as keyword overrides. The run is deterministic for a seed. `out_dir` receives
     config.json, model.safetensors, the tokenizer files and `tiny_encoder.json` (settings, corpus
@@ -262,9 +263,7 @@ def train_tiny_encoder(
         precision = resolve_mixed_precision(settings.mixed_precision, "cpu")
         if precision.mixed_precision == "fp16":
             raise ValueError("the stand-in encoder trains on the CPU; fp16 needs a GPU")
-        if progress:
-            tqdm.write(f"tiny encoder: mixed precision {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
-        losses = _train_mlm(model, tokenizer, texts, settings, precision.dtype, progress)
+        losses = _train_mlm(model, tokenizer, texts, settings, precision.mixed_precision, progress)
         model.save_pretrained(tmp, safe_serialization=True)
         record["parameters"] = sum(p.numel() for p in model.parameters())
         record["vocab_size"] = len(tokenizer)
@@ -324,27 +323,29 @@ def mlm_windows(tokenizer, texts: list[str], max_length: int) -> list[list[int]]
     ]
 
 
-def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, dtype: torch.dtype,
+def masked_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The masked LM's own cross-entropy on a `DataCollatorForLanguageModeling` batch."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def _train_mlm(model, tokenizer, texts: list[str], settings: TinyEncoderSettings, mixed_precision: str,
                progress: bool) -> list[float]:
+    """Masked-LM training through the shared loop (`swcm.training.train`), in a scratch
+    directory: `settings.steps` batches of windows drawn at random (with replacement, seeded);
+    returns the loss of every step."""
     windows = mlm_windows(tokenizer, texts, settings.max_length)
-    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=settings.seed)
     sampler = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    schedule = get_linear_schedule_with_warmup(optimizer, min(settings.warmup, settings.steps // 2), settings.steps)
-    model.train()
-    losses = []
-    bar = tqdm(range(settings.steps), desc="tiny encoder (MLM)", unit="step", disable=not progress, leave=False)
-    for _ in bar:
-        picks = torch.randint(len(windows), (min(settings.batch_size, len(windows)),), generator=sampler)
-        batch = collate([{"input_ids": windows[i]} for i in picks.tolist()])
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    picks = [torch.randint(len(windows), (min(settings.batch_size, len(windows)),), generator=sampler).tolist()
+             for _ in range(settings.steps)]
+    examples = [{"input_ids": windows[i]} for batch in picks for i in batch]
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=settings.seed)
+    with tempfile.TemporaryDirectory(prefix="tiny-encoder-") as scratch:
+        config = TrainingConfig(
+            out_dir=scratch, max_steps=settings.steps, batch_size=len(picks[0]), lr=settings.lr, weight_decay=0.01,
+            warmup_steps=min(settings.warmup, settings.steps // 2), schedule="linear", seed=settings.seed,
+            shuffle=False, group_by_length=False, mixed_precision=mixed_precision, log_every=1,
+            save_every=settings.steps, keep_last=1, progress=progress,
+        )
+        result = train(model, tokenizer, examples, config, collate, loss_fn=masked_lm_loss)
     model.eval()
-    return losses
+    return [record["loss"] for record in result.history]

@@ -1,0 +1,197 @@
+"""Checkpoints: the model and everything a resumed run needs, written atomically.
+
+A checkpoint `OUT/checkpoints/step-N/` holds the weights (safetensors) and tokenizer, and the
+training state: optimizer (keyed by parameter name, torch's distributed state-dict format, so
+one format for one process, DDP and FSDP), scheduler, fp16 scaler, one RNG state and one data
+position per rank, and the trainer state (step, best metric). Every directory is written into
+a temporary directory beside its final place, flushed, and renamed, so a kill at any moment
+leaves the previous checkpoint complete. Training state is restored with
+`torch.load(weights_only=True)` only; nothing is unpickled (accelerate's own `load_state` would
+unpickle registered objects).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from accelerate.utils import DistributedType, gather_object
+from safetensors.torch import load_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+
+from ..io import atomic_directory, save_tokenizer
+
+if TYPE_CHECKING:
+    from .loop import Run
+
+CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+# What `restore` reads besides the weights (scaler.pt, for fp16 only, is optional).
+STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "data.pt")
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: its step, and the best evaluation so far (for OUT/best and early stopping)."""
+
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+
+
+def missing_state_files(checkpoint: str | Path) -> list[Path]:
+    """The training-state files a checkpoint directory lacks (empty: it can be resumed)."""
+    return [Path(checkpoint) / name for name in STATE_FILES if not (Path(checkpoint) / name).is_file()]
+
+
+def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under OUT/checkpoints, oldest first (temporary dirs are ignored)."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The most recent complete checkpoint under OUT/checkpoints, or None."""
+    dirs = checkpoint_dirs(out_dir)
+    return dirs[-1] if dirs else None
+
+
+def clear_interrupted_saves(out_dir: str | Path) -> None:
+    """Remove the temporary directories of saves a kill interrupted."""
+    for stale in (Path(out_dir) / "checkpoints").glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_model_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load safetensors weights written by `save_pretrained` (one file or shards) into `model`.
+
+    Keys that `save_pretrained` leaves out because they share storage with a saved tensor
+    (tied embeddings) may be missing; anything else missing or unexpected is an error.
+    """
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(directory / name))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
+    current = model.state_dict()
+    missing = [k for k in missing if current[k].data_ptr() not in loaded]
+    if missing or unexpected:
+        raise ValueError(f"{directory}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_model(run: Run, directory: Path, extra: Callable[[Path], None] | None = None) -> None:
+    """Write model (+ tokenizer, + `extra` files) atomically; collective, main process writes."""
+    accelerator = run.accelerator
+    weights = accelerator.get_state_dict(run.model)  # gathers sharded weights on every rank
+    if accelerator.is_main_process:
+        with atomic_directory(directory) as tmp:
+            accelerator.unwrap_model(run.model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            if run.tokenizer is not None:
+                save_tokenizer(run.tokenizer, tmp)
+            if extra is not None:
+                extra(tmp)
+    accelerator.wait_for_everyone()
+
+
+def _state_dict_options(run: Run) -> StateDictOptions:
+    # FSDP shards the optimizer state: gather it whole (onto the main process, on the CPU)
+    # to save it, and hand it out from there to load it. DDP and one process hold it whole.
+    if run.accelerator.distributed_type == DistributedType.FSDP:
+        return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=True)
+    return StateDictOptions()
+
+
+def save_checkpoint(run: Run) -> Path:
+    """Write OUT/checkpoints/step-N for the run's step and keep the last `keep_last`; collective."""
+    accelerator = run.accelerator
+    # One entry per rank, in rank order: RNG streams differ, and so does the data position
+    # when each rank reads its own shard.
+    rng = gather_object([_rng_state()])
+    data = gather_object([run.sampler.state_dict()])
+    # The optimizer state keyed by parameter name; collective, complete on the main process.
+    optimizer_state = get_optimizer_state_dict(run.model, run.optimizer.optimizer, options=_state_dict_options(run))
+
+    def training_files(tmp: Path) -> None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+        torch.save(rng, tmp / "rng.pt")
+        torch.save(data, tmp / "data.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(run.state)), encoding="utf-8")
+
+    directory = run.out / "checkpoints" / f"step-{run.state.step}"
+    save_model(run, directory, training_files)
+    if accelerator.is_main_process:
+        for old in checkpoint_dirs(run.out)[: -run.config.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return directory
+
+
+def restore(run: Run, directory: Path) -> None:
+    """Restore everything but the weights (loaded before `prepare`) from a checkpoint."""
+    accelerator = run.accelerator
+    options = _state_dict_options(run)
+    state = _load(directory / "optimizer.pt") if accelerator.is_main_process or not options.broadcast_from_rank0 else {}
+    set_optimizer_state_dict(run.model, run.optimizer.optimizer, state, options=options)
+    run.scheduler.load_state_dict(_load(directory / "scheduler.pt"))
+    if accelerator.scaler is not None and (directory / "scaler.pt").exists():
+        accelerator.scaler.load_state_dict(_load(directory / "scaler.pt"))
+    run.state = TrainerState(**json.loads((directory / "trainer_state.json").read_text(encoding="utf-8")))
+    rng, data = _load(directory / "rng.pt"), _load(directory / "data.pt")
+    if len(rng) != accelerator.num_processes:
+        raise ValueError(f"{directory}: saved by {len(rng)} processes, resumed on {accelerator.num_processes}")
+    _set_rng_state(rng[accelerator.process_index])
+    run.sampler.load_state_dict(data[accelerator.process_index])
+
+
+def rewrite_log(path: Path, upto_step: int) -> None:
+    """Drop log records after `upto_step`: a resumed run re-does those steps."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")

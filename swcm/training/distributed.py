@@ -1,0 +1,45 @@
+"""The `Accelerator` a run trains under, and this process's place in the launch."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import is_tensorboard_available
+
+from ..distributed import process_group_kwargs
+from ..precision import PrecisionChoice, resolve_mixed_precision
+from .config import TrainingConfig
+
+def make_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
+    """The run's `Accelerator` in the precision `config.mixed_precision` resolves to, and that choice."""
+    precision = resolve_mixed_precision(config.mixed_precision)
+    if precision.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("fp16 mixed precision needs a GPU; use bf16 on CPU")
+    state = AcceleratorState._shared_state
+    # Several runs in one process (tests, experiment grids) may differ in precision; accelerate
+    # keeps its state per process, so a single-process run starts from a clean one.
+    if state and state.get("_mixed_precision") != precision.mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    log_with = "tensorboard" if is_tensorboard_available() else None
+    # Without an accelerator device, accelerate treats a torchrun-style launch (what
+    # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
+    # then it is DDP over gloo, and a single process is unaffected.
+    on_cpu = not _has_accelerator_device()
+    distributed_state()  # the process group, with its timeout, unless something asked for the rank before
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
+                              project_dir=str(config.out_dir))
+    return accelerator, precision
+
+
+def distributed_state() -> PartialState:
+    """This process's place in the launch (`.process_index`, `.num_processes`), set up as
+    `train()` sets it up. Call this, not a bare `PartialState()`, before `train()` when you
+    need the rank (e.g. to build a sharded stream): accelerate fixes its state on first use."""
+    return PartialState(cpu=not _has_accelerator_device(), **process_group_kwargs())
+
+
+def _has_accelerator_device() -> bool:
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
