@@ -8,9 +8,10 @@ decoder   Custom layers, each a copy of one encoder layer (masked self-attention
           initialised Normal layers (self-attention, cross-attention, FFN)
 lm_head   Linear(H, V) with bias: untied and random (paper), tied, or the encoder's MLM head
 
-Attention runs through `torch.nn.functional.scaled_dot_product_attention`; during generation
-the self-attention keys/values are cached step by step and the cross-attention keys/values
-are computed once, in a transformers `EncoderDecoderCache`.
+The sublayers, attention and FFN, are in `swcm.sublayers`: attention runs through
+`torch.nn.functional.scaled_dot_product_attention`; during generation the self-attention
+keys/values are cached step by step and the cross-attention keys/values are computed once, in
+a transformers `EncoderDecoderCache`. The loss's cross-entropy is `swcm.loss.token_cross_entropy`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -29,104 +29,8 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.bart.modeling_bart import shift_tokens_right  # labels → decoder inputs, as BART
 
 from .configuration import LM_HEADS, SWCMConfig, check_encoder_config
-
-
-@torch.no_grad()
-def _copy_weights(*pairs: tuple[nn.Module, nn.Module]) -> None:
-    """Copy the weight and bias of each (ours, the encoder's) pair of Linear / LayerNorm modules."""
-    for mine, theirs in pairs:
-        mine.weight.copy_(theirs.weight)
-        mine.bias.copy_(theirs.bias)
-
-
-class SWCMAttention(nn.Module):
-    """Multi-head attention with BERT's parameter names (query, key, value, output)."""
-
-    def __init__(self, config: SWCMConfig, layer_idx: int, is_cross_attention: bool):
-        super().__init__()
-        enc = config.encoder
-        self.num_heads = enc.num_attention_heads
-        self.head_dim = enc.hidden_size // enc.num_attention_heads
-        self.dropout = enc.attention_probs_dropout_prob
-        self.layer_idx = layer_idx
-        self.is_cross_attention = is_cross_attention
-        self.query = nn.Linear(enc.hidden_size, enc.hidden_size)
-        self.key = nn.Linear(enc.hidden_size, enc.hidden_size)
-        self.value = nn.Linear(enc.hidden_size, enc.hidden_size)
-        self.output = nn.Linear(enc.hidden_size, enc.hidden_size)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
-    def _projections(self, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
-        """The named projections of `x`, as heads, computed by one matrix product (one larger
-        GEMM runs faster than several small ones; the parameters stay separate, BERT's)."""
-        linears = [getattr(self, name) for name in names]
-        if any(type(linear) is not nn.Linear for linear in linears):  # adapters (LoRA, …): their own forward
-            return [self._heads(linear(x)) for linear in linears]
-        weight = torch.cat([linear.weight for linear in linears])
-        bias = torch.cat([linear.bias for linear in linears])
-        return [self._heads(part) for part in F.linear(x, weight, bias).chunk(len(names), dim=-1)]
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_value_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
-        cache_position: torch.Tensor | None = None,
-        is_causal: bool = False,
-    ) -> torch.Tensor:
-        """`is_causal`: plain causal self-attention over exactly these positions (no cache, no
-        padding), which SDPA runs without a mask tensor — its fastest kernels."""
-        if self.is_cross_attention:
-            query = self._heads(self.query(hidden_states))
-            cache = past_key_values.cross_attention_cache if past_key_values is not None else None
-            if cache is not None and past_key_values.is_updated.get(self.layer_idx):
-                # The encoder output does not change during generation: reuse its keys/values.
-                key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
-            else:
-                key, value = self._projections(key_value_states, "key", "value")
-                if cache is not None:
-                    key, value = cache.update(key, value, self.layer_idx)
-                    past_key_values.is_updated[self.layer_idx] = True
-        else:
-            query, key, value = self._projections(hidden_states, "query", "key", "value")
-            if past_key_values is not None:
-                key, value = past_key_values.self_attention_cache.update(
-                    key, value, self.layer_idx, {"cache_position": cache_position}
-                )
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and attention_mask is None,
-        )
-        context = context.transpose(1, 2).reshape(hidden_states.shape)
-        return self.output(context)
-
-    def copy_from(self, bert_self_attention: nn.Module, bert_output_dense: nn.Linear) -> None:
-        _copy_weights(
-            (self.query, bert_self_attention.query),
-            (self.key, bert_self_attention.key),
-            (self.value, bert_self_attention.value),
-            (self.output, bert_output_dense),
-        )
-
-
-class FeedForward(nn.Module):
-    """BERT's FFN: intermediate.dense → activation → output.dense."""
-
-    def __init__(self, config: SWCMConfig):
-        super().__init__()
-        enc = config.encoder
-        self.intermediate = nn.Linear(enc.hidden_size, enc.intermediate_size)
-        self.act = ACT2FN[enc.hidden_act]
-        self.output = nn.Linear(enc.intermediate_size, enc.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.act(self.intermediate(x)))
-
-    def copy_from(self, intermediate_dense: nn.Linear, output_dense: nn.Linear) -> None:
-        _copy_weights((self.intermediate, intermediate_dense), (self.output, output_dense))
+from .loss import token_cross_entropy
+from .sublayers import FeedForward, SWCMAttention, _copy_weights
 
 
 class _PostLNDecoderLayer(GradientCheckpointingLayer):
@@ -541,54 +445,6 @@ class SWCMForConditionalGeneration(SWCMPreTrainedModel, GenerationMixin):
 # The output field holding the cache: `cache` in transformers 5 (which warns on the old name),
 # `past_key_values` in 4.x.
 _CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
-
-
-# Rows of logits upcast to float32 at a time by `token_cross_entropy`: 64 MiB of float32 each.
-CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 24
-
-
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The summed cross-entropy of N × V `logits` (any float dtype) against N `targets`, as
-    `F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=…)` gives it,
-    without holding a float32 copy of `logits`: float32 is computed a chunk of rows at a time,
-    in the forward and again in the backward, and only `logits` itself is kept for the gradient."""
-    return _TokenCrossEntropy.apply(logits, targets, label_smoothing)
-
-
-class _TokenCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-        ctx.save_for_backward(logits, targets)
-        ctx.label_smoothing = label_smoothing
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for rows in _chunks(logits.shape):
-            total += F.cross_entropy(logits[rows].float(), targets[rows], reduction="sum", label_smoothing=label_smoothing)
-        return total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total: torch.Tensor):
-        logits, targets = ctx.saved_tensors
-        smoothing, vocab = ctx.label_smoothing, logits.shape[-1]
-        chunks = _chunks(logits.shape)
-        grad = None if len(chunks) == 1 else torch.empty_like(logits)
-        for rows in chunks:
-            # d/dlogits of (1 − ε)·(−log p_target) + ε·mean_j(−log p_j) = p − (1 − ε)·onehot − ε/V
-            part = torch.softmax(logits[rows].float(), dim=-1)
-            if smoothing:
-                part.sub_(smoothing / vocab)
-            part[torch.arange(part.shape[0], device=part.device), targets[rows]] -= 1.0 - smoothing
-            part.mul_(grad_total)
-            if grad is None:
-                grad = part.to(logits.dtype)  # one chunk: no second N × V buffer when dtypes agree
-            else:
-                grad[rows] = part
-        return grad, None, None
-
-
-def _chunks(shape: torch.Size) -> list[slice]:
-    step = max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // shape[-1])
-    return [slice(start, start + step) for start in range(0, shape[0], step)]
 
 
 def count_parameters(model: nn.Module) -> int:

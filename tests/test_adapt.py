@@ -19,19 +19,9 @@ from transformers import (
 
 from swcm.cli import main as cli
 from swcm.diagnostics import hidden_state_similarity, mean_pairwise_cosine, sample_pairs, similarity_summary
-from swcm.encoders.adapt import (
-    _decomposer,
-    auxiliary_embeddings,
-    continue_mlm,
-    extend_vocabulary,
-    mlm_validation_loss,
-    load_masked_lm,
-    piece_decomposition,
-    script_characters,
-    sentencepiece_proto,
-    sparsemax,
-    tokenizer_statistics,
-)
+from swcm.encoders.adapt import continue_mlm, load_masked_lm, mlm_validation_loss, tokenizer_statistics
+from swcm.encoders.focus import auxiliary_embeddings, sparsemax
+from swcm.encoders.vocabulary import _decomposer, extend_vocabulary, piece_decomposition, script_characters, sentencepiece_proto
 from swcm.encoders.tiny_encoder import train_tokenizer
 from swcm.modeling import SWCMForConditionalGeneration
 from swcm.resources import udhr

@@ -406,9 +406,9 @@ def test_the_label_positions_loss_equals_cross_entropy_over_the_full_logits(tiny
 def test_token_cross_entropy_in_chunks_equals_torchs(dtype, monkeypatch):
     """`token_cross_entropy`, a few rows at a time (no float32 copy of all the logits kept), sums
     what `F.cross_entropy` on the float32 logits sums, with its gradient in the logits' dtype."""
-    from swcm import modeling
+    from swcm import loss, modeling
 
-    monkeypatch.setattr(modeling, "CROSS_ENTROPY_CHUNK_ELEMENTS", 3 * 50)  # 3 rows of 50 at a time: 4 chunks
+    monkeypatch.setattr(loss, "CROSS_ENTROPY_CHUNK_ELEMENTS", 3 * 50)  # 3 rows of 50 at a time: 4 chunks
     torch.manual_seed(0)
     logits = (4 * torch.randn(11, 50)).to(dtype).requires_grad_()
     targets = torch.randint(0, 50, (11,))

@@ -191,8 +191,8 @@ def test_extended_e5_tokenizer_reads_the_vendored_tibetan_script(e5_tokenizer, t
     """e5 turns about half of Tibetan-script text into <unk>; extended with pieces learnt from the
     vendored dz and bo train text, it has no <unk> on their test text and gives it back, modulo
     its own NFKC normalisation (a fullwidth "，" comes back as ","), which the exact round trip counts."""
-    from swcm.encoders.adapt import (extended_proto, save_extended_tokenizer, sentencepiece_proto, tokenizer_statistics,
-                                     train_new_pieces)
+    from swcm.encoders.adapt import tokenizer_statistics
+    from swcm.encoders.vocabulary import extended_proto, save_extended_tokenizer, sentencepiece_proto, train_new_pieces
     from swcm.experiments import vendored_monolingual
 
     train, test = vendored_monolingual(["dz", "bo"], "train"), vendored_monolingual(["dz", "bo"], "test")
