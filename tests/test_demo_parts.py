@@ -71,6 +71,18 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_verdict_says_where_neither_variant_translates():
+    def run(variant, scores):
+        return {"spec": {"variant": variant}, "rows": [{"lang": lang, "chrf": c} for lang, c in scores.items()]}
+
+    results = [run("ws", {"kk": 15.6, "dz": 2.9}), run("random", {"kk": 7.6, "dz": 5.7})]
+    line = verdict(results)
+    assert "ws ahead on kk, behind or level on dz" in line
+    assert "Neither variant reaches chrF++ 10 on dz" in line
+    results = [run("ws", {"kk": 15.6, "dz": 12.0}), run("random", {"kk": 7.6, "dz": 5.7})]
+    assert "Neither variant" not in verdict(results)
+
+
 def test_settings_per_variant():
     section = {"lm_head": {"ws": "tied", "random": "untied"}, "lr": {"ws": 1e-3}, "max_steps": 5}
     assert per_variant(section, "ws") == {"lm_head": "tied", "lr": 1e-3, "max_steps": 5}

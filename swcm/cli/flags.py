@@ -81,6 +81,8 @@ TRAINING_FLAGS = {
     "(default {scheduled_sampling})",
     "ss_floor": "lowest teacher-forcing ratio (default %(default)s)",
     "ss_k": "inverse_sigmoid steepness (default %(default)s)",
+    "num_workers": "DataLoader worker processes that apply the DAE noise and collate batches ahead of the "
+    "loop (default %(default)s: in the training process; the data position resumes exactly either way)",
     "seed": "random seed (default %(default)s)",
     "log_every": "write log.jsonl every N steps (default %(default)s)",
     "save_every": "checkpoint every N steps and at the end (default %(default)s)",
