@@ -2,7 +2,7 @@
 
 A checkpoint `OUT/checkpoints/step-N/` holds the weights (safetensors) and tokenizer, and the
 training state: optimizer (keyed by parameter name, torch's distributed state-dict format, so
-one format for one process, DDP and FSDP), scheduler, fp16 scaler, one RNG state and one data
+one format for one process and DDP), scheduler, fp16 scaler, one RNG state and one data
 position per rank, and the trainer state (step, best metric). Every directory is written into
 a temporary directory beside its final place, flushed, and renamed, so a kill at any moment
 leaves the previous checkpoint complete. Training state is restored with
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from ..io import atomic_directory, save_tokenizer
 
@@ -136,14 +136,6 @@ def save_model(run: Run, directory: Path, extra: Callable[[Path], None] | None =
     accelerator.wait_for_everyone()
 
 
-def _state_dict_options(run: Run) -> StateDictOptions:
-    # FSDP shards the optimizer state: gather it whole (onto the main process, on the CPU)
-    # to save it, and hand it out from there to load it. DDP and one process hold it whole.
-    if run.accelerator.distributed_type == DistributedType.FSDP:
-        return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=True)
-    return StateDictOptions()
-
-
 def save_checkpoint(run: Run) -> Path:
     """Write OUT/checkpoints/step-N for the run's step and keep the last `keep_last`; collective."""
     accelerator = run.accelerator
@@ -152,7 +144,7 @@ def save_checkpoint(run: Run) -> Path:
     rng = gather_object([_rng_state()])
     data = gather_object([run.sampler.state_dict()])
     # The optimizer state keyed by parameter name; collective, complete on the main process.
-    optimizer_state = get_optimizer_state_dict(run.model, run.optimizer.optimizer, options=_state_dict_options(run))
+    optimizer_state = get_optimizer_state_dict(run.model, run.optimizer.optimizer)
 
     def training_files(tmp: Path) -> None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -175,9 +167,7 @@ def save_checkpoint(run: Run) -> Path:
 def restore(run: Run, directory: Path) -> None:
     """Restore everything but the weights (loaded before `prepare`) from a checkpoint."""
     accelerator = run.accelerator
-    options = _state_dict_options(run)
-    state = _load(directory / "optimizer.pt") if accelerator.is_main_process or not options.broadcast_from_rank0 else {}
-    set_optimizer_state_dict(run.model, run.optimizer.optimizer, state, options=options)
+    set_optimizer_state_dict(run.model, run.optimizer.optimizer, _load(directory / "optimizer.pt"))
     run.scheduler.load_state_dict(_load(directory / "scheduler.pt"))
     if accelerator.scaler is not None and (directory / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(_load(directory / "scaler.pt"))

@@ -98,8 +98,8 @@ class Run:
         The step's loss is the mean over every target token of all its micro-batches on all
         ranks, so that W processes × `grad_accum` micro-batches of B train as one batch of
         W·`grad_accum`·B would. Each micro-batch's summed loss is divided by the step's token
-        count, times what the averaging undoes: DDP/FSDP average gradients over the W ranks,
-        and accelerator.backward (DeepSpeed's engine likewise) divides by `grad_accum`.
+        count, times what the averaging undoes: DDP averages gradients over the W ranks, and
+        accelerator.backward divides by `grad_accum`.
         """
         accelerator, config = self.accelerator, self.config
         counts = [(batch["labels"] != -100).sum() for batch in micro_batches]
@@ -109,7 +109,7 @@ class Run:
         scale = accelerator.num_processes * config.grad_accum / step_tokens.clamp(min=1)
         for batch, count in zip(micro_batches, counts):
             # accelerate's accumulate() skips the gradient all-reduce on all but the last
-            # micro-batch (DDP), or leaves accumulation to DeepSpeed's engine.
+            # micro-batch (DDP).
             with accelerator.accumulate(self.model):
                 if self.loss_fn is None:
                     loss, _ = training_loss(self.model, batch, ratio, config.label_smoothing, self.unwrapped)
@@ -243,7 +243,7 @@ def train(
     accelerator, precision = make_accelerator(config)
     refuse_unsupported_parallelism(accelerator.distributed_type)
     accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
-    accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate() and DeepSpeed's engine
+    accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate()
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -258,9 +258,6 @@ def train(
     cursor = DataCursor(examples, config.seed, config.shuffle, config.group_by_length, config.max_tokens and config.max_tokens * world)
     run = Run(config, accelerator, precision, model, tokenizer, RankBatchSampler(cursor, config.batch_size * world, world, rank),
               evaluate, loss_fn)
-    if accelerator.gradient_accumulation_steps != config.grad_accum:  # a DeepSpeed config set its own
-        raise ValueError(f"the DeepSpeed configuration accumulates {accelerator.gradient_accumulation_steps} micro-batches "
-                         f"but grad_accum is {config.grad_accum}; set one value in both")
     run.start(resume_from)
     state, result = run.state, run.result
     loader = batch_loader(run.sampler, collator, config.num_workers, pin_memory=accelerator.device.type == "cuda",

@@ -53,7 +53,7 @@ def scheduled_sampling_inputs(model: nn.Module, batch: dict, ratio: float, unwra
     very token). Never replaced: the first `FORCED_DECODER_INPUTS` inputs — the start token
     and the first label, the target-language tag, both forced at inference — and positions
     past the end of a target (labels −100, pad inputs). Returns a LongTensor shaped like
-    `batch["labels"]`. `model` may be wrapped (DDP, FSDP, DeepSpeed): both passes go through
+    `batch["labels"]`. `model` may be wrapped (DDP): both passes go through
     it, since a sharded model's bare module cannot run alone; `unwrapped` is the bare model,
     for the label shift.
     """
@@ -86,7 +86,7 @@ def training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training forward: (loss against the gold labels, decoder inputs actually fed).
 
-    `model` may be wrapped (DDP, FSDP, DeepSpeed); `unwrapped` is the bare model, used for
+    `model` may be wrapped (DDP); `unwrapped` is the bare model, used for
     the label shift.
     """
     decoder_input_ids = scheduled_sampling_inputs(model, batch, ratio, unwrapped)
