@@ -28,6 +28,7 @@ from .tokenization import add_language_tags
 from .training import TrainingConfig, TrainingResult, distributed_state, train
 
 EVAL_METRICS = ("rougeL_f", "chrf", "loss")  # what the validation hook returns; `metric` picks one
+DEFAULT_METRIC = "rougeL_f"  # the paper's metric for every task selects the best checkpoint
 
 
 @dataclass

@@ -137,7 +137,7 @@ def _pretrain(args) -> int:
 
 def _add_finetune(sub) -> None:
     from ..data.readers import ON_BAD_RECORD, TASK_FIELDS
-    from ..finetuning import FinetuneSettings
+    from ..finetuning import DEFAULT_METRIC, EVAL_METRICS, FinetuneSettings
     from ..training import TrainingConfig
 
     p = sub.add_parser("finetune", help="fine-tune for summarisation (sum), reading comprehension (mrc) or translation (mt)")
@@ -158,7 +158,7 @@ def _add_finetune(sub) -> None:
         "metric": "selects OUT/best: ROUGE-L F or chrF++ (sacrebleu's) of validation decoding, averaged over "
         "languages, or the validation loss",
         "patience": "stop after N validations without improvement",
-    }, defaults={"eval_every": 200, "metric": "rougeL_f"}, choices={"metric": ["rougeL_f", "chrf", "loss"]})
+    }, defaults={"eval_every": 200, "metric": DEFAULT_METRIC}, choices={"metric": list(EVAL_METRICS)})
     add_settings(p, FinetuneSettings, {
         "max_valid_examples": "validation records generated for, drawn with --seed, each language keeping its "
         "share (default %(default)s; 0: all)",

@@ -25,7 +25,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
 
     from ..building import build_model_dir
     from ..evaluating import evaluate_model
-    from ..finetuning import finetune
+    from ..finetuning import DEFAULT_METRIC, finetune
     from ..pretraining import SCHEDULED_SAMPLING, default_warmup_steps, pretrain
     from ..training import TrainingConfig
 
@@ -57,7 +57,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     settings = finetune_settings(variant_config, data)
     best = ft_dir / "best"
     if not (is_saved_model(best) and (ft_dir / "final" / "config.json").is_file()):
-        ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", "rougeL_f"),
+        ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", DEFAULT_METRIC),
                                      progress=progress)
         finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size)
     logs["finetune"] = str(ft_dir / "log.jsonl")
