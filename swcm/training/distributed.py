@@ -1,4 +1,5 @@
-"""The `Accelerator` a run trains under, and this process's place in the launch."""
+"""The `Accelerator` a run trains under (`distributed_state`, this process's place in the launch,
+is `swcm.distributed`'s, kept here for the callers that import it from the training package)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import is_tensorboard_available
 
-from ..distributed import process_group_kwargs
+from ..distributed import distributed_state, has_accelerator_device
 from ..precision import PrecisionChoice, resolve_mixed_precision
 from .config import TrainingConfig
 
@@ -25,21 +26,8 @@ def make_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoi
     # Without an accelerator device, accelerate treats a torchrun-style launch (what
     # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
     # then it is DDP over gloo, and a single process is unaffected.
-    on_cpu = not _has_accelerator_device()
+    on_cpu = not has_accelerator_device()
     distributed_state()  # the process group, with its timeout, unless something asked for the rank before
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
                               project_dir=str(config.out_dir))
     return accelerator, precision
-
-
-def distributed_state() -> PartialState:
-    """This process's place in the launch (`.process_index`, `.num_processes`), set up as
-    `train()` sets it up. Call this, not a bare `PartialState()`, before `train()` when you
-    need the rank (e.g. to build a sharded stream): accelerate fixes its state on first use."""
-    return PartialState(cpu=not _has_accelerator_device(), **process_group_kwargs())
-
-
-def _has_accelerator_device() -> bool:
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
