@@ -25,6 +25,7 @@ from pathlib import Path
 from .metrics import evaluate_predictions, markdown_table
 from .generation import generate_file, load_generator
 from .languages import language_convention
+from .distributed import distributed_state
 from .io import atomic_text_file
 
 # The paper's table shape: language, ROUGE-L F/P/R, then sacrebleu's chrF++, BLEU and spBLEU, the
@@ -93,11 +94,17 @@ def evaluate_model(
     Writes OUT/predictions/<stem>.jsonl, OUT/results.json ({"model", "task", "transfer_from",
     "test_files", "languages", "generation", "rows"}) and OUT/results.md, each atomically. Returns the rows
     (`swcm.metrics.evaluate_predictions`'s, sacrebleu's signatures under "signatures").
+
+    Under `accelerate launch` every process calls this: each loads the model (`load_generator`:
+    on its own GPU unless `device` says otherwise) and decodes its share of every test file
+    (`swcm.generation.generate_sequences`); every process gets the rows, the main process
+    writes the files. The results are those of one process.
     """
     if not test_files:
         raise ValueError("no test files")
     out = Path(out_dir)
     outputs = prediction_paths(test_files, out)
+    state = distributed_state()
     model, tokenizer = load_generator(model_dir, device, dtype, engine, quantize)
     languages = language_convention(model, tokenizer, lang_codes, source_prefix)
     scored: list[dict] = []
@@ -105,7 +112,7 @@ def evaluate_model(
     for test_file, output in zip(test_files, outputs):
         inputs = generate_file(
             model, tokenizer, test_file, output, task, fields=fields, tgt_lang=tgt_lang, require_reference=True,
-            on_bad_record=on_bad_record, languages=languages, **generate_options,
+            on_bad_record=on_bad_record, languages=languages, across_processes=True, **generate_options,
         )
         scored += [{"prediction": i.record["prediction"], "reference": i.reference, "lang": i.target_lang} for i in inputs]
         files.append({"file": str(test_file), "predictions": str(output), "n": len(inputs),
@@ -118,8 +125,10 @@ def evaluate_model(
                        "quantize": quantize or "none"},
         "rows": rows,
     }
-    with atomic_text_file(out / "results.json") as f:
-        f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
-    with atomic_text_file(out / "results.md") as f:
-        f.write(results_markdown(rows, task, transfer_from))
+    if state.is_main_process:
+        with atomic_text_file(out / "results.json") as f:
+            f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+        with atomic_text_file(out / "results.md") as f:
+            f.write(results_markdown(rows, task, transfer_from))
+    state.wait_for_everyone()  # the files are there when any process returns
     return rows

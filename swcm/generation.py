@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .data.examples import pair_separator
 from .data.readers import MRC_SEPARATOR, Problems, check_language, read_task_records
+from .distributed import distributed_state, split_across_processes
 from .io import atomic_text_file
 from .languages import LanguageConvention, language_convention
 from .precision import resolve_dtype
@@ -41,6 +42,7 @@ def generate_sequences(
     skip_special_tokens: bool = True,
     source_langs: Sequence[str | None] | str | None = None,
     languages: LanguageConvention | None = None,
+    across_processes: bool = False,
     **generate_kwargs,
 ) -> list[list[str]]:
     """Generate for every source with `model.generate()`; returns, in input order, the list of
@@ -58,6 +60,11 @@ def generate_sequences(
     `generate()` (num_beams, num_return_sequences, do_sample, top_k, top_p, temperature,
     length_penalty, no_repeat_ngram_size…). With `skip_special_tokens=False` the outputs keep
     their start token, language tag and </s> (padding is always dropped).
+
+    With `across_processes`, under `accelerate launch` every process calls this with the same
+    sources and decodes every N-th batch of them (`swcm.distributed.split_across_processes`);
+    each gets all outputs, as one process makes them (the batches are the same; sampled
+    outputs follow each process's random state).
     """
     if target_langs is None or isinstance(target_langs, str):
         target_langs = [target_langs] * len(sources)
@@ -85,30 +92,37 @@ def generate_sequences(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # the bar counts this process's share, and only the main process shows it
+    state = distributed_state() if across_processes else None
+    share = sum(map(len, batches[state.process_index :: state.num_processes])) if state else len(sources)
+    bar = tqdm(total=share, desc="generate", unit="seq", disable=not progress or (state and not state.is_main_process))
+
+    def decode(batch: list[int]) -> list[list[str]]:
+        target_lang = target_langs[batch[0]]
+        languages.set_source_language(tokenizer, source_langs[batch[0]])
+        enc = tokenizer(
+            [languages.source_text(sources[i], target_lang) for i in batch], return_tensors="pt", padding=True,
+            truncation=True, max_length=max_source_length,
+        ).to(device)
+        enc.pop("token_type_ids", None)
+        forced = languages.forced_bos_token_id(tokenizer, target_lang)
+        out = model.generate(
+            **enc,
+            **length,
+            **({} if forced is None else {"forced_bos_token_id": forced}),
+            **generate_kwargs,
+        )
+        rows = [[t for t in row if t != tokenizer.pad_token_id] for row in out.tolist()]
+        texts = [t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)]
+        per_source = len(texts) // len(batch)  # num_return_sequences, consecutive per source
+        bar.update(len(batch))
+        return [texts[k * per_source : (k + 1) * per_source] for k in range(len(batch))]
+
     outputs: list[list[str]] = [[] for _ in sources]
-    bar = tqdm(total=len(sources), desc="generate", unit="seq", disable=not progress)
     try:
-        for batch in batches:
-            target_lang = target_langs[batch[0]]
-            languages.set_source_language(tokenizer, source_langs[batch[0]])
-            enc = tokenizer(
-                [languages.source_text(sources[i], target_lang) for i in batch], return_tensors="pt", padding=True,
-                truncation=True, max_length=max_source_length,
-            ).to(device)
-            enc.pop("token_type_ids", None)
-            forced = languages.forced_bos_token_id(tokenizer, target_lang)
-            out = model.generate(
-                **enc,
-                **length,
-                **({} if forced is None else {"forced_bos_token_id": forced}),
-                **generate_kwargs,
-            )
-            rows = [[t for t in row if t != tokenizer.pad_token_id] for row in out.tolist()]
-            texts = [t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)]
-            per_source = len(texts) // len(batch)  # num_return_sequences, consecutive per source
-            for k, i in enumerate(batch):
-                outputs[i] = texts[k * per_source : (k + 1) * per_source]
-            bar.update(len(batch))
+        for batch, decoded in zip(batches, split_across_processes(batches, decode, across_processes)):
+            for i, texts in zip(batch, decoded):
+                outputs[i] = texts
     finally:
         bar.close()
         model.train(was_training)
@@ -126,7 +140,8 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
                    engine: str = "transformers", quantize: str | None = None):
     """Load a saved model directory for generation: (model in eval mode on `device`, tokenizer).
 
-    `device` defaults to "cuda" when a GPU is visible, else "cpu". `dtype` ("float32",
+    `device` defaults to "cuda" when a GPU is visible, else "cpu"; under `accelerate launch`
+    with several processes, to this process's own device. `dtype` ("float32",
     "bfloat16", "float16") is the model's weight and compute dtype; "auto" takes bfloat16 where
     the device runs it natively and fast, float16 on a T4 or V100, float32 elsewhere
     (`swcm.precision.resolve_dtype`). Any transformers seq2seq
@@ -145,7 +160,9 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
 
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"{model_dir}: no such model directory")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        state = distributed_state()
+        device = str(state.device) if state.num_processes > 1 else "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible")
     check_engine(engine, quantize, device, dtype)
@@ -253,6 +270,7 @@ def generate_file(
     problems: Problems | None = None,
     prediction_field: str = "prediction",
     languages: LanguageConvention | None = None,
+    across_processes: bool = False,
     **generate_options,
 ) -> list[TaskInput]:
     """Generate for every record of a task file and write them to `output_path` as JSONL.
@@ -262,7 +280,8 @@ def generate_file(
     outputs too. Records are read by `read_task_inputs` (`task`, `fields`, `tgt_lang`,
     `require_reference`, `on_bad_record`, `problems` as there) and all of them are validated,
     language tags (or the baseline's language codes, `languages`) included, before anything is
-    generated; the output is written atomically.
+    generated; the output is written atomically. With `across_processes` every process of the
+    launch calls this and decodes its share (`generate_sequences`); the main process writes.
     `generate_options` go to `generate_sequences` (batch_size, max_new_tokens, num_beams, …).
     Returns the inputs, whose `record`s now hold the predictions.
     """
@@ -276,12 +295,14 @@ def generate_file(
     check_languages(tokenizer, inputs, languages)
     outputs = generate_sequences(
         model, tokenizer, [i.source_text for i in inputs], [i.target_lang for i in inputs],
-        source_langs=[i.source_lang for i in inputs], languages=languages, **generate_options
+        source_langs=[i.source_lang for i in inputs], languages=languages, across_processes=across_processes,
+        **generate_options
     )
-    with atomic_text_file(output_path) as f:
-        for item, sequences in zip(inputs, outputs):
-            item.record[prediction_field] = sequences[0]
-            if len(sequences) > 1:
-                item.record["predictions"] = sequences
-            f.write(json.dumps(item.record, ensure_ascii=False) + "\n")
+    for item, sequences in zip(inputs, outputs):
+        item.record[prediction_field] = sequences[0]
+        if len(sequences) > 1:
+            item.record["predictions"] = sequences
+    if not across_processes or distributed_state().is_main_process:
+        with atomic_text_file(output_path) as f:
+            f.writelines(json.dumps(item.record, ensure_ascii=False) + "\n" for item in inputs)
     return inputs

@@ -126,6 +126,7 @@ def _generate(args) -> int:
     from transformers import set_seed
 
     from ..data.readers import Problems
+    from ..distributed import distributed_state
     from ..generation import generate_file, load_generator
     from ..io import check_model_dir, check_output_file, seq2seq_model_types
     from ..languages import language_convention
@@ -143,8 +144,10 @@ def _generate(args) -> int:
     inputs = generate_file(
         model, tokenizer, args.input, args.output, args.task, fields=fields, tgt_lang=args.tgt_lang,
         on_bad_record=args.on_bad_record, problems=problems, skip_special_tokens=not args.keep_special_tokens,
-        languages=languages, **options,
+        languages=languages, across_processes=True, **options,
     )
+    if not distributed_state().is_main_process:  # under accelerate launch: the main process reports
+        return 0
     if problems.total:
         print(f"{args.input}: {problems.summary()}", file=sys.stderr)
     langs = ", ".join(f"{lang} {n}" for lang, n in Counter(i.target_lang for i in inputs).items())
@@ -189,6 +192,7 @@ def _add_evaluate(sub) -> None:
 def _evaluate(args) -> int:
     from transformers import set_seed
 
+    from ..distributed import distributed_state
     from ..evaluating import evaluate_model, results_markdown
     from ..io import check_model_dir, output_directory, seq2seq_model_types
 
@@ -203,6 +207,8 @@ def _evaluate(args) -> int:
             transfer_from=args.transfer_from, device=args.device, dtype=args.dtype, on_bad_record=args.on_bad_record,
             engine=args.engine, quantize=args.quantize, **language_options, **options,
         )
+    if not distributed_state().is_main_process:  # under accelerate launch: the main process reports
+        return 0
     print(results_markdown(rows, args.task, args.transfer_from), end="")
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/predictions/")
     return 0
