@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 from .data.examples import ExampleEncoder, pair_separator, truncation_report
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
 from .data.sampling import stratified_sample
+from .distributed import split_across_processes
 from .metrics import evaluate_predictions
 from .generation import generate_texts
 from .modeling import SWCMForConditionalGeneration
@@ -85,9 +86,9 @@ def by_language_sample(records: Sequence[TextPair], n: int | None, seed: int) ->
 
 
 def _subset(records: list[TextPair], n: int | None, seed: int, what: str) -> list[TextPair]:
-    """`by_language_sample`, saying on stderr what was kept when it is a subset."""
+    """`by_language_sample`, saying on stderr (main process) what was kept when it is a subset."""
     kept = by_language_sample(records, n, seed)
-    if len(kept) < len(records):
+    if len(kept) < len(records) and distributed_state().is_main_process:
         langs = Counter(r.target_lang for r in kept)
         print(f"{what}: {len(kept)} of {len(records)} records, drawn with seed {seed}: "
               + ", ".join(f"{lang} {count}" for lang, count in langs.items()), file=sys.stderr)
@@ -102,6 +103,12 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
     ROUGE-L F and chrF++ (sacrebleu's, on the raw text) are scored per target language and
     averaged over languages, so a large language does not drown the others; the loss is the
     mean token cross-entropy.
+
+    Under `accelerate launch` the hook is collective (its `across_processes` attribute says so,
+    and `train` calls it on every process): each process computes the loss of every N-th batch
+    and decodes every N-th batch (`swcm.distributed.split_across_processes`), and every process
+    gets the same metrics, those of one process over all the records. In one process it is an
+    ordinary function.
     """
     records = by_language_sample(list(records), settings.max_valid_examples, seed)
     examples = encode_records(tokenizer, records, settings, "validation data")
@@ -109,16 +116,20 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
 
     def evaluate(model) -> dict:
         device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for start in range(0, len(examples), batch_size):
+
+        def loss_sum(start: int) -> tuple[float, int]:  # (summed token loss, target tokens) of one batch
             batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
             n = int((batch["labels"] != -100).sum())
-            total += model(**batch).loss.item() * n
+            return model(**batch).loss.item() * n, n
+
+        total, count = 0.0, 0
+        for batch_total, n in split_across_processes(range(0, len(examples), batch_size), loss_sum):
+            total += batch_total  # in batch order, as one process adds them
             count += n
         predictions = generate_texts(
             model, tokenizer, [r.source_text for r in records], [r.target_lang for r in records],
             batch_size=batch_size, max_source_length=settings.max_source_length, progress=False,
-            **settings.generation,
+            across_processes=True, **settings.generation,
         )
         rows = evaluate_predictions(
             [{"prediction": p, "reference": r.target_text, "lang": r.target_lang} for r, p in zip(records, predictions)],
@@ -127,6 +138,7 @@ def validation_hook(tokenizer, records: Sequence, settings: FinetuneSettings, ba
         means = {key: sum(row[key] for row in rows) / len(rows) for key in ("rougeL_f", "chrf")}
         return {**means, "loss": total / max(count, 1)}
 
+    evaluate.across_processes = True
     return evaluate
 
 

@@ -166,13 +166,18 @@ class Run:
     def evaluate_and_keep_best(self) -> bool:
         """Evaluate, keep the best model in OUT/best; True when early stopping says stop."""
         accelerator, config, state = self.accelerator, self.config, self.state
+        # A hook that shares its work out (`across_processes`, e.g. fine-tuning's validation hook)
+        # runs on every process and returns the same metrics on each; any other runs on the main
+        # process while the others wait for its metrics, as long as SWCM_DIST_TIMEOUT allows.
+        everywhere = getattr(self.evaluate, "across_processes", False)
         metrics = [None]
-        if accelerator.is_main_process:  # the others wait for its metrics, as long as SWCM_DIST_TIMEOUT allows
+        if everywhere or accelerator.is_main_process:
             self.unwrapped.eval()
             with torch.no_grad():
                 metrics = [dict(self.evaluate(self.unwrapped))]
             self.unwrapped.train()
-        broadcast_object_list(metrics)
+        if not everywhere:
+            broadcast_object_list(metrics)
         metrics = metrics[0]
         if config.metric not in metrics:
             raise ValueError(f"the evaluate hook returned {sorted(metrics)}, without the metric {config.metric!r}")
@@ -218,8 +223,9 @@ def train(
 
     `examples` yields token-level examples; `collator` pads a list of them into a batch with
     `input_ids`, `attention_mask` and `labels` (−100 padding). `evaluate(model) -> dict`, when
-    given, runs on the main process every `eval_every` steps and at the end (model in eval
-    mode, no gradient); its `config.metric` entry selects OUT/best and drives early stopping.
+    given, runs every `eval_every` steps and at the end (model in eval mode, no gradient): on
+    the main process, or on every process when the hook's `across_processes` attribute is true
+    (it then shares the work out and returns the same metrics on each); its `config.metric` entry selects OUT/best and drives early stopping.
     With `config.resume` the run continues from the latest complete checkpoint in OUT (or
     starts fresh when there is none); without it, an OUT that already holds checkpoints is an
     error. Training also ends early when one-shot data runs out. Returns a `TrainingResult`;
