@@ -15,6 +15,7 @@ def _add_experiment(sub) -> None:
 
 
 def _experiment(args) -> int:
+    from ..distributed import is_main_process
     from ..experiments import load_experiment, run_experiment
     from ..io import output_directory
 
@@ -22,6 +23,8 @@ def _experiment(args) -> int:
     out = args.out or f"runs/{config.name}"
     with output_directory(out, "experiment", args.overwrite):
         outcome = run_experiment(config, out, progress=not args.no_progress)
+    if not is_main_process():  # under accelerate launch: the main process reports
+        return 0
     print(open(outcome["report"], encoding="utf-8").read())
     print(f"report: {outcome['report']}")
     return 0
@@ -36,11 +39,14 @@ def _add_demo(sub) -> None:
 
 
 def _demo(args) -> int:
+    from ..distributed import is_main_process
     from ..experiments import run_demo
     from ..io import output_directory
 
     with output_directory(args.out, "experiment", args.overwrite):
         table = run_demo(args.out, progress=not args.no_progress)
+    if not is_main_process():
+        return 0
     print(table)
     print(f"report with examples and validation loss curves: {args.out}/report.md")
     return 0

