@@ -95,7 +95,8 @@ def generate_sequences(
     # the bar counts this process's share, and only the main process shows it
     state = distributed_state() if across_processes else None
     share = sum(map(len, batches[state.process_index :: state.num_processes])) if state else len(sources)
-    bar = tqdm(total=share, desc="generate", unit="seq", disable=not progress or (state and not state.is_main_process))
+    hidden = state is not None and not state.is_main_process
+    bar = tqdm(total=share, desc="generate", unit="seq", disable=not progress or hidden)
 
     def decode(batch: list[int]) -> list[list[str]]:
         target_lang = target_langs[batch[0]]
