@@ -198,7 +198,7 @@ def prepare_vendored_data(corpus: str | list[str], out_dir: str | os.PathLike, p
             for lang in langs]
     parallel = [
         f"{pivot}-{tgt}=" + write_lines(out / "parallel" / f"{pivot}-{tgt}.tsv",
-                                  [f"{u['text'][pivot]}\t{u['text'][tgt]}" for u in having("train", pivot, tgt)])
+                                        [f"{u['text'][pivot]}\t{u['text'][tgt]}" for u in having("train", pivot, tgt)])
         for tgt in targets
     ]
     if task == "mt":
