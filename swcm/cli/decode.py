@@ -35,8 +35,9 @@ def _add_task_input_args(p, *, task_required: bool) -> None:
     p.add_argument("--on-bad-record", default="error", choices=ON_BAD_RECORD, help=ON_BAD_RECORD_HELP)
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="weights and compute: auto (default; bfloat16 where the hardware runs it fast, as for "
-                   "training's --mixed-precision auto, else float32) | float32 | bfloat16 | float16")
+                   help="weights and compute: auto (default; training's --mixed-precision auto: bfloat16 on a GPU "
+                   "of compute capability 8.0 or more and on a CPU measured faster in it, float16 on older GPUs "
+                   "(T4, V100), else float32) | float32 | bfloat16 | float16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
