@@ -11,7 +11,7 @@ import pytest
 
 from swcm.data.readers import parse_source_spec, read_records, read_task
 from swcm.experiments import prepare_vendored_data
-from swcm.metrics import letter_scripts
+from swcm.script_tokens import letter_scripts
 from swcm.resources import LIBREOFFICE_LANGS, SPLITS, libreoffice, libreoffice_headlines, libreoffice_help
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
-"""Metrics on real UDHR text: script detection, script-aware ROUGE-L, sacrebleu's chrF++/BLEU and the
-script-aware variants, script rate, `swcm score`."""
+"""Metrics on real UDHR text: script detection and tokens (`swcm.script_tokens`), script-aware
+ROUGE-L, sacrebleu's chrF++/BLEU and the script-aware variants, script rate, `swcm score`."""
 
 from __future__ import annotations
 
@@ -16,20 +16,17 @@ from rouge_score import tokenize as rouge_tokenize
 from swcm.cli import main
 from swcm.metrics import (
     METRIC_COLUMNS,
-    dominant_script,
     evaluate_predictions,
     flatten_scores,
     markdown_table,
     read_segments,
     rouge_l,
     score,
-    script_for_lang,
     script_rate,
     spbleu,
     spbleu_model_path,
-    target_script,
-    tokenize_for_metrics,
 )
+from swcm.script_tokens import dominant_script, script_for_lang, target_script, tokenize_for_metrics
 from swcm.resources import UDHR_LANGS, udhr
 
 UNITS = udhr("train") + udhr("valid") + udhr("test")

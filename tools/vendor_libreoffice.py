@@ -28,7 +28,7 @@ import html.parser
 import tempfile
 from pathlib import Path
 
-from swcm.metrics import letter_scripts
+from swcm.script_tokens import letter_scripts
 
 # project language code -> (Debian package, LibreOffice resource directory)
 LANGUAGES = {

@@ -23,7 +23,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..io import save_tokenizer
-from ..metrics import char_script
+from ..script_tokens import char_script
 from .focus import auxiliary_embeddings, focus_rows
 from .tiny_encoder import SENTENCEPIECE_FILE, write_xlmr_tokenizer
 

@@ -8,11 +8,13 @@ import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from .common import (BadRecord, Problems, _check_on_bad_record, _handle, _json_fields, _json_object, _lines, _parsed,
                      check_language, is_language_code, resolve_files)
+
+if TYPE_CHECKING:
+    import datasets
 
 MONO_FIELDS = {"text": "text", "lang": "lang"}
 PARALLEL_FIELDS = {"src": "src", "tgt": "tgt", "src_lang": "src_lang", "tgt_lang": "tgt_lang"}
@@ -215,6 +217,8 @@ def streaming_dataset(
     One shard, so that `split_dataset_by_node` gives rank r every world_size-th record from r:
     shards of whole files would give a rank holding a small file that file over and over.
     """
+    import datasets  # ~0.3 s (with pandas and pyarrow) that training, which reads `RecordStream`s, does without
+
     _check_on_bad_record(on_bad_record)
     files = tuple(pair for s in sources for pair in ([s] if isinstance(s, tuple) else [(s, f) for f in s.files]))
     return datasets.IterableDataset.from_generator(
