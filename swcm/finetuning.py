@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
 from .data.examples import ExampleEncoder, pair_separator, truncation_report
 from .data.readers import TASK_FIELDS, Problems, TextPair, read_task
-from .data.sampling import stratified_sample
+from .data.sampling import LanguageBalanced, stratified_sample
 from .distributed import split_across_processes
 from .metrics import evaluate_predictions
 from .generation import generate_texts
@@ -41,6 +41,9 @@ class FinetuneSettings:
     max_target_length: int = 128
     field_map: dict[str, str] = field(default_factory=dict)
     on_bad_record: str = "error"
+    # languages sampled with p_i ∝ q_i^alpha, q_i a language's share of the training records:
+    # 1 reads every record once an epoch; below 1, smaller languages come more often, larger ones less
+    alpha: float = 1.0
     max_valid_examples: int | None = 200  # validation generation is the slow part
     # examples per validation batch (loss and decoding); None: the training batch_size, which
     # under a `max_tokens` budget only sizes length groups and is usually far below what fits
@@ -52,6 +55,8 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         if self.task not in TASK_FIELDS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASK_FIELDS)}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
 
 
 def read_task_pairs(path, tokenizer, settings: FinetuneSettings, problems: Problems | None = None) -> list[TextPair]:
@@ -173,6 +178,11 @@ def finetune(
     if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
         config = replace(config, eval_every=None, patience=None)
     examples = encode_records(tokenizer, train_records, settings, "training data")
+    if settings.alpha != 1.0:
+        examples = LanguageBalanced(examples, [r.target_lang for r in train_records], settings.alpha)
+        if distributed_state().is_main_process:
+            print(f"training data sampled by language with alpha {settings.alpha:g}: "
+                  + ", ".join(f"{lang} {p:.1%}" for lang, p in examples.probs.items()), file=sys.stderr)
     # The saved model generates as long as it was trained to (its start token, then the target).
     model.generation_config.max_length = min(settings.max_target_length, tokenizer.model_max_length) + 1
     torch.manual_seed(config.seed)

@@ -62,7 +62,7 @@ def test_finetune_and_tiny_encoder_flags_are_their_dataclasses_fields():
     args = parse("finetune", "--task", "sum", "--model", "m", "--train", "t.jsonl", "--out", "o", "--max-valid", "0")
     settings = settings_for(FinetuneSettings, vars(args))
     assert settings == {"task": "sum", "max_source_length": 256, "max_target_length": 128, "on_bad_record": "error",
-                        "max_valid_examples": 0}
+                        "alpha": 1.0, "max_valid_examples": 0}
     with pytest.raises(UsageError, match="--max-valid must be at least 1, got 0"):
         check_at_least(args, {"max_valid_examples": "--max-valid"}, max_valid_examples=1)
     args = parse("tiny-encoder", "--out", "o", "--hidden", "64")

@@ -126,3 +126,21 @@ def test_subsets_are_drawn_by_language_with_the_seed(model_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{train} (--train-size): 6 of 16 records, drawn with seed 3: bo 3, ug 3" in err
     assert f"{valid} (--max-valid): 4 of 16 records, drawn with seed 3: bo 2, ug 2" in err
+
+
+def test_alpha_rebalances_the_languages_of_the_training_records(model_dir, tmp_path, capsys):
+    """--alpha below 1 samples the languages of the training file with p ∝ q^alpha (said on
+    stderr); a negative one is refused in one line."""
+    write_mt(tmp_path / "bo.jsonl", "train", ["bo"], limit=12)
+    write_mt(tmp_path / "ug.jsonl", "train", ["ug"], limit=3)
+    train = tmp_path / "train.jsonl"
+    train.write_text((tmp_path / "bo.jsonl").read_text() + (tmp_path / "ug.jsonl").read_text(), encoding="utf-8")
+    args = ["finetune", "--task", "mt", "--model", str(model_dir), "--train", str(train),
+            "--max-steps", "2", "--batch-size", "2", "--no-progress"]
+    assert cli([*args, "--out", str(tmp_path / "ft"), "--alpha", "0"]) == 0
+    assert "training data sampled by language with alpha 0: bo 50.0%, ug 50.0%" in capsys.readouterr().err
+    assert cli([*args, "--out", str(tmp_path / "ft1")]) == 0
+    assert "sampled by language" not in capsys.readouterr().err  # the default reads each record once
+    assert cli([*args, "--out", str(tmp_path / "ft2"), "--alpha", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "alpha must be >= 0, got -1" in err and "\n" not in err

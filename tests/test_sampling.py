@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swcm.data.sampling import ObjectiveSampler, language_sampling_probs, stratified_sample
+from swcm.data.batching import DataCursor
+from swcm.data.sampling import LanguageBalanced, ObjectiveSampler, balanced_epoch, language_sampling_probs, stratified_sample
 
 # data sizes shaped like the paper's: Chinese far ahead of the minority languages
 COUNTS = {"zh": 1_000_000, "bo": 60_000, "ug": 30_000, "kk": 10_000, "mn": 2_000}
@@ -100,3 +101,54 @@ def test_stratified_sample_of_a_file_sorted_by_language_is_not_its_head():
     assert sample != records[:30] and {i for i, _ in sample} != set(range(10))
     assert stratified_sample(records, 30, seed=1, key=lambda r: r[1]) != sample
     assert stratified_sample(records, None, seed=0, key=lambda r: r[1]) == records
+
+
+# A fine-tuning set shaped like the demo's: one language far ahead, one far behind.
+LANG_OF = ["kk"] * 145 + ["ug"] * 65 + ["dz"] * 44
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_balanced_epoch_gives_each_language_its_quota(alpha):
+    order = balanced_epoch(LANG_OF, alpha, seed=1)
+    assert len(order) == len(LANG_OF) and all(0 <= i < len(LANG_OF) for i in order)
+    got = Counter(LANG_OF[i] for i in order)
+    probs = language_sampling_probs(Counter(LANG_OF), alpha)
+    for lang, p in probs.items():
+        assert abs(got[lang] - p * len(LANG_OF)) < 1  # whole numbers by largest remainder
+    if alpha == 1.0:
+        assert sorted(order) == list(range(len(LANG_OF)))  # every record once
+    if alpha == 0.0:
+        assert got == {"kk": 85, "ug": 85, "dz": 84}
+
+
+def test_balanced_epoch_repeats_an_upsampled_language_evenly_and_varies_with_the_seed():
+    order = balanced_epoch(LANG_OF, 0.0, seed=2)
+    uses = Counter(i for i in order if LANG_OF[i] == "dz")
+    assert set(uses.values()) <= {1, 2} and len(uses) == 44  # 84 of 44 records: each once, 40 twice
+    kept = {i for i in order if LANG_OF[i] == "kk"}
+    assert len(kept) == 85  # a down-sampled language: no repeats, a part left out...
+    assert balanced_epoch(LANG_OF, 0.0, seed=2) == order
+    assert {i for i in balanced_epoch(LANG_OF, 0.0, seed=3) if LANG_OF[i] == "kk"} != kept  # ...another one each epoch
+
+
+def test_a_cursor_reads_balanced_epochs_and_resumes_inside_one():
+    examples = [{"input_ids": [5] * (3 + i % 7), "labels": [6] * (2 + i % 5)} for i in range(len(LANG_OF))]
+    data = LanguageBalanced(examples, LANG_OF, alpha=0.0)
+    cursor = DataCursor(data, seed=4, shuffle=True, group_by_length=True, max_tokens=40)
+    keys = cursor.keys(8)
+    first_epoch, epoch = [], 0
+    while cursor.epoch == epoch:
+        batch = next(keys)
+        if cursor.epoch != epoch:
+            break
+        first_epoch.append(batch)
+        if len(first_epoch) == 5:
+            state = cursor.state_dict()
+    read = Counter(LANG_OF[i] for batch in first_epoch for i in batch)
+    assert read == {"kk": 85, "ug": 85, "dz": 84}
+    resumed = DataCursor(data, seed=4, shuffle=True, group_by_length=True, max_tokens=40)
+    resumed.load_state_dict(state)
+    rest = resumed.keys(8)
+    assert [next(rest) for _ in range(len(first_epoch) - 5)] == first_epoch[5:]
+    with pytest.raises(ValueError, match="3 examples but 2 languages"):
+        LanguageBalanced(examples[:3], ["kk", "ug"], 0.5)

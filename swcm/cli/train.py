@@ -152,6 +152,8 @@ def _add_finetune(sub) -> None:
         "max_source_length": "source tokens kept (default %(default)s)",
         "max_target_length": "target tokens kept (default %(default)s)",
         "on_bad_record": ON_BAD_RECORD_HELP,
+        "alpha": "language sampling exponent: p_i ∝ q_i^alpha, q_i the language's share of the training records "
+        "(default %(default)s: each record once an epoch; below 1 smaller languages come more often)",
     }, choices={"on_bad_record": ON_BAD_RECORD})
     add_settings(p, TrainingConfig, {
         "eval_every": "validate every N steps (default %(default)s)",

@@ -61,7 +61,9 @@ class DataCursor:
     buffer of `_buffer_size` examples cut by length and yielded in a seeded random order; the
     buffered batches not yet yielded are part of the position. With `max_tokens`, batches are
     cut by padded tokens rather than by count (`_cut_batches`); `size` then only sizes the
-    mega-batches and buffers.
+    mega-batches and buffers. Random-access data with `epoch_order(seed)` (e.g.
+    `swcm.data.sampling.LanguageBalanced`) names the indices each epoch reads, repeats allowed;
+    otherwise an epoch reads every index once.
     """
 
     def __init__(self, examples: Iterable[dict], seed: int, shuffle: bool, group_by_length: bool = False,
@@ -97,9 +99,12 @@ class DataCursor:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if (self.group_by_length or self.max_tokens) and self.lengths is None:
             self.lengths = [example_length(self.examples[i]) for i in range(n)]
+        epoch_order = getattr(self.examples, "epoch_order", None)  # e.g. languages re-balanced
+        order = epoch_order(self.seed + self.epoch) if epoch_order is not None else list(range(n))
         if self.shuffle and self.group_by_length:
-            return _length_grouped_order(self.lengths, size, generator, self.max_tokens)
-        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+            return _length_grouped_order(order, self.lengths, size, generator, self.max_tokens)
+        if self.shuffle:
+            order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
         return _cut_batches(order, self.lengths, size, self.max_tokens)
 
     def _buffer_size(self, size: int) -> int:
@@ -177,17 +182,17 @@ def _cut_batches(indices: list[int], lengths: list[int] | None, size: int, max_t
     return batches + [current] if current else batches
 
 
-def _length_grouped_order(lengths: list[int], size: int, generator: torch.Generator,
+def _length_grouped_order(order: list[int], lengths: list[int], size: int, generator: torch.Generator,
                           max_tokens: int | None = None) -> list[list[int]]:
-    """A seeded epoch of batches (lists of indices) of similar length: the indices are
-    shuffled, cut into mega-batches of `GROUP_BATCHES` batches (of `size` examples, or of the
+    """A seeded epoch of batches (lists of indices) of similar length: the indices of `order`
+    (an epoch's indices into `lengths`) are shuffled, cut into mega-batches of `GROUP_BATCHES` batches (of `size` examples, or of the
     examples that `max_tokens` holds at the mean length, if more), each sorted by length and cut
     into batches (`_cut_batches`), and the batches of the whole epoch shuffled (as in
     fairseq), so that consecutive steps do not walk from long to short examples, as reading
     sorted mega-batches in order (transformers' grouping) does. The batch holding the longest
     example comes first (a batch too large for memory fails at once); a short last batch of a
     count-cut epoch stays last, so every other batch is full."""
-    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    perm = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
     mega = size * GROUP_BATCHES
     if max_tokens and lengths:  # GROUP_BATCHES batches of the budget's size, whatever batch_size says
         mega = max(mega, GROUP_BATCHES * max_tokens * len(lengths) // sum(lengths))

@@ -1,12 +1,15 @@
-"""Language-balanced sampling (XLM, XLM-R, mBART) and the DAE / MT mixture of pretraining."""
+"""Language-balanced sampling (XLM, XLM-R, mBART): pretraining's DAE / MT mixture, and epochs of
+task records re-balanced across languages for fine-tuning."""
 
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 T = TypeVar("T")
 
@@ -44,17 +47,70 @@ def stratified_sample(records: Sequence[T], n: int | None, seed: int, key: Calla
         return list(records)
     if n < 0:
         raise ValueError(f"sample size must be >= 0, got {n}")
-    strata: dict[Hashable, list[int]] = {}
-    for i, record in enumerate(records):
-        strata.setdefault(key(record), []).append(i)
-    quotas = {k: n * len(idx) / len(records) for k, idx in strata.items()}
-    counts = {k: int(q) for k, q in quotas.items()}
-    by_remainder = sorted(strata, key=lambda k: (-(quotas[k] - counts[k]), -len(strata[k])))
-    for k in by_remainder[: n - sum(counts.values())]:
-        counts[k] += 1
+    strata = _strata([key(record) for record in records])
+    counts = _apportion({k: len(idx) / len(records) for k, idx in strata.items()}, n)
     rng = np.random.default_rng(seed)
     chosen = [i for k, idx in strata.items() for i in rng.choice(idx, size=counts[k], replace=False).tolist()]
     return [records[i] for i in sorted(chosen)]
+
+
+def _strata(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    """The positions of each key, keys in the order first met."""
+    strata: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(keys):
+        strata.setdefault(k, []).append(i)
+    return strata
+
+
+def _apportion(shares: Mapping[Hashable, float], n: int) -> dict[Hashable, int]:
+    """`n` split by `shares` (summing to 1) in whole numbers, by largest remainder (ties to the
+    larger share, then the first met)."""
+    quotas = {k: n * share for k, share in shares.items()}
+    counts = {k: int(q) for k, q in quotas.items()}
+    by_remainder = sorted(shares, key=lambda k: (-(quotas[k] - counts[k]), -shares[k]))
+    for k in by_remainder[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def balanced_epoch(keys: Sequence[Hashable], alpha: float, seed: int) -> list[int]:
+    """One epoch of positions in `keys` (as many as there are keys), languages re-balanced:
+    language i (`keys[j]` is item j's language) gets len(keys)·p_i of them, p_i ∝ q_i^α
+    (`language_sampling_probs` over the items per language; whole numbers by largest
+    remainder), drawn as successive random passes over its items, so an up-sampled language
+    repeats each item before any twice and a down-sampled one leaves out a different part in
+    every epoch (seed). α = 1 keeps every item once."""
+    strata = _strata(keys)
+    probs = language_sampling_probs({k: len(idx) for k, idx in strata.items()}, alpha)
+    quotas = _apportion(probs, len(keys))
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    for k, idx in strata.items():
+        passes = -(-quotas[k] // len(idx))
+        order += [idx[i] for _ in range(passes) for i in rng.permutation(len(idx)).tolist()][: quotas[k]]
+    return order
+
+
+class LanguageBalanced(torch.utils.data.Dataset):
+    """`examples` read in epochs re-balanced across languages (`balanced_epoch`): random access
+    as the list itself, and `epoch_order(seed)`, the positions one epoch reads (in no
+    particular order: the reader shuffles and groups them), which `swcm.data.batching.DataCursor`
+    asks data for when it has it. `langs[i]` is example i's language."""
+
+    def __init__(self, examples: Sequence[dict], langs: Sequence[Hashable], alpha: float):
+        if len(examples) != len(langs):
+            raise ValueError(f"{len(examples)} examples but {len(langs)} languages")
+        self.examples, self.langs, self.alpha = examples, list(langs), alpha
+        self.probs = language_sampling_probs(Counter(self.langs), alpha)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+    def epoch_order(self, seed: int) -> list[int]:
+        return balanced_epoch(self.langs, self.alpha, seed)
 
 
 class ObjectiveSampler:
