@@ -17,7 +17,6 @@ each is told the languages by its family's convention (`swcm.languages`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from .metrics import evaluate_predictions, markdown_table
 from .generation import generate_file, load_generator
 from .languages import language_convention
 from .distributed import distributed_state
-from .io import atomic_text_file
+from .io import atomic_text_file, write_json
 
 # The paper's table shape: language, ROUGE-L F/P/R, then sacrebleu's chrF++, BLEU and spBLEU, the
 # script-aware chrF++ and BLEU, script rate and size.
@@ -126,8 +125,7 @@ def evaluate_model(
         "rows": rows,
     }
     if state.is_main_process:
-        with atomic_text_file(out / "results.json") as f:
-            f.write(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+        write_json(out / "results.json", results)
         with atomic_text_file(out / "results.md") as f:
             f.write(results_markdown(rows, task, transfer_from))
     state.wait_for_everyone()  # the files are there when any process returns

@@ -197,6 +197,12 @@ def atomic_directory(out_dir: str | os.PathLike, owner: str = "model") -> Iterat
         raise
 
 
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write `data` as indented JSON (UTF-8, not escaped) atomically (`atomic_text_file`)."""
+    with atomic_text_file(path) as f:
+        f.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
 @contextlib.contextmanager
 def atomic_text_file(path: str | os.PathLike) -> Iterator[TextIO]:
     """Open a temporary UTF-8 text file beside `path`; on success it replaces `path`.

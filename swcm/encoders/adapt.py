@@ -17,7 +17,6 @@ number of new pieces (their embeddings move with them).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from ..configuration import check_encoder_config
 from ..data.readers import parse_source_spec, read_records
 from ..data.sampling import language_sampling_probs
 from ..distributed import on_main_process
-from ..io import atomic_text_file, save_model_dir
+from ..io import save_model_dir, write_json
 from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
 from .tiny_encoder import masked_lm_loss, mlm_windows
 from .vocabulary import extend_vocabulary
@@ -298,13 +297,8 @@ def adapt_encoder(
     else:
         on_main_process(save_model_dir, model, tokenizer, out / "final")
     report["adapted_encoder"] = str(out / "final")
-    on_main_process(write_report_file, out / REPORT_FILE, report)
+    on_main_process(write_json, out / REPORT_FILE, report)
     return report
-
-
-def write_report_file(path: Path, report: dict) -> None:
-    with atomic_text_file(path) as f:
-        f.write(json.dumps(report, indent=2) + "\n")
 
 
 def print_report(report: dict, file=None) -> None:

@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from ..io import atomic_text_file
+from ..io import atomic_text_file, write_json
 from .grid import OBJECTIVES, ExperimentConfig, RunSpec
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -177,12 +177,6 @@ def plot_figure4(agg: dict, out_png: str | os.PathLike, variant: str = "ws") -> 
         ax.set_title("Figure 4 — ROUGE-L against X")
         ax.legend()
     return True
-
-
-def write_json(path: str | os.PathLike, data) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    with atomic_text_file(path) as f:
-        f.write(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def plot_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
