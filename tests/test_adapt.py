@@ -230,6 +230,42 @@ def test_a_bare_encoder_gets_a_tied_mlm_head(zh_en_encoder, tmp_path):
     assert not added
 
 
+@pytest.mark.parametrize("kind", ["xlm-r", "bert"])
+def test_masked_lm_loss_scores_only_the_masked_positions(zh_en_encoder, kind):
+    """The head runs on the masked rows alone, and loss and gradients are the model's own."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from swcm.encoders.adapt import mlm_head
+    from swcm.encoders.tiny_encoder import masked_lm_loss, mlm_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(zh_en_encoder)
+    if kind == "xlm-r":
+        model = AutoModelForMaskedLM.from_pretrained(zh_en_encoder)
+    else:
+        torch.manual_seed(0)
+        model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=4, intermediate_size=64, pad_token_id=tokenizer.pad_token_id))
+    model.eval()  # no dropout: the two forwards must agree
+    windows = mlm_windows(tokenizer, _texts("zh", "en", split="valid"), 48)[:6]
+    batch = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)([{"input_ids": w} for w in windows])
+    masked = int((batch["labels"] != -100).sum())
+    assert 0 < masked < batch["labels"].numel() // 3
+    rows = []
+    probe = mlm_head(model).register_forward_hook(lambda module, args, out: rows.append(out.shape[:-1]))
+    loss = masked_lm_loss(model, batch)
+    probe.remove()
+    assert rows == [torch.Size([masked])]
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference = model(**batch).loss
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(ours[n], p.grad, msg=n)
+
+
 def test_mlm_loss_falls_on_real_text(tiny_encoder_dir, tmp_path):
     model = AutoModelForMaskedLM.from_pretrained(tiny_encoder_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)

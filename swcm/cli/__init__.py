@@ -17,6 +17,7 @@ import sys
 import warnings
 
 
+from ..allocator import keep_freed_memory
 from . import decode, experiment, prepare, train
 from .flags import UsageError
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in sub.choices.values():  # `swcm build -v` as well as `swcm -v build`
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # large tensors freed and allocated again every training step: no fresh pages each time
     with _library_notices(args.verbose):
         try:
             return args.func(args) or 0

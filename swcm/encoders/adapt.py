@@ -42,7 +42,7 @@ from ..data.sampling import language_sampling_probs
 from ..distributed import on_main_process
 from ..io import save_model_dir, write_json
 from ..training import TrainingConfig, TrainingResult, checkpoint_dirs, latest_checkpoint, train
-from .tiny_encoder import masked_lm_loss, mlm_windows
+from .tiny_encoder import masked_lm_loss, mlm_head, mlm_windows
 from .vocabulary import extend_vocabulary
 
 REPORT_FILE = "adapt.json"
@@ -173,9 +173,7 @@ def train_only_new_rows(model: PreTrainedModel, new_ids: Sequence[int], head_add
     keep[list(new_ids)] = 1
     embeddings.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
     if head_added:
-        output = model.get_output_embeddings()
-        head = next(module for module in model.children() if any(m is output for m in module.modules()))
-        for parameter in head.parameters():
+        for parameter in mlm_head(model).parameters():
             parameter.requires_grad_(True)
 
 
