@@ -4,8 +4,8 @@ By default glibc maps every block above a threshold (128 KiB, raised up to 32 Mi
 are freed) afresh from the system and unmaps it when it is freed. A training step allocates and
 frees the same large tensors every step — the embedding matrix's gradient, the head's logits and
 their softmax — so each step pays again for the system to zero those pages one by one on first
-touch: about 5–10 % of a fine-tuning step of the demo's model on 2 cores (`benchmarks/allocator.py`
-measures it). jemalloc and tcmalloc, which CPU-inference guides preload for the same reason, keep
+touch: 0.854–0.887 of the step time with freed memory kept, for a step of the demo's model on 2
+cores (`benchmarks/allocator.py`; 0.906–0.947 inside a real fine-tuning run). jemalloc and tcmalloc, which CPU-inference guides preload for the same reason, keep
 freed memory; `keep_freed_memory` has glibc do the same with two `mallopt` settings. The `swcm`
 command calls it at start; a program that trains through the library may call it itself.
 """
@@ -13,7 +13,6 @@ command calls it at start; a program that trains through the library may call it
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -27,7 +26,7 @@ OPT_OUT = "SWCM_KEEP_FREED_MEMORY"  # =0: leave malloc as it is
 def _glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them (find_library would run ldconfig)
     return libc if hasattr(libc, "mallopt") else None
 
 
