@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .script_tokens import letter_scripts, script_for_lang
 from .tokenization import language_tag, language_tag_id
 
 FAMILIES = ("swcm", "nllb", "m2m100", "mbart50", "prefix")
@@ -161,3 +162,72 @@ def read_language_codes(path: str | os.PathLike) -> dict[str, str]:
         codes[parts[0]] = parts[1]
     return codes
 
+
+
+# --- names and detection ---------------------------------------------------------------------
+
+# English names of the languages swcm's corpora and baselines use (what `GET /languages` shows).
+LANGUAGE_NAMES = {
+    "zh": "Chinese", "bo": "Tibetan", "dz": "Dzongkha", "ug": "Uyghur", "kk": "Kazakh", "mn": "Mongolian",
+    "en": "English", "ii": "Nuosu (Yi)", "ko": "Korean", "ja": "Japanese", "ru": "Russian", "ar": "Arabic",
+}
+
+# The scripts each language is written in. Kazakh is Cyrillic in Kazakhstan and Arabic-script in
+# China; Mongolian Cyrillic in Mongolia and traditional in China; so their script does not decide.
+LANGUAGE_SCRIPTS = {
+    "zh": ("Han",), "yue": ("Han",), "bo": ("Tibetan",), "dz": ("Tibetan",), "ug": ("Arabic",),
+    "kk": ("Cyrillic", "Arabic"), "mn": ("Cyrillic", "Mongolian"), "en": ("Latin",), "ii": ("Yi",),
+    "ko": ("Hangul",), "ja": ("Han", "Hiragana", "Katakana"), "ru": ("Cyrillic",), "ar": ("Arabic",),
+}
+
+# Cyrillic letters of Kazakh that Mongolian (and Russian) Cyrillic lack: one of them tells Kazakh.
+_KAZAKH_CYRILLIC = frozenset("әғқңұһіӘҒҚҢҰҺІ")
+
+
+def language_name(code: str) -> str:
+    """The English name of a language code ("ug" → "Uyghur"; a script subtag is named too:
+    "kk-Arab" → "Kazakh (Arabic script)"); the code itself when swcm does not know it."""
+    base, _, rest = code.replace("_", "-").partition("-")
+    name = LANGUAGE_NAMES.get(base.lower(), code)
+    script = script_for_lang(code) if rest else None
+    return f"{name} ({script} script)" if script and name != code else name
+
+
+def language_scripts(code: str) -> tuple[str, ...]:
+    """The Unicode scripts `code` is written in: its script subtag's ("mn-Mong" → Mongolian),
+    else `LANGUAGE_SCRIPTS`; () for a language swcm does not know."""
+    if "-" in code or "_" in code:
+        script = script_for_lang(code)
+        if script:
+            return (script,)
+    return LANGUAGE_SCRIPTS.get(code.lower(), ())
+
+
+def detect_languages(text: str, candidates: Iterable[str]) -> list[dict]:
+    """Which of the `candidates` `text` is in, from the Unicode scripts of its letters:
+    [{"language": code, "confidence": 0–100}, …], most likely first (LibreTranslate's /detect).
+
+    Each letter's script is shared among the candidates written in it, each counting
+    1 / (the number of scripts it is written in): Han text is Chinese (100), Arabic-script text
+    Uyghur 67 / Kazakh 33 (Kazakh is written in Arabic script in China only), Tibetan text
+    Dzongkha 50 / Tibetan 50. Cyrillic with a letter only Kazakh has (ә ғ қ ң ұ һ і) is Kazakh;
+    other Cyrillic is split between Kazakh and Mongolian, since the script cannot tell them
+    apart. A language none of whose scripts appear scores 0; so do all without letters.
+    """
+    candidates = list(dict.fromkeys(candidates))
+    counts = letter_scripts(text)
+    total = sum(counts.values())
+    kazakh_letters = any(ch in _KAZAKH_CYRILLIC for ch in text)
+    scores = dict.fromkeys(candidates, 0.0)
+    for script, n in counts.items():
+        weights = {}
+        for lang in candidates:
+            scripts = language_scripts(lang)
+            if script in scripts:
+                weights[lang] = 1 / len(scripts)
+        if script == "Cyrillic" and kazakh_letters and any(l.split("-")[0] == "kk" for l in weights):
+            weights = {l: w for l, w in weights.items() if l.split("-")[0] == "kk"}
+        for lang, weight in weights.items():
+            scores[lang] += 100 * n / total * weight / sum(weights.values())
+    ranked = sorted(candidates, key=lambda lang: -scores[lang])  # stable: ties keep the candidates' order
+    return [{"language": lang, "confidence": round(scores[lang], 1)} for lang in ranked]

@@ -103,3 +103,74 @@ def teach_to_echo():
         return model
 
     return teach
+
+
+SERVE_TARGETS = ["ug", "kk", "mn", "bo"]  # the demo's zh → ug, kk, mn, dz, with UDHR's Tibetan for Dzongkha
+
+
+@pytest.fixture(scope="session")
+def demo_shaped_runs(tiny_encoder_dir, tmp_path_factory):
+    """Two tiny models shaped as the demo's, `ws` and `random`, each built from the tiny encoder,
+    fine-tuned for a few steps on UDHR zh → ug, kk, mn, bo (and evaluated on its test split) by
+    swcm's own recipes, and laid out as the demo lays out a run: RUN/finetune/best (the model),
+    RUN/finetune/log.jsonl (validation scores), RUN/eval/results.json (test scores).
+    Returns {variant: RUN/finetune/best}."""
+    import json
+
+    from swcm.building import build_model_dir
+    from swcm.evaluating import evaluate_model
+    from swcm.finetuning import FinetuneSettings, finetune
+    from swcm.training import TrainingConfig
+
+    root = tmp_path_factory.mktemp("demo-shaped")
+    files = {}
+    for split in ("train", "valid", "test"):
+        records = [{"src": unit["text"]["zh"], "tgt": unit["text"][lang], "src_lang": "zh", "tgt_lang": lang}
+                   for unit in udhr(split) for lang in SERVE_TARGETS]
+        files[split] = root / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    runs = {}
+    for variant in ("ws", "random"):
+        torch.manual_seed(0)
+        built = root / variant / "built"
+        build_model_dir(tiny_encoder_dir, built, insert_every=2, variant=variant, langs=["zh", *SERVE_TARGETS])
+        run = root / f"{variant}-x2-dae+mt-seed0"
+        # 160 steps: both variants then write each target in its script (100 are too few for random)
+        config = TrainingConfig(out_dir=run / "finetune", max_steps=160, batch_size=64, lr=1e-2, weight_decay=0.0,
+                                mixed_precision="no", eval_every=80, save_every=160, log_every=40, metric="loss",
+                                progress=False)
+        settings = FinetuneSettings(max_source_length=16, max_target_length=8, max_valid_examples=16)
+        finetune(built, files["train"], files["valid"], config, settings)
+        evaluate_model(run / "finetune" / "best", "mt", [files["test"]], run / "eval", device="cpu", dtype="float32",
+                       engine="fast", progress=False, max_new_tokens=8)
+        runs[variant] = run / "finetune" / "best"
+    return runs
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """A function that starts `swcm serve ARGS --port 0` in a subprocess and returns (process,
+    base URL) once it listens; every server it started is stopped at the end of the session."""
+    import re
+    import subprocess
+    import sys
+
+    started = []
+
+    def start(*args, env=None):
+        process = subprocess.Popen([sys.executable, "-m", "swcm.cli", "serve", *map(str, args), "--port", "0"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, **(env or {})})
+        started.append(process)
+        line = process.stdout.readline()  # "serving … on http://127.0.0.1:PORT …", once the models are loaded
+        found = re.search(r"http://[\w.\[\]:]+:\d+", line)
+        if found is None:
+            process.kill()
+            raise RuntimeError(f"swcm serve did not start: {line!r} {process.stderr.read()}")
+        return process, found.group(0)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
