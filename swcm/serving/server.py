@@ -58,8 +58,8 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         if error.errno == errno.EADDRINUSE:
-            raise OSError(error.errno, f"{host}:{port} is already in use; choose another port with --port") from None
-        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+            raise OSError(error.errno, "already in use; choose another port with --port", f"{host}:{port}") from None
+        raise OSError(error.errno, f"cannot listen there ({error.strerror})", f"{host}:{port}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -77,10 +77,14 @@ def serve(model_specs: Sequence[str], settings: ServeSettings, *, device: str | 
     host, port = sock.getsockname()[:2]
     try:
         models = []
-        for name, directory in named:
-            print(f"loading {name} from {directory}", file=sys.stderr, flush=True)
-            models.append(load_served_model(name, directory, device=device, dtype=dtype, engine=engine,
-                                            quantize=quantize, decoding=decoding))
+        try:
+            for name, directory in named:
+                print(f"loading {name} from {directory}", file=sys.stderr, flush=True)
+                models.append(load_served_model(name, directory, device=device, dtype=dtype, engine=engine,
+                                                quantize=quantize, decoding=decoding))
+        except KeyboardInterrupt:  # Ctrl-C while loading: nothing to finish
+            print("stopped before serving", file=sys.stderr, flush=True)
+            return 0
         app = create_app(models, settings)
         shown = f"[{host}]" if ":" in host else host
         for m in models:
