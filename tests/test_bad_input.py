@@ -265,6 +265,15 @@ CASES = [
     ("score --pred {latin1.txt} --ref {latin1.txt}", "non-UTF-8", "{latin1.txt}:1"),
     ("score --pred {empty.txt} --ref {empty.txt}", "empty input", "{empty.txt} is empty"),
     ("score --pred {mono} --ref {pairs.tsv} --lang b!o", "unknown language", "b!o"),
+    # serve (every check before the port is bound; the running server's bad input: tests/test_serve*.py)
+    ("serve {missing}", "missing path", "{missing}: no such directory"),
+    ("serve {notes}", "not a directory", "{notes}: not a directory"),
+    ("serve {enc}", "wrong architecture", "not an encoder-decoder model"),
+    ("serve {truncated}", "truncated weights", "truncated safetensors file"),
+    ("serve {model} --batch-size 0", "out-of-range number", "--batch-size must be at least 1, got 0"),
+    ("serve {model} --batch-limit 5000", "contradictory flags", "--batch-limit (5000) must not exceed --queue-size (1024)"),
+    ("serve {model} --engine transformers --quantize int8", "contradictory flags", "--quantize int8 needs the fast engine"),
+    ("serve a={model} a={model}", "duplicate name", "two models would be named 'a'"),
     # experiment
     ("experiment {missing} --out {out}", "missing path", "{missing}"),
     ("experiment {bad.yaml} --out {out}", "malformed YAML", "{bad.yaml}"),

@@ -259,3 +259,14 @@ def test_split_html_round_trips_markup():
     parts = split_html(document)
     assert [t for translate, t in parts if translate] == ["Hello", "world"]
     assert join_html(parts, ["Hello", "world"]) == document
+
+
+def test_the_demo_report_ends_with_the_command_that_serves_its_models(demo_shaped_runs):
+    from swcm.experiments.demo import serve_markdown
+    from swcm.serving.server import parse_model_args
+
+    results = [{"spec": {"variant": v}, "model": str(path)} for v, path in demo_shaped_runs.items()]
+    section = serve_markdown(results)
+    command = section.strip().splitlines()[-1].strip()
+    assert command == f"swcm serve ws={demo_shaped_runs['ws']} random={demo_shaped_runs['random']}"
+    assert parse_model_args(command.split()[2:]) == [("ws", demo_shaped_runs["ws"]), ("random", demo_shaped_runs["random"])]

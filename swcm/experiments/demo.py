@@ -183,8 +183,20 @@ def write_demo_report(config: ExperimentConfig, outcome: dict, out_dir: str | os
     text = report.read_text(encoding="utf-8")
     title, _, rest = text.partition("\n")
     with atomic_text_file(report) as f:
-        f.write(f"{title}\n\n{intro}{summary}\n{adaptation}{curves}## Ten test examples per language\n\n{examples}\n{rest}")
+        f.write(f"{title}\n\n{intro}{summary}\n{adaptation}{curves}## Ten test examples per language\n\n{examples}\n{rest}"
+                f"{serve_markdown(results)}")
     return summary + (f"\n{adaptation}" if adaptation else "")
+
+
+def serve_markdown(results: list[dict], variants: tuple[str, ...] = ("ws", "random")) -> str:
+    """The report's last section: the command that serves the demo's models (first seed of each
+    variant) over LibreTranslate's API, with the page that shows them side by side."""
+    models = " ".join(f"{v}={r['model']}" for v, r in _first_by_variant(results, variants).items())
+    if not models:
+        return ""
+    return ("\n## Try the models\n\nServe them over LibreTranslate's API, with a page that shows them side by side "
+            "(needs `pip install \"swcm[serve]\"`), then open http://127.0.0.1:5000/:\n\n"
+            f"    swcm serve {models}\n")
 
 
 def adaptation_markdown(report_path: str | os.PathLike) -> str:
