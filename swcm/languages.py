@@ -11,6 +11,10 @@ the conventions of the baselines a researcher compares against.
 
 The family comes from the model and its tokenizer. swcm's language codes (zh, bo, ug, kk, mn, en)
 are mapped to the family's codes by `DEFAULT_CODES`, which a user map overrides or extends.
+
+`language_name` and `detect_languages` (which language a text is in, from the Unicode scripts of
+its letters, with an honest confidence where a script is shared) serve `swcm serve`'s
+`GET /languages` and `POST /detect`.
 """
 
 from __future__ import annotations

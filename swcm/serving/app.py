@@ -255,10 +255,12 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             raise ApiError(400, f"{source} is not supported; sources here: auto, {', '.join(all_langs)}")
         model = choose_model(fields, target)
 
+        documents = [split_html(text) for text in texts] if text_format == "html" else None
         detected = None
-        if source == "auto":
-            detected = [detect_languages(text, all_langs)[0] for text in texts]
-            job_source = detect_languages(" ".join(texts), all_langs)[0]["language"]
+        if source == "auto":  # on the text itself, not on the markup around it
+            plain = [" ".join(run for translate_it, run in parts if translate_it) for parts in documents] if documents else texts
+            detected = [detect_languages(text, all_langs)[0] for text in plain]
+            job_source = detect_languages(" ".join(plain), all_langs)[0]["language"]
         else:
             job_source = source
 
@@ -267,8 +269,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             beams = max(int(model.decoding.get("num_beams") or 1), alternatives + 1)
             options = (("num_beams", beams), ("num_return_sequences", alternatives + 1))
 
-        if text_format == "html":
-            documents = [split_html(text) for text in texts]
+        if documents is not None:
             runs = [run for parts in documents for translate_it, run in parts if translate_it]
             outputs = await decode(request, model, runs, target, job_source)
             flat = iter(o[0] for o in outputs)
