@@ -270,3 +270,27 @@ def test_the_demo_report_ends_with_the_command_that_serves_its_models(demo_shape
     command = section.strip().splitlines()[-1].strip()
     assert command == f"swcm serve ws={demo_shaped_runs['ws']} random={demo_shaped_runs['random']}"
     assert parse_model_args(command.split()[2:]) == [("ws", demo_shaped_runs["ws"]), ("random", demo_shaped_runs["random"])]
+
+
+def test_summarisation_and_reading_comprehension_models_have_their_own_endpoint(served):
+    import dataclasses
+
+    from swcm.data.examples import pair_separator
+
+    ws = served[0]
+    summariser = dataclasses.replace(ws, name="sum", task="sum")
+    reader = dataclasses.replace(ws, name="mrc", task="mrc")
+    document, question = udhr("test")[1]["text"]["bo"], udhr("test")[2]["text"]["bo"]
+    with TestClient(create_app([ws, summariser, reader])) as client:
+        reply = client.post("/generate", json={"q": document, "lang": "bo", "model": "sum"}).json()
+        assert reply == {"generatedText": direct(ws, [document], "bo")[0][0], "model": "sum", "task": "sum"}
+        answer = client.post("/generate", json={"question": [question], "context": [document], "lang": "bo",
+                                                "model": "mrc"}).json()
+        joined = f"{question}{pair_separator(ws.tokenizer)}{document}"
+        assert answer["generatedText"] == [direct(ws, [joined], "bo")[0][0]] and answer["task"] == "mrc"
+        refused = client.post("/translate", json={"q": "人", "source": "zh", "target": "bo", "model": "sum"})
+        assert refused.status_code == 400 and "use POST /generate" in refused.json()["error"]
+        missing = client.post("/generate", json={"question": "x", "lang": "bo", "model": "mrc"})
+        assert missing.status_code == 400 and missing.json() == {"error": "Invalid request: missing context parameter"}
+        listed = {m["name"]: m["task"] for m in client.get("/models").json()}
+        assert listed == {"ws": "mt", "sum": "sum", "mrc": "mrc"}
