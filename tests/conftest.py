@@ -137,7 +137,7 @@ def demo_shaped_runs(tiny_encoder_dir, tmp_path_factory):
         run = root / f"{variant}-x2-dae+mt-seed0"
         # 160 steps: both variants then write each target in its script (100 are too few for random)
         config = TrainingConfig(out_dir=run / "finetune", max_steps=160, batch_size=64, lr=1e-2, weight_decay=0.0,
-                                mixed_precision="no", eval_every=80, save_every=160, log_every=40, metric="loss",
+                                mixed_precision="no", eval_every=160, save_every=160, log_every=40, metric="loss",
                                 progress=False)
         settings = FinetuneSettings(max_source_length=16, max_target_length=8, max_valid_examples=16)
         finetune(built, files["train"], files["valid"], config, settings)

@@ -268,6 +268,7 @@ CASES = [
     # serve (every check before the port is bound; the running server's bad input: tests/test_serve*.py)
     ("serve {missing}", "missing path", "{missing}: no such directory"),
     ("serve {notes}", "not a directory", "{notes}: not a directory"),
+    ("serve {thesis}", "not a model", "{thesis}: no config.json, so not a Hugging Face model directory"),
     ("serve {enc}", "wrong architecture", "not an encoder-decoder model"),
     ("serve {truncated}", "truncated weights", "truncated safetensors file"),
     ("serve {model} --batch-size 0", "out-of-range number", "--batch-size must be at least 1, got 0"),

@@ -76,7 +76,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         finally:
             await asyncio.to_thread(worker.stop, True)
 
-    app = FastAPI(title="swcm serve", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="swcm serve", lifespan=lifespan, docs_url=None, redoc_url=None)  # /openapi.json only: 
+    # FastAPI's documentation pages load their scripts from a CDN, and everything here works offline
     app.state.worker, app.state.models, app.state.settings = worker, by_name, settings
 
     if settings.cors_origins:
