@@ -76,8 +76,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         finally:
             await asyncio.to_thread(worker.stop, True)
 
-    app = FastAPI(title="swcm serve", lifespan=lifespan, docs_url=None, redoc_url=None)  # /openapi.json only: 
-    # FastAPI's documentation pages load their scripts from a CDN, and everything here works offline
+    # /openapi.json, but not FastAPI's documentation pages: they load their scripts from a CDN,
+    # and everything served here works offline
+    app = FastAPI(title="swcm serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.worker, app.state.models, app.state.settings = worker, by_name, settings
 
     if settings.cors_origins:

@@ -48,8 +48,8 @@ class ServedModel:
     scores: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        """The model as `GET /models` lists it."""
-        return {"name": self.name, "path": str(self.path), "variant": self.variant, "task": self.task,
+        """The model as `GET /models` lists it (not its directory: the API may face other machines)."""
+        return {"name": self.name, "variant": self.variant, "task": self.task,
                 "task_name": TASK_NAMES.get(self.task, self.task), "engine": self.engine,
                 "model_type": getattr(self.model.config, "model_type", None), "targets": self.targets,
                 "decoding": self.decoding, "scores": self.scores}
@@ -79,7 +79,7 @@ def read_scores(path: str | os.PathLike) -> tuple[dict, dict, str | None]:
     the task) for the model in `path`, from the files `swcm evaluate` and fine-tuning wrote
     beside it (see the module docstring); empty where there are none.
 
-    test: {"file", "mean": {chrf, bleu, rougeL_f, script_rate}, "languages": {lang: the same and n}};
+    test: {"mean": {chrf, bleu, rougeL_f, script_rate}, "languages": {lang: the same and n}};
     validation: {"step", "chrf", "rougeL_f", "loss"} of the fine-tuning step kept as best (else the last).
     """
     path = Path(path)
@@ -95,7 +95,6 @@ def read_scores(path: str | os.PathLike) -> tuple[dict, dict, str | None]:
         rows = [row for row in results.get("rows", []) if isinstance(row, dict) and "lang" in row]
         if rows:
             scores["test"] = {
-                "file": str(found),
                 "mean": {key: _mean(rows, key) for key in _SCORE_KEYS},
                 "languages": {row["lang"]: {**{key: row.get(key) for key in _SCORE_KEYS}, "n": row.get("n")} for row in rows},
             }
