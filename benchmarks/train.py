@@ -14,10 +14,10 @@ product's rate measured in the same run (`--device cuda`: MFU, the share of the 
 bf16 peak). Speed is noisy on a shared machine: the best of `--steps` timed steps is used.
 
 With `--loss-ratio` it times SWCM's step only, alternating its loss's cross-entropy between
-`swcm.loss.token_cross_entropy` (the gradient made in the loss's own pass) and torch's
-`F.cross_entropy` on the float32 logits with autograd (the plain path, which keeps a float32
-copy of the logits and runs the softmax again for the backward), in each precision, and prints
-the ratio of the two; `--record` appends the figures to benchmarks/records/train.jsonl.
+`swcm.loss.token_cross_entropy` (float32 a chunk of rows at a time, the softmax computed again
+in the backward) and torch's `F.cross_entropy` on the float32 logits with autograd (the plain
+path, which keeps float32 log-probabilities of every row for the backward), in each precision,
+and prints the ratio of the two; `--record` appends the figures to benchmarks/records/train.jsonl.
 
 With `--workers 0,2` it times the whole training loop instead (`swcm.training.train`: batching,
 DAE noise, collation, copies to the device, forward, backward, AdamW) on the demo's pretraining
@@ -251,12 +251,12 @@ def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 
 def loss_ratio(args) -> None:
     """SWCM's step with each cross-entropy, alternating, in each precision; the ratio of the two."""
-    import swcm.modeling
+    from swcm import modeling
     from swcm.loss import token_cross_entropy
 
     device = args.device
-    swcm, _ = swcm_model(args.shape, args.vocab_size)
-    model = swcm.to(device).train()
+    model, _ = swcm_model(args.shape, args.vocab_size)
+    model = model.to(device).train()
     batch = make_batch(args, model.config.vocab_size, device)
     where = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; shape {args.shape}, "
@@ -268,11 +268,11 @@ def loss_ratio(args) -> None:
         times: dict[str, list[float]] = {name: [] for name in losses}
         for round_ in range(args.steps + 1):
             for name, loss in losses.items():  # alternate, so both see the same machine load
-                swcm.modeling.token_cross_entropy = loss
+                modeling.token_cross_entropy = loss
                 elapsed = timed(step, device)
                 if round_:  # the first round warms up
                     times[name].append(elapsed)
-        swcm.modeling.token_cross_entropy = token_cross_entropy
+        modeling.token_cross_entropy = token_cross_entropy
         best = {name: min(t) for name, t in times.items()}
         median = {name: statistics.median(t) for name, t in times.items()}
         figures = {"shape": args.shape, "batch": [args.batch, args.source_length, args.target_length],
