@@ -222,9 +222,9 @@ def step_probe_key(shape: str) -> str:
 
 
 def choose_by_step_times(bf16_s: float, fp32_s: float, where: str) -> PrecisionChoice:
-    """bf16 when a training step took less time in bf16 (`bf16_s`) than in fp32 (`fp32_s`);
-    `where` ends the reason (where the times come from)."""
-    times = f"{bf16_s:.3f} s/step bf16 vs {fp32_s:.3f} s fp32"
+    """bf16 when the probed training work took less time in bf16 (`bf16_s` seconds) than in fp32
+    (`fp32_s`); `where` ends the reason (where the times come from)."""
+    times = f"{bf16_s:.3f} s in bf16 vs {fp32_s:.3f} s in fp32"
     return PrecisionChoice("bf16" if bf16_s < fp32_s else "no", f"step probe: {times}, {where}")
 
 

@@ -163,7 +163,7 @@ def test_the_step_probe_takes_the_faster_precision_and_caches_it(tmp_path):
 
     cache = tmp_path / "probe.json"
     choice = choose_by_step_probe(time_step, "shape A", cache)
-    assert choice.mixed_precision == "bf16" and "2.000 s/step bf16 vs 3.000 s fp32" in choice.reason
+    assert choice.mixed_precision == "bf16" and "2.000 s in bf16 vs 3.000 s in fp32" in choice.reason
     assert str(cache) in choice.reason
     assert calls.count(torch.bfloat16) == calls.count(torch.float32) == 3  # a warm-up and two timed passes each
     entry = json.loads(cache.read_text())[step_probe_key("shape A")]
