@@ -250,8 +250,11 @@ def train(
     model.float()  # fp32 master weights, whatever dtype they were stored in; autocast computes in `precision`
     # "auto" on a CPU with bf16 instructions: the faster precision of this model's own step on this
     # run's first batches (measured once per machine and shape, then cached).
-    # One process only: ranks probing apart could choose differently.
-    probe = step_probe(model, examples, config, collator, loss_fn) if distributed_state().num_processes == 1 else None
+    # One process only: ranks probing apart could choose differently. Not on a one-shot iterator,
+    # whose examples the probe would take from the run.
+    one_shot = iter(examples) is examples
+    probe = (step_probe(model, examples, config, collator, loss_fn)
+             if distributed_state().num_processes == 1 and not one_shot else None)
     accelerator, precision = make_accelerator(config, probe)
     refuse_unsupported_parallelism(accelerator.distributed_type)
     accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The step probe is `swcm.precision.choose_by_step_probe`; this module gives it the run's step:
 forward and backward of the run's loss on the run's first batches, read from a throwaway
-cursor over the same data (a stream is put back where it was), collated by the run's collator.
+cursor over the same data (a stream is put back where it was; a one-shot iterator, which cannot
+be, is not probed), collated by the run's collator.
 The optimizer step is left out (its fp32 master weights cost the same in either precision),
 so is scheduled sampling's first pass. Nothing of the run changes: no weight is updated, the
 gradients are cleared, and torch's random state is restored (dropout draws from it).
