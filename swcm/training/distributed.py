@@ -3,14 +3,14 @@ is `swcm.distributed`'s, kept here for the callers that import it from the train
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import is_tensorboard_available
 
 from ..distributed import distributed_state, has_accelerator_device
-from collections.abc import Callable
-
 from ..precision import PrecisionChoice, resolve_mixed_precision
 from .config import TrainingConfig
 
