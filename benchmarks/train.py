@@ -13,6 +13,12 @@ per FLOP (SWCM's FLOP/s over MBart's), achieved GFLOP/s and its share of a plain
 product's rate measured in the same run (`--device cuda`: MFU, the share of the GPU's dense
 bf16 peak). Speed is noisy on a shared machine: the best of `--steps` timed steps is used.
 
+With `--loss-ratio` it times SWCM's step only, alternating its loss's cross-entropy between
+`swcm.loss.token_cross_entropy` (float32 a chunk of rows at a time, the softmax computed again
+in the backward) and torch's `F.cross_entropy` on the float32 logits with autograd (the plain
+path, which keeps float32 log-probabilities of every row for the backward), in each precision,
+and prints the ratio of the two; `--record` appends the figures to benchmarks/records/train.jsonl.
+
 With `--workers 0,2` it times the whole training loop instead (`swcm.training.train`: batching,
 DAE noise, collation, copies to the device, forward, backward, AdamW) on the demo's pretraining
 (the vendored LibreOffice text in zh, ug, kk, mn and dz, monolingual and zh–x pairs, half MT,
@@ -22,6 +28,7 @@ loop's tokens/s (the median over its steps after the first `--warmup`) and the w
 
     python benchmarks/train.py                       # small shape, a few minutes on 2 cores
     python benchmarks/train.py --shape demo --workers 0,2 --steps 30
+    python benchmarks/train.py --shape demo --loss-ratio --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape base --batch 8 --source-length 128 --target-length 128
     python benchmarks/train.py --device cuda --shape base --compile
 """
@@ -160,12 +167,18 @@ def main() -> None:
     parser.add_argument("--workers", help="comma-separated DataLoader worker counts: time the training loop on the "
                                           "demo's pretraining with each (e.g. 0,2) instead of one step")
     parser.add_argument("--warmup", type=int, default=3, help="with --workers: first steps left out of the median")
+    parser.add_argument("--loss-ratio", action="store_true",
+                        help="SWCM's step with token_cross_entropy against F.cross_entropy on float32 logits")
+    parser.add_argument("--record", action="store_true", help="append the figures to benchmarks/records/train.jsonl")
     args = parser.parse_args()
     device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.workers:
         loop_with_workers(args, [int(n) for n in args.workers.split(",")])
+        return
+    if args.loss_ratio:
+        loss_ratio(args)
         return
 
     swcm, mbart = build_models(args.shape, args.vocab_size)
@@ -229,6 +242,52 @@ def main() -> None:
         ratio_median = median["mbart"] / median["swcm"]
         print(f"  swcm/mbart: {ratio:.2f} tokens/s (median {ratio_median:.2f}), "
               f"per FLOP {per_flop:.2f} (median {ratio_median * flops['swcm'] / flops['mbart']:.2f})")
+
+
+def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The summed cross-entropy by torch's autograd on the float32 logits: the plain path."""
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+
+
+def loss_ratio(args) -> None:
+    """SWCM's step with each cross-entropy, alternating, in each precision; the ratio of the two."""
+    from swcm import modeling
+    from swcm.loss import token_cross_entropy
+
+    device = args.device
+    model, _ = swcm_model(args.shape, args.vocab_size)
+    model = model.to(device).train()
+    batch = make_batch(args, model.config.vocab_size, device)
+    where = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+    print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; shape {args.shape}, "
+          f"batch {args.batch} x ({args.source_length} + {args.target_length}) tokens, AdamW step included")
+    losses = {"one-pass": token_cross_entropy, "plain": plain_cross_entropy}
+    for precision in args.precision.split(","):
+        choice = resolve_mixed_precision(precision, device)
+        step = make_step(model, batch, choice.dtype, device)
+        times: dict[str, list[float]] = {name: [] for name in losses}
+        for round_ in range(args.steps + 1):
+            for name, loss in losses.items():  # alternate, so both see the same machine load
+                modeling.token_cross_entropy = loss
+                elapsed = timed(step, device)
+                if round_:  # the first round warms up
+                    times[name].append(elapsed)
+        modeling.token_cross_entropy = token_cross_entropy
+        best = {name: min(t) for name, t in times.items()}
+        median = {name: statistics.median(t) for name, t in times.items()}
+        figures = {"shape": args.shape, "batch": [args.batch, args.source_length, args.target_length],
+                   "threads": torch.get_num_threads(), "steps": args.steps,
+                   **{f"{name}_s": round(best[name], 4) for name in losses},
+                   **{f"{name}_median_s": round(median[name], 4) for name in losses},
+                   "speedup": round(best["plain"] / best["one-pass"], 3),
+                   "speedup_median": round(median["plain"] / median["one-pass"], 3)}
+        print(f"{choice.mixed_precision}: one-pass {best['one-pass']:.3f} s/step (median {median['one-pass']:.3f}), "
+              f"plain {best['plain']:.3f} (median {median['plain']:.3f}): {figures['speedup']:.2f}x by best steps, "
+              f"{figures['speedup_median']:.2f}x by medians")
+        if args.record:
+            from swcm.records import append_record
+
+            append_record("train", {"what": "loss ratio", **figures}, precision=choice.mixed_precision)
 
 
 def loop_with_workers(args, workers: list[int]) -> None:

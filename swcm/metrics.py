@@ -112,7 +112,7 @@ def _bleu(predictions: Sequence[str], references: Sequence[str], tokenize: str) 
     return score, metric.get_signature().format()
 
 
-def _chrf(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+def chrf_plus_plus(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
     """sacrebleu's corpus chrF++ (character 6-grams and word bigrams) and its signature."""
     from sacrebleu.metrics import CHRF
 
@@ -128,7 +128,7 @@ def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str
     "chrf" and "bleu" are the standard scores on the raw text (see the module docstring);
     "chrf_script" and "bleu_script" the script-aware ones, on the metric tokens."""
     _check_pairs(predictions, references)
-    chrf, chrf_signature = _chrf(predictions, references)
+    chrf, chrf_signature = chrf_plus_plus(predictions, references)
     bleu, bleu_signature = _bleu(predictions, references, bleu_tokenize(script))
     tokenize = script_bleu_tokenize(script)
     hyps, refs = spaced_words(predictions, script), spaced_words(references, script)
@@ -141,7 +141,7 @@ def chrf_bleu(predictions: Sequence[str], references: Sequence[str], script: str
         "chrf": chrf,
         "bleu": bleu,
         "spbleu": None if sp is None else sp[0],
-        "chrf_script": _chrf(hyps, refs)[0],
+        "chrf_script": chrf_plus_plus(hyps, refs)[0],
         "bleu_script": bleu_script,
         "signatures": signatures,
     }

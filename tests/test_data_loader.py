@@ -1,6 +1,8 @@
 """Batches through `DataLoader` workers: the same batches as on the training thread, and an
 exact resume, whatever the workers have read ahead."""
 
+import copy
+import itertools
 import shutil
 
 import pytest
@@ -90,3 +92,20 @@ def test_training_with_two_workers_resumes_exactly(tmp_path, tiny_encoder_dir, t
     result = train(model, tokenizer, stream(tokenizer, mono), config, DataCollatorForSeq2Seq(tokenizer), sharded=True)
     assert result.step == 6 and [r["step"] for r in result.history] == [6]
     assert max_diff(params(model), weights[2]) <= 1e-6
+
+
+def test_the_precision_probe_reads_the_first_batches_and_puts_the_stream_back(tokenizer, mono):
+    """`--mixed-precision auto` times the run's first batches on a CPU: read through a cursor of
+    their own, so that the run then reads the very same examples from the very same position."""
+    from swcm.training.precision_probe import probe_batches
+
+    data = stream(tokenizer, mono)
+    config = TrainingConfig(out_dir="unused", batch_size=4, max_tokens=256)
+    collate = DataCollatorForSeq2Seq(tokenizer)
+    before = copy.deepcopy(data.state_dict())
+    probed = probe_batches(data, config, collate)
+    assert len(probed) == 2 and data.state_dict() == before
+    cursor = DataCursor(data, seed=config.seed, shuffle=config.shuffle, group_by_length=True, max_tokens=256)
+    first = [collate(batch) for batch in itertools.islice(cursor.batches(4), 2)]
+    for got, expected in zip(probed, first):
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)

@@ -8,8 +8,11 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from swcm.encoders.layers import keep_bottom_layers
-from swcm.experiments import (comparison_table, examples_markdown, load_experiment, per_variant, plot_validation_loss,
-                              prepare_vendored_data, run_experiment, verdict)
+from swcm.experiments import (comparison_table, examples_markdown, load_experiment, per_variant, plot_validation_curves,
+                              prepare_vendored_data, record_demo, run_experiment, source_following,
+                              source_following_markdown, verdict)
+from swcm.records import read_records
+from swcm.resources import libreoffice
 
 
 def test_bottom_layers_compute_what_the_full_encoder_computes_there(tiny_encoder_dir, tmp_path):
@@ -37,7 +40,8 @@ def test_vendored_corpus_limited_to_targets(tmp_path):
     assert langs == {"ug", "mn"} and len(data["test"]) == 2
 
 
-def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
+def test_ws_beside_random_report(tiny_encoder_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWCM_RECORDS_DIR", str(tmp_path / "records"))
     path = tmp_path / "demo.yaml"
     path.write_text(
         f"name: tiny-demo\nencoder: {tiny_encoder_dir}\nencoder_layers: 2\n"
@@ -67,8 +71,29 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     examples = examples_markdown(outcome["results"], per_lang=10)
     assert examples.startswith("### kk (distinct test predictions: ws ")
     assert examples.count("\n| ") == 11  # header + ten examples
-    assert plot_validation_loss(outcome["results"], tmp_path / "v.png")
+    assert plot_validation_curves(outcome["results"], tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    finetune_log = [json.loads(line) for line in open(outcome["results"][0]["logs"]["finetune"], encoding="utf-8")]
+    assert [r["step"] for r in finetune_log if "eval_chrf" in r] == [2, 4]  # the chrF++ curve's points
+    following = source_following_markdown(outcome["results"])
+    assert following.startswith("## Does the output follow its source?")
+    assert following.strip().splitlines()[-1].startswith("| kk | ")
+    record_demo(outcome["results"], minutes=1.5)
+    (record,) = read_records("demo", tmp_path / "records")
+    assert record["figures"]["minutes"] == 1.5 and record["precision"] in ("no", "bf16")
+    assert record["figures"]["ws"]["kk"]["chrf"] == rows["ws"]["chrf"]
+    assert set(record["figures"]["random"]["kk"]) == {"chrf", "own", "other", "distinct"}
+
+
+def test_source_following_tells_a_translation_from_text_unrelated_to_its_source():
+    pairs = [(unit["text"]["zh"], unit["text"]["kk"]) for unit in libreoffice("train")[100:300]
+             if {"zh", "kk"} <= set(unit["text"])][:30]
+    records = [{"src": src, "tgt": tgt} for src, tgt in pairs]
+    translating = source_following([{**r, "prediction": r["tgt"]} for r in records])
+    assert translating["own"] == pytest.approx(100.0) and translating["other"] < 40 and translating["distinct"] > 0.9
+    # Fluent Kazakh of the corpus, but each output another string's translation.
+    unrelated = source_following([{**r, "prediction": records[(i + 7) % len(records)]["tgt"]} for i, r in enumerate(records)])
+    assert abs(unrelated["own"] - unrelated["other"]) < 10 and unrelated["own"] < 40
 
 
 def test_verdict_says_where_neither_variant_translates():

@@ -13,6 +13,7 @@ from swcm.cli import main as cli
 from swcm.modeling import CustomDecoderLayer, NormalDecoderLayer
 from swcm.resources import udhr
 from swcm.tokenization import add_language_tags, language_tag, language_tag_id
+from swcm.training import training_loss
 
 LANGS = ["zh", "bo", "ug", "kk", "mn", "en"]
 
@@ -400,6 +401,35 @@ def test_the_label_positions_loss_equals_cross_entropy_over_the_full_logits(tiny
     with torch.no_grad():
         evaluation = model.eval()(**batch, labels=labels, label_smoothing=label_smoothing, num_items_in_batch=items)
     assert evaluation.logits.shape == logits.shape
+
+
+def test_the_training_step_under_bf16_autocast_matches_the_full_logits_path(tiny_encoder_dir, tokenizer):
+    """Under bf16 autocast, as accelerate trains on a CPU: the training loss (head on the labelled
+    positions, `token_cross_entropy`'s one-pass gradient) and its gradients agree with
+    `F.cross_entropy` over the full logits, upcast to float32, of the same autocast forward."""
+    torch.manual_seed(0)
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir, dropout=0.0).train()
+    batch = _batch(tokenizer)
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+
+    def gradients(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(**batch, decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels)).logits
+        assert logits.dtype == torch.bfloat16
+        reference = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    expected = gradients(reference)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = training_loss(model, {**batch, "labels": labels})[0]
+    got = gradients(loss)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference.item(), rel=1e-3)
+    assert got.keys() == expected.keys()
+    for name in expected:  # bf16 products: the rounding of 8 mantissa bits, not a different gradient
+        torch.testing.assert_close(got[name], expected[name], rtol=0.05, atol=2e-3, msg=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

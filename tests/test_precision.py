@@ -1,6 +1,7 @@
 """The precision a run computes in: chosen by the hardware, overridden by a flag or accelerate's
 configuration, printed and logged."""
 
+import dataclasses
 import json
 import math
 
@@ -18,10 +19,15 @@ from swcm.precision import (
     ACCELERATE_ENV,
     BF16_MIN_SPEEDUP,
     auto_mixed_precision,
+    choose_by_step_probe,
+    choose_by_step_times,
     choose_mixed_precision,
+    cpu_has_bf16_instructions,
     matmul_gflops,
     resolve_dtype,
     resolve_mixed_precision,
+    step_probe_file,
+    step_probe_key,
 )
 from swcm.pretraining import PretrainSettings, pretrain
 from swcm.resources import udhr
@@ -146,16 +152,71 @@ def test_training_follows_accelerate_configuration_unless_a_flag_is_given(
     assert result.step == 2
 
 
-def test_training_default_is_the_hardware_choice(tmp_path, tiny_encoder_dir, capfd):
+def test_the_step_probe_takes_the_faster_precision_and_caches_it(tmp_path):
+    assert choose_by_step_times(0.4, 0.5, "here").mixed_precision == "bf16"
+    assert choose_by_step_times(0.6, 0.5, "here").mixed_precision == "no"
+    calls = []
+
+    def time_step(dtype):  # a step whose bf16 takes 2 "seconds" and fp32 3
+        calls.append(dtype)
+        return {torch.bfloat16: 2.0, torch.float32: 3.0}[dtype]
+
+    cache = tmp_path / "probe.json"
+    choice = choose_by_step_probe(time_step, "shape A", cache)
+    assert choice.mixed_precision == "bf16" and "2.000 s in bf16 vs 3.000 s in fp32" in choice.reason
+    assert str(cache) in choice.reason
+    assert calls.count(torch.bfloat16) == calls.count(torch.float32) == 3  # a warm-up and two timed passes each
+    entry = json.loads(cache.read_text())[step_probe_key("shape A")]
+    assert (entry["bf16_s"], entry["fp32_s"]) == (2.0, 3.0)
+    # Cached: not measured again; another shape is measured, and both stay in the file.
+    assert choose_by_step_probe(time_step, "shape A", cache).mixed_precision == "bf16" and len(calls) == 6
+    assert "measured before" in choose_by_step_probe(time_step, "shape A", cache).reason
+    slow_bf16 = choose_by_step_probe(lambda dtype: {torch.bfloat16: 5.0, torch.float32: 1.0}[dtype], "shape B", cache)
+    assert slow_bf16.mixed_precision == "no"
+    assert set(json.loads(cache.read_text())) == {step_probe_key("shape A"), step_probe_key("shape B")}
+    cache.write_text("not json")  # measured over, and rewritten
+    assert choose_by_step_probe(time_step, "shape A", cache).mixed_precision == "bf16" and len(calls) == 12
+    assert step_probe_key("shape A") in json.loads(cache.read_text())
+
+
+def _log_precisions(out):
+    return [json.loads(line)["mixed_precision"] for line in (out / "log.jsonl").read_text().splitlines()
+            if "mixed_precision" in line]
+
+
+@pytest.mark.skipif(not cpu_has_bf16_instructions(), reason="this CPU runs bf16 emulated: fp32 without a probe")
+def test_training_auto_times_its_own_step_once_per_machine_and_shape(tmp_path, tiny_encoder_dir, monkeypatch, capfd):
+    monkeypatch.setenv("SWCM_CACHE", str(tmp_path / "cache"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir)
-    config = TrainingConfig(out_dir=tmp_path, max_steps=1, batch_size=4, progress=False)
+    config = TrainingConfig(out_dir=tmp_path / "first", max_steps=1, batch_size=4, progress=False)
     assert config.mixed_precision == "auto"
     train(model, tokenizer, _examples(tokenizer), config, _collate(tokenizer))
-    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
-    hardware = auto_mixed_precision("cpu")
-    assert record["mixed_precision"] == hardware.mixed_precision
-    assert hardware.reason in capfd.readouterr().err
+    probes = json.loads(step_probe_file().read_text())
+    (key, entry), = probes.items()
+    assert "SWCMForConditionalGeneration" in key and "4 examples" in key
+    measured = "bf16" if entry["bf16_s"] < entry["fp32_s"] else "no"
+    err = capfd.readouterr().err
+    assert f"mixed precision: {measured} (step probe: " in err and str(step_probe_file()) in err
+    assert _log_precisions(tmp_path / "first") == [measured]
+    # The next run of this shape reads the verdict: rewrite it, and the run follows the file.
+    other = "no" if measured == "bf16" else "bf16"
+    entry.update(bf16_s=1.0, fp32_s=2.0) if other == "bf16" else entry.update(bf16_s=2.0, fp32_s=1.0)
+    step_probe_file().write_text(json.dumps(probes))
+    train(model, tokenizer, _examples(tokenizer), dataclasses.replace(config, out_dir=tmp_path / "second"),
+          _collate(tokenizer))
+    assert f"mixed precision: {other} (step probe: " in capfd.readouterr().err
+    assert _log_precisions(tmp_path / "second") == [other]
+
+
+def test_an_explicit_precision_skips_the_step_probe(tmp_path, tiny_encoder_dir, monkeypatch, capfd):
+    monkeypatch.setenv("SWCM_CACHE", str(tmp_path / "cache"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir)
+    config = TrainingConfig(out_dir=tmp_path / "run", max_steps=1, batch_size=4, progress=False, mixed_precision="no")
+    train(model, tokenizer, _examples(tokenizer), config, _collate(tokenizer))
+    assert not step_probe_file().exists()
+    assert "mixed precision: no (asked for)" in capfd.readouterr().err
 
 
 def test_stand_in_encoder_trains_in_the_precision_asked_for(tmp_path):

@@ -364,7 +364,8 @@ def test_bf16_and_gradient_checkpointing(tmp_path, tiny_encoder_dir, tokenizer):
             run("fp16", mixed_precision="fp16")
 
 
-def test_one_shot_data_ends_training(tmp_path, tiny_encoder_dir, tokenizer):
+def test_one_shot_data_ends_training(tmp_path, tiny_encoder_dir, tokenizer, monkeypatch):
+    monkeypatch.setenv("SWCM_CACHE", str(tmp_path / "cache"))  # no cached precision: auto would probe re-readable data
     examples = copy_examples(tokenizer, n=2)  # 12 examples, read once
     model = build_model(tiny_encoder_dir, tokenizer)
     config = TrainingConfig(out_dir=tmp_path, max_steps=100, batch_size=5, log_every=1, progress=False)

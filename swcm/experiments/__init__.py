@@ -35,8 +35,8 @@ from .report import (
     write_report,
 )
 from .demo import (
-    DEMO_METRICS, demo_config, comparison_table, distinct_share, examples_markdown, plot_validation_loss, verdict,
-    run_demo, adaptation_markdown,
+    DEMO_METRICS, demo_config, comparison_table, distinct_share, examples_markdown, plot_validation_curves, verdict,
+    source_following, source_following_markdown, run_demo, record_demo, adaptation_markdown,
 )
 
 __all__ = [
@@ -47,6 +47,6 @@ __all__ = [
     "vendored_names", "run_one", "SETTINGS_FILE", "experiment_settings", "settings_changes",
     "check_experiment_settings", "run_experiment", "mean_std", "aggregate", "setting_order", "render_tables",
     "figure4_series", "plot_figure4", "write_json", "plot_curves", "write_report", "DEMO_METRICS", "demo_config",
-    "comparison_table", "distinct_share", "examples_markdown", "plot_validation_loss", "verdict", "run_demo",
-    "adaptation_markdown",
+    "comparison_table", "distinct_share", "examples_markdown", "plot_validation_curves", "verdict", "run_demo",
+    "source_following", "source_following_markdown", "record_demo", "adaptation_markdown",
 ]

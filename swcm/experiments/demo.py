@@ -2,13 +2,14 @@
 
 `run_demo` runs `swcm/resources/demo.yaml` as an experiment and puts on top of its report
 the verdict, a per-language comparison of chrF++, BLEU, ROUGE-L and script rate, the encoder
-adaptation's numbers, the validation-loss curves and ten test examples per language.
+adaptation's numbers, the validation loss and chrF++ curves, whether outputs follow their source (chrF++ against\ntheir own and other sentences' references) and ten test examples per language.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from ..distributed import on_main_process
@@ -91,24 +92,70 @@ def examples_markdown(results: list[dict], per_lang: int = 10, variants: tuple[s
     return "\n".join(parts)
 
 
-def plot_validation_loss(results: list[dict], out_png: str | os.PathLike) -> bool:
-    """Fine-tuning validation loss against step, one line per run, on one plot. False without data."""
-    lines = {}
+VALIDATION_CURVES = (("eval_loss", "validation cross-entropy"), ("eval_chrf", "validation chrF++"))
+
+
+def plot_validation_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
+    """Fine-tuning's validation loss and chrF++ against step, one line per run, side by side.
+    False without data."""
+    curves = {key: {} for key, _ in VALIDATION_CURVES}
     for result in results:
-        points = log_points(result.get("logs", {}).get("finetune", ""), "eval_loss")
-        if points:
-            lines[RunSpec(**result["spec"]).run_id] = points
-    if not lines:
+        for key in curves:
+            points = log_points(result.get("logs", {}).get("finetune", ""), key)
+            if points:
+                curves[key][RunSpec(**result["spec"]).run_id] = points
+    if not any(curves.values()):
         return False
-    with figure(out_png, figsize=(5.5, 3.8)) as ax:
-        for label, points in sorted(lines.items()):
-            steps, losses = zip(*points)
-            ax.plot(steps, losses, marker="o", label=label)
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("validation cross-entropy")
-        ax.set_title("Validation loss, ws vs random")
-        ax.legend(fontsize=7)
+    with figure(out_png, 1, len(VALIDATION_CURVES), figsize=(10, 3.8)) as axes:
+        for ax, (key, label) in zip(axes, VALIDATION_CURVES):
+            for run, points in sorted(curves[key].items()):
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o", label=run)
+            ax.set_xlabel("fine-tuning step")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label[0].upper()}{label[1:]}, ws vs random")
+            ax.legend(fontsize=7)
     return True
+
+
+def source_following(records: list[dict]) -> dict[str, float]:
+    """Whether outputs follow their source: sacrebleu's chrF++ of the predictions against their
+    own references ("own") and against other sentences' references ("other": each prediction
+    scored against the reference half the list away), and the share of distinct predictions. A
+    model that writes fluent text of the right language unrelated to its input scores about
+    the same on both; one that translates scores far higher against its own."""
+    from ..metrics import chrf_plus_plus
+
+    predictions = [r["prediction"] for r in records]
+    references = [r["tgt"] for r in records]
+    half = len(references) // 2
+    others = references[half:] + references[:half]
+    return {"own": chrf_plus_plus(predictions, references)[0], "other": chrf_plus_plus(predictions, others)[0],
+            "distinct": distinct_share(predictions)}
+
+
+def source_following_markdown(results: list[dict], variants: tuple[str, ...] = ("ws", "random")) -> str:
+    """The report's table of `source_following` per language and variant (first seed of each)."""
+    runs = {v: _predictions(r) for v, r in _first_by_variant(results, variants).items()}
+    runs = {v: p for v, p in runs.items() if p}
+    if not runs:
+        return ""
+    order = [row["lang"] for row in next(iter(_first_by_variant(results, variants).values()))["rows"]]
+    langs = [lang for lang in order if all(lang in p for p in runs.values())]
+    head = [f"{what} ({v})" for v in runs for what in ("chrF++, own reference", "chrF++, other references", "distinct")]
+    lines = ["## Does the output follow its source?", "",
+             "chrF++ of each test output against its own reference and against other sentences' references "
+             "(each output scored against the reference half the list away), and the share of distinct "
+             "outputs: a model that translates scores far higher against its own reference; one that writes "
+             "fluent text unrelated to its input scores about the same against both.", "",
+             "| language | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for lang in langs:
+        cells = []
+        for predictions in runs.values():
+            f = source_following(predictions[lang])
+            cells += [f"{f['own']:.1f}", f"{f['other']:.1f}", f"{f['distinct']:.0%}"]
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
 
 
 # Below this chrF++ (sacrebleu, 0-100) for both variants a language is read as not translated: the
@@ -146,8 +193,29 @@ def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True, co
     """Run the demo experiment (default: `demo_config()`) into `out_dir`; return its summary (the
     top of report.md): the verdict line and the per-language comparison table."""
     config = config or demo_config()
+    started = time.perf_counter()
     outcome = run_experiment(config, out_dir, progress)  # collective under accelerate launch
-    return on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
+    minutes = (time.perf_counter() - started) / 60
+    summary = on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
+    on_main_process(record_demo, outcome["results"], minutes)
+    return summary
+
+
+def record_demo(results: list[dict], minutes: float) -> None:
+    """Append the run's figures to the "demo" record (`swcm.records`): its minutes (reused runs
+    make it short), and per variant and language the test chrF++ and `source_following`."""
+    from ..records import append_record
+
+    figures: dict = {"minutes": round(minutes, 2)}
+    precision = None
+    for variant, result in _first_by_variant(results, ("ws", "random")).items():
+        predictions = _predictions(result)
+        figures[variant] = {row["lang"]: {"chrf": row["chrf"], **(source_following(predictions[row["lang"]])
+                                                                   if row["lang"] in predictions else {})}
+                            for row in result["rows"]}
+        logged = log_points(result.get("logs", {}).get("finetune", ""), "mixed_precision")
+        precision = precision or (logged[-1][1] if logged else None)
+    append_record("demo", figures, precision=precision)
 
 
 def write_demo_report(config: ExperimentConfig, outcome: dict, out_dir: str | os.PathLike) -> str:
@@ -177,13 +245,15 @@ def write_demo_report(config: ExperimentConfig, outcome: dict, out_dir: str | os
              + (" What was tried to make the Tibetan-script leg learn in this budget, and a 3-seed zh → dz "
                 "table where it does (`configs/tibetan-e5.yaml`): docs/tibetan-e5.md in the swcm repository."
                 if adaptation else "") + "\n\n")
-    curves = "![validation loss](validation_loss.png)\n\n" if plot_validation_loss(results, out / "validation_loss.png") else ""
+    curves = ("![validation loss and chrF++](validation.png)\n\n"
+              if plot_validation_curves(results, out / "validation.png") else "")
+    following = source_following_markdown(results)
     examples = examples_markdown(results)
     report = Path(outcome["report"])
     text = report.read_text(encoding="utf-8")
     title, _, rest = text.partition("\n")
     with atomic_text_file(report) as f:
-        f.write(f"{title}\n\n{intro}{summary}\n{adaptation}{curves}## Ten test examples per language\n\n{examples}\n{rest}"
+        f.write(f"{title}\n\n{intro}{summary}\n{adaptation}{curves}{following}## Ten test examples per language\n\n{examples}\n{rest}"
                 f"{serve_markdown(results)}")
     return summary + (f"\n{adaptation}" if adaptation else "")
 

@@ -3,6 +3,8 @@ is `swcm.distributed`'s, kept here for the callers that import it from the train
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
@@ -12,9 +14,11 @@ from ..distributed import distributed_state, has_accelerator_device
 from ..precision import PrecisionChoice, resolve_mixed_precision
 from .config import TrainingConfig
 
-def make_accelerator(config: TrainingConfig) -> tuple[Accelerator, PrecisionChoice]:
-    """The run's `Accelerator` in the precision `config.mixed_precision` resolves to, and that choice."""
-    precision = resolve_mixed_precision(config.mixed_precision)
+def make_accelerator(config: TrainingConfig, step_probe: Callable[[], PrecisionChoice] | None = None
+                     ) -> tuple[Accelerator, PrecisionChoice]:
+    """The run's `Accelerator` in the precision `config.mixed_precision` resolves to, and that
+    choice; `step_probe` decides "auto" on a CPU with bf16 instructions (`resolve_mixed_precision`)."""
+    precision = resolve_mixed_precision(config.mixed_precision, step_probe=step_probe)
     if precision.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     state = AcceleratorState._shared_state

@@ -24,8 +24,9 @@ from .checkpoint import (
 )
 from .config import TrainingConfig, TrainingResult
 from ..distributed import refuse_unsupported_parallelism
-from .distributed import make_accelerator
+from .distributed import distributed_state, make_accelerator
 from .optim import adamw, lr_scheduler, parameter_groups
+from .precision_probe import step_probe
 from .scheduled_sampling import teacher_forcing_ratio, training_loss
 
 
@@ -246,7 +247,15 @@ def train(
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
     refuse_unsupported_parallelism()
-    accelerator, precision = make_accelerator(config)
+    model.float()  # fp32 master weights, whatever dtype they were stored in; autocast computes in `precision`
+    # "auto" on a CPU with bf16 instructions: the faster precision of this model's own step on this
+    # run's first batches (measured once per machine and shape, then cached).
+    # One process only: ranks probing apart could choose differently. Not on a one-shot iterator,
+    # whose examples the probe would take from the run.
+    one_shot = iter(examples) is examples
+    probe = (step_probe(model, examples, config, collator, loss_fn)
+             if distributed_state().num_processes == 1 and not one_shot else None)
+    accelerator, precision = make_accelerator(config, probe)
     refuse_unsupported_parallelism(accelerator.distributed_type)
     accelerator.print(f"mixed precision: {precision.mixed_precision} ({precision.reason})", file=sys.stderr)
     accelerator.gradient_accumulation_steps = config.grad_accum  # for accumulate()
@@ -254,7 +263,6 @@ def train(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         clear_interrupted_saves(out)
-    model.float()  # fp32 master weights, whatever dtype they were stored in; autocast computes in `precision`
     if resume_from is not None:
         load_model_weights(model, resume_from)
     if config.gradient_checkpointing:
