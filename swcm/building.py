@@ -19,6 +19,8 @@ from .tokenization import add_language_tags
 
 def load_encoder_config(path: str | os.PathLike) -> PretrainedConfig:
     """An encoder config from a config.json file or a model directory, validated."""
+    if not Path(path).exists() and "/" in os.fspath(path) and not os.fspath(path).endswith(".json"):
+        return AutoConfig.from_pretrained(path)  # a hub id, fetched when online
     path = Path(path)
     if path.is_dir():
         config = AutoConfig.from_pretrained(path)
@@ -58,6 +60,30 @@ def checkpoint_has_mlm_head(encoder: str | os.PathLike | None) -> bool:
     else:
         return False
     return any(k.startswith(_MLM_HEAD_KEYS) for k in keys)
+
+
+PAPER_INSERT_EVERY = 3
+
+
+def choose_insert_every(num_layers: int, insert_every: int | None = None, variant: str = "ws") -> tuple[int, str | None]:
+    """X for a decoder over `num_layers` kept encoder layers, and one line to print or None.
+
+    Unset (`None`), X is the paper's 3, unless that would insert no Normal layer (3 layers or
+    fewer, e.g. `--encoder-layers 3`): then X = layers - 1 (C C N C for 3), and the line says
+    so. A given X that inserts no Normal layer is kept, with a warning line, except for the
+    `no-normal` variant, which has none by design."""
+    wants_normal = variant != "no-normal" and num_layers > 1
+    if insert_every is None:
+        if not wants_normal or num_layers > PAPER_INSERT_EVERY:
+            return PAPER_INSERT_EVERY, None
+        x = num_layers - 1
+        return x, (f"--insert-every {x}: the paper's {PAPER_INSERT_EVERY} would insert no Normal layer into a decoder "
+                   f"over {num_layers} encoder layers")
+    if wants_normal and insert_every >= num_layers:
+        return insert_every, (f"warning: --insert-every {insert_every} inserts no Normal layer over {num_layers} encoder "
+                              f"layers (the decoder is Custom layers only, as BASE-A); --insert-every {num_layers - 1} "
+                              "inserts one")
+    return insert_every, None
 
 
 def dry_run_report(encoder_config: PretrainedConfig, insert_every: int = 3, variant: str = "ws", lm_head: str = "auto",

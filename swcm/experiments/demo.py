@@ -145,9 +145,34 @@ def verdict(results: list[dict]) -> str:
 def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True, config: ExperimentConfig | None = None) -> str:
     """Run the demo experiment (default: `demo_config()`) into `out_dir`; return its summary (the
     top of report.md): the verdict line and the per-language comparison table."""
+    import time
+
     config = config or demo_config()
+    fresh, started = not Path(out_dir).exists(), time.perf_counter()
     outcome = run_experiment(config, out_dir, progress)  # collective under accelerate launch
-    return on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
+    summary = on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
+    on_main_process(append_demo_record, outcome["results"], time.perf_counter() - started, fresh)
+    return summary
+
+
+def append_demo_record(results: list[dict], seconds: float, fresh: bool):
+    """Append the run to benchmarks/records/demo.jsonl (`swcm.records`; nothing outside a checkout):
+    its wall time (`fresh`: into a new output directory, no stage reused), precision and, per
+    variant, the test chrF++ per language and the share of distinct outputs."""
+    from ..records import append_record
+
+    runs = _first_by_variant(results, ("ws", "random"))
+    chrf = {v: {row["lang"]: round(row["chrf"], 2) for row in r["rows"]} for v, r in runs.items()}
+    distinct = {v: {lang: round(distinct_share([p["prediction"] for p in preds]), 3)
+                    for lang, preds in _predictions(r).items()} for v, r in runs.items()}
+    precision = None
+    for r in runs.values():
+        log = Path(r.get("logs", {}).get("finetune", ""))
+        if log.is_file() and log.read_text(encoding="utf-8").strip():
+            precision = json.loads(log.read_text(encoding="utf-8").splitlines()[-1]).get("mixed_precision", precision)
+    return append_record("demo", {"seconds": round(seconds), "fresh": fresh, "chrf": chrf, "distinct": distinct,
+                                  "chrf_mean": {v: round(sum(c.values()) / len(c), 2) for v, c in chrf.items() if c}},
+                         precision=precision)
 
 
 def write_demo_report(config: ExperimentConfig, outcome: dict, out_dir: str | os.PathLike) -> str:
