@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,6 +151,9 @@ def build_model_dir(
     "advice" a cut to suggest where the encoder's top layers are collapsed, else None
     (`swcm.diagnostics`)."""
     model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head, dropout, encoder_layers)
+    _, warning = choose_insert_every(model.config.encoder.num_hidden_layers, insert_every, variant)
+    if warning:
+        print(warning, file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     # Inputs longer than the position table cannot be encoded: make truncation default to it.
     max_positions = model.config.encoder.max_position_embeddings - model.position_offset

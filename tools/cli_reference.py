@@ -1,9 +1,13 @@
-"""Write docs/reference/cli.md from the `swcm` command's own parsers, so that it cannot drift.
+"""Write the reference pages that the code defines, so that they cannot drift:
+docs/reference/cli.md from the `swcm` command's own parsers, and the key lists of
+docs/reference/experiment-files.md (between `<!-- keys:begin -->` and `<!-- keys:end -->`) from
+the experiment-file schema (`swcm.experiments.grid`).
 
-    python tools/cli_reference.py           # rewrite docs/reference/cli.md
-    python tools/cli_reference.py --check   # exit 1 if the file is not what the parsers give
+    python tools/cli_reference.py           # rewrite both
+    python tools/cli_reference.py --check   # exit 1 if either is not what the code gives
 
-tests/test_docs.py runs the check. Run it again after adding or changing a subcommand or a flag.
+tests/test_docs.py runs the check. Run it again after adding or changing a subcommand, a flag
+or an experiment-file key.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generated_pages import write_or_check  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "reference" / "cli.md"
+EXPERIMENT_PAGE = ROOT / "docs" / "reference" / "experiment-files.md"
+KEYS_MARKERS = ("<!-- keys:begin -->", "<!-- keys:end -->")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -82,18 +91,38 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_keys() -> str:
+    """The keys each section of an experiment file takes, and the grid's axes, as Markdown."""
+    from swcm.experiments.grid import GRID_KEYS, OBJECTIVES, section_keys
+
+    lines = ["| section | keys it takes |", "|---|---|"]
+    for section, keys in section_keys().items():
+        if section == "generate":
+            own = ("batch_size", "max_source_length", "max_new_tokens")
+            lines.append(f"| `{section}` | {', '.join(f'`{k}`' for k in own)}, and every `transformers.GenerationConfig` "
+                         "setting (`num_beams`, `no_repeat_ngram_size`, `length_penalty`, …) |")
+        else:
+            lines.append(f"| `{section}` | {', '.join(f'`{k}`' for k in sorted(keys))} |")
+    lines += ["", "| grid axis | values |", "|---|---|"]
+    values = {"variant": "`ws`, `random`, `no-normal` (BASE-A), `duplicate` (BASE-B)", "insert_every": "X, integers",
+              "objectives": ", ".join(f"`{o}`" for o in OBJECTIVES), "train_size": "fine-tuning records, or `null` for all",
+              "seed": "integers", "adapted": "`true`, `false` (needs an `adapt` section)"}
+    lines += [f"| `{axis}` | {values.get(axis, '')} |" for axis in GRID_KEYS]
+    return "\n".join(lines)
+
+
+def render_experiment_page(text: str) -> str:
+    start, end = KEYS_MARKERS
+    head, found, rest = text.partition(start)
+    if not found or end not in rest:
+        raise SystemExit(f"{EXPERIMENT_PAGE.relative_to(ROOT)}: no {start} … {end} block")
+    return f"{head}{start}\n{render_keys()}\n{end}{rest.split(end, 1)[1]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     check = "--check" in (argv if argv is not None else sys.argv[1:])
-    text = render()
-    if check:
-        if not OUT.is_file() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT.relative_to(ROOT)} is stale: run python tools/cli_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
+    outputs = {OUT: render(), EXPERIMENT_PAGE: render_experiment_page(EXPERIMENT_PAGE.read_text(encoding="utf-8"))}
+    return write_or_check(outputs, check, "python tools/cli_reference.py")
 
 
 if __name__ == "__main__":

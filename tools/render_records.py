@@ -30,6 +30,9 @@ DEMO_MARKERS = ("<!-- records:demo -->", "<!-- /records:demo -->")
 sys.path.insert(0, str(ROOT))
 from swcm.records import read_records  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generated_pages import write_or_check  # noqa: E402
+
 
 def _docstring(script: Path) -> str:
     return ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
@@ -158,16 +161,7 @@ def render_readme(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     check = "--check" in (argv if argv is not None else sys.argv[1:])
     outputs = {PAGE: render_page(), README: render_readme(README.read_text(encoding="utf-8"))}
-    stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text(encoding="utf-8") != text]
-    if check:
-        for path in stale:
-            print(f"{path.relative_to(ROOT)} is stale: run python tools/render_records.py", file=sys.stderr)
-        return 1 if stale else 0
-    for path in stale:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(outputs[path], encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return write_or_check(outputs, check, "python tools/render_records.py")
 
 
 if __name__ == "__main__":

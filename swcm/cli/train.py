@@ -44,10 +44,10 @@ def _build(args) -> int:
     if args.encoder is not None:
         check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder", weights=not args.dry_run)
     config = load_encoder_config(args.encoder_config or args.encoder)
-    args.insert_every, note = choose_insert_every(args.encoder_layers or config.num_hidden_layers, args.insert_every,
-                                                  args.variant)
-    if note and not args.json:
+    chosen, note = choose_insert_every(args.encoder_layers or config.num_hidden_layers, args.insert_every, args.variant)
+    if note and not args.json and (args.insert_every is None or args.dry_run):  # else build_model_dir warns
         print(note)
+    args.insert_every = chosen
     if args.dry_run:
         report = dry_run_report(config, args.insert_every, args.variant, args.lm_head, args.encoder_layers, args.encoder)
         if args.json:
