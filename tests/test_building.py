@@ -82,7 +82,8 @@ def test_encoder_layers_keeps_the_first_n(tiny_encoder_dir, tmp_path, capsys):
 
     assert cli(["build", "--encoder", str(tiny_encoder_dir), "--dry-run", "--json", "--encoder-layers", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["encoder_layers"] == 3 and report["lm_head"] == "mlm" and report["layers"] == ["custom", "custom", "custom"]
+    # X unset over 3 kept layers: 2, so that the decoder keeps a Normal layer (the paper's 3 would insert none)
+    assert report["encoder_layers"] == 3 and report["lm_head"] == "mlm" and report["layers"] == ["custom", "custom", "normal", "custom"]
     assert cli(["build", "--encoder", str(tiny_encoder_dir), "--out", str(tmp_path / "five"), "--encoder-layers", "5"]) == 2
     assert "cannot keep 5 of its 4 layers" in capsys.readouterr().err
 
