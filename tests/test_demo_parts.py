@@ -69,6 +69,15 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     assert examples.count("\n| ") == 11  # header + ten examples
     assert plot_validation_loss(outcome["results"], tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    # the run's record (benchmarks/records/demo.jsonl in a checkout; here the tests' records directory)
+    from swcm.experiments.demo import append_demo_record
+    from swcm.records import read_records
+
+    append_demo_record(outcome["results"], 12.3, fresh=True)
+    figures = read_records("demo")[-1]["figures"]
+    assert figures["seconds"] == 12 and figures["fresh"] is True
+    assert figures["chrf"] == {v: {"kk": round(rows[v]["chrf"], 2)} for v in ("ws", "random")}
+    assert 0 < figures["distinct"]["ws"]["kk"] <= 1
 
 
 def test_verdict_says_where_neither_variant_translates():

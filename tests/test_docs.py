@@ -190,3 +190,19 @@ def test_command_blocks_run(page, tmp_path):
            "SWCM_RECORDS_DIR": str(tmp_path / "records")}
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{page.name}: a command block failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def test_demo_sentence_from_a_live_and_a_backfilled_record(tmp_path, monkeypatch):
+    import render_records
+    from swcm.records import append_record
+
+    monkeypatch.setattr(render_records, "RECORDS", tmp_path)
+    assert "No demo run has been recorded" in render_records.demo_sentence()
+    chrf = {"ws": {"ug": 17.0, "dz": 3.0}, "random": {"ug": 6.0, "dz": 5.0}}
+    append_record("demo", {"seconds_with_install": 999, "install_seconds": 129, "chrf": chrf}, precision="bf16",
+                  directory=tmp_path)
+    assert "the command above took 16 min 39 s, 2 min 9 s of it the install" in render_records.demo_sentence()
+    append_record("demo", {"seconds": 754, "fresh": True, "chrf": chrf}, precision="fp32", directory=tmp_path)
+    sentence = render_records.demo_sentence()  # the newest record
+    assert "in fp32, `swcm demo` took 12 min 34 s; test chrF++ over ug, dz: `ws` 10.0, `random` 5.5" in sentence
+    assert "docs/results/benchmarks.md#demo" in sentence

@@ -85,7 +85,11 @@ def record_table(record: dict) -> list[str]:
         shown = {k: v for k, v in settings.items() if v not in (None, False, "")}
         lines[0] += " Settings: " + ", ".join(f"`{k}={v}`" for k, v in shown.items()) + "."
     lines += ["", "| figure | value |", "|---|---:|"]
-    lines += [f"| {key} | {_value(value)} |" for key, value in figures.items()]
+    for key, value in figures.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            lines += [f"| {key} ({sub}) | {_value(inner)} |" for sub, inner in value.items()]  # e.g. chrf per variant
+        else:
+            lines.append(f"| {key} | {_value(value)} |")
     return lines
 
 
