@@ -25,6 +25,7 @@ from train import make_batch, make_step, swcm_model  # noqa: E402
 
 from swcm.allocator import keep_freed_memory  # noqa: E402
 from swcm.precision import cpu_name  # noqa: E402
+from swcm.records import append_record  # noqa: E402
 
 
 def main() -> None:
@@ -58,6 +59,14 @@ def main() -> None:
         print(f"  {name:8s} step {statistics.median(times[name]):.3f} s (median of {len(times[name])}), "
               f"{statistics.median(faults[name]):,.0f} minor page faults a step")
     print(f"  kept / default: {statistics.median(times['kept']) / statistics.median(times['default']):.3f} of the step time")
+    append_record("allocator", {
+        "settings": vars(args),
+        "step_s_default": round(statistics.median(times["default"]), 4),
+        "step_s_kept": round(statistics.median(times["kept"]), 4),
+        "page_faults_default": statistics.median(faults["default"]),
+        "page_faults_kept": statistics.median(faults["kept"]),
+        "kept_over_default": round(statistics.median(times["kept"]) / statistics.median(times["default"]), 3),
+    }, precision="fp32")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.encoders.tiny_encoder import TinyEncoderSettings, train_tokenizer
 from swcm.experiments import prepare_vendored_data
 from swcm.finetuning import FinetuneSettings, encode_records, read_task_pairs
+from swcm.records import append_record
 from swcm.resources import CORPORA
 from swcm.tokenization import add_language_tags
 from swcm.training import TrainingConfig, train
@@ -89,6 +90,10 @@ def main() -> None:
             for name, record in results.items():
                 print(f"  {name:32s}: padding {100 * record['padding_share']:5.1f} %, {record['tokens_per_s']:7.0f} tokens/s "
                       f"({record['tokens_per_s'] / first['tokens_per_s']:.2f}x)")
+            append_record("batching", {"settings": {**vars(args), "corpus": corpus}, "records": len(records), **{
+                f"{name}: {key}": round(record[key] * (100 if key == "padding_share" else 1), 1)
+                for name, record in results.items() for key in ("padding_share", "tokens_per_s")}},
+                precision=first["mixed_precision"])
 
 
 if __name__ == "__main__":

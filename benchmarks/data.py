@@ -25,6 +25,7 @@ from transformers import DataCollatorForSeq2Seq, XLMRobertaConfig
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.data import PretrainingStream
+from swcm.records import append_record
 from swcm.resources import UDHR_LANGS, udhr
 from swcm.encoders.tiny_encoder import train_tokenizer
 from swcm.tokenization import add_language_tags
@@ -126,6 +127,10 @@ def main() -> None:
           f"batch {args.batch} x {args.length} -> {args.length}, {args.dtype} autocast, {args.device}; "
           f"forward+backward {step_time:.2f} s/step)")
     print(f"ratio: {data_rate / model_rate:9.1f}x  (data produced / consumed per second; must stay above 1)")
+    append_record("data", {"settings": vars(args), "data_examples_per_s": round(data_rate, 1),
+                           "model_examples_per_s": round(model_rate, 1), "step_s": round(step_time, 3),
+                           "data_over_model": round(data_rate / model_rate, 1)},
+                  precision=f"{args.dtype} autocast, {args.device}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 from transformers import XLMRobertaConfig
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
+from swcm.records import append_record
 
 
 def base_model(vocab_size: int, dtype: torch.dtype) -> SWCMForConditionalGeneration:
@@ -91,6 +92,9 @@ def main() -> None:
     print(f"re-run whole decoder : {1000 * t_full / n:8.2f} ms/token  ({t_full:.1f} s)")
     print(f"KV cache (generate)  : {1000 * t_cache / n:8.2f} ms/token  ({t_cache:.1f} s)")
     print(f"speed-up             : {t_full / t_cache:8.1f}x   identical tokens: {same}")
+    append_record("decode", {"settings": vars(args), "ms_per_token_rerun": round(1000 * t_full / n, 2),
+                             "ms_per_token_kv_cache": round(1000 * t_cache / n, 2), "speedup": round(t_full / t_cache, 1),
+                             "identical_tokens": same}, precision=f"{args.dtype}, {args.device}")
 
 
 if __name__ == "__main__":

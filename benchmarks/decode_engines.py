@@ -35,6 +35,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianConfig, Mar
 
 from swcm.fast_generation import FastSWCM
 from swcm.precision import cpu_name
+from swcm.records import append_record
 from swcm.resources import libreoffice
 
 ENGINES = ("swcm", "fast fp32", "fast int8", "marian", "ct2 fp32", "ct2 int8")
@@ -170,7 +171,7 @@ def main() -> None:
         print(f"exactly {n} new tokens per source; batch 1: {args.single} sources one by one; median of {args.rounds} rounds\n")
         print("| search | batch | " + " | ".join(names) + " | fast/ct2 fp32 | fast/ct2 int8 |")
         print("|---|---:|" + "---:|" * (len(names) + 2))
-        greedy = {}
+        greedy, figures = {}, {}
         with torch.no_grad():
             for beams in [{"greedy": 1, "beam": args.beams}[s] for s in args.searches.split(",")]:
                 for size in (1, 32):
@@ -191,12 +192,15 @@ def main() -> None:
                     if beams == 1:
                         greedy[size] = ratios
                     search = "greedy" if beams == 1 else f"beam {beams}"
+                    figures.update({f"{search}, batch {size}: {name} tokens/s": round(rate[name]) for name in names})
                     print(f"| {search} | {size} | " + " | ".join(f"{rate[name]:,.0f}" for name in names)
                           + f" | {ratios[0]:.2f} | {ratios[1]:.2f} |", flush=True)
         print("\n(tokens/s)")
         if greedy:
             print(f"fast/ctranslate2 tokens/s: fp32 b1 {greedy[1][0]:.2f} b32 {greedy[32][0]:.2f}; "
                   f"int8 b1 {greedy[1][1]:.2f} b32 {greedy[32][1]:.2f}")
+        append_record("decode_engines", {"settings": {**vars(args), "model": args.model or "demo-shaped, random decoder"},
+                                         **figures}, precision="fp32 and int8")
 
 
 if __name__ == "__main__":

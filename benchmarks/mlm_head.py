@@ -22,6 +22,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from swcm.encoders.tiny_encoder import masked_lm_loss
 from swcm.precision import cpu_name
+from swcm.records import append_record
 
 
 def main() -> None:
@@ -41,6 +42,7 @@ def main() -> None:
     losses = {"every position": lambda: model(**batch).loss, "masked positions": lambda: masked_lm_loss(model, batch)}
     print(f"{cpu_name()}, {torch.get_num_threads()} threads; batch {args.batch} × {args.length}, "
           f"{int(masked.sum())} masked, vocabulary {args.vocab_size:,}")
+    figures = {"settings": vars(args)}
     for trained in ("all weights", "embeddings and head"):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(trained == "all weights" or not name.startswith("bert.encoder"))
@@ -54,6 +56,9 @@ def main() -> None:
         medians = {name: statistics.median(t[1:]) for name, t in times.items()}
         print(f"  {trained}: " + ", ".join(f"{name} {m:.3f} s" for name, m in medians.items())
               + f"; masked / every: {medians['masked positions'] / medians['every position']:.3f}")
+        figures.update({f"{trained}: {name} step s": round(m, 3) for name, m in medians.items()})
+        figures[f"{trained}: masked / every"] = round(medians["masked positions"] / medians["every position"], 3)
+    append_record("mlm_head", figures, precision="fp32")
 
 
 if __name__ == "__main__":

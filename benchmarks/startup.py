@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 
+from swcm.records import append_record
 from swcm.resources import libreoffice, libreoffice_help, udhr
 
 UNITS_PER_DOCUMENT = 8
@@ -134,6 +135,10 @@ def main() -> None:
         for name, (t, rss, end) in (("first start", first), ("resume", resume)):
             print(f"{name:<12} {t:>12.1f} {rss:>12.0f} {end:>8.1f}")
         print(f"resume / first start: time {resume[0] / first[0]:.3f}, peak RSS {resume[1] / first[1]:.2f}")
+        append_record("startup", {"settings": {**vars(args), "work": str(args.work) if args.work else None},
+                                  "corpus MB": round(size), "first start: first step s": round(first[0], 1),
+                                  "first start: peak RSS MB": round(first[1]), "resume: first step s": round(resume[0], 1),
+                                  "resume: peak RSS MB": round(resume[1])}, precision="fp32")
 
 
 def _cpu_name() -> str:

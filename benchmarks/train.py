@@ -48,6 +48,7 @@ from transformers import DataCollatorForSeq2Seq, MBartConfig, MBartForConditiona
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
 from swcm.precision import cpu_name, matmul_gflops, resolve_mixed_precision
+from swcm.records import append_record
 from swcm.training import TrainingConfig, parameter_groups, train, training_loss
 
 SHAPES = {  # hidden, layers, heads, FFN, vocabulary
@@ -242,6 +243,11 @@ def main() -> None:
         ratio_median = median["mbart"] / median["swcm"]
         print(f"  swcm/mbart: {ratio:.2f} tokens/s (median {ratio_median:.2f}), "
               f"per FLOP {per_flop:.2f} (median {ratio_median * flops['swcm'] / flops['mbart']:.2f})")
+        append_record("train", {"settings": {**vars(args), "precision": precision, "where": where},
+                                **{f"{name} step s": round(best[name], 3) for name in models},
+                                **{f"{name} GFLOP/s": round(flops[name] / best[name] / 1e9, 1) for name in models},
+                                "swcm/mbart tokens/s": round(ratio, 2), "swcm/mbart per FLOP": round(per_flop, 2)},
+                      precision=name_of[dtype])
 
 
 def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

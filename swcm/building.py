@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,8 @@ from .tokenization import add_language_tags
 
 def load_encoder_config(path: str | os.PathLike) -> PretrainedConfig:
     """An encoder config from a config.json file or a model directory, validated."""
+    if not Path(path).exists() and "/" in os.fspath(path) and not os.fspath(path).endswith(".json"):
+        return AutoConfig.from_pretrained(path)  # a hub id, fetched when online
     path = Path(path)
     if path.is_dir():
         config = AutoConfig.from_pretrained(path)
@@ -58,6 +61,30 @@ def checkpoint_has_mlm_head(encoder: str | os.PathLike | None) -> bool:
     else:
         return False
     return any(k.startswith(_MLM_HEAD_KEYS) for k in keys)
+
+
+PAPER_INSERT_EVERY = 3
+
+
+def choose_insert_every(num_layers: int, insert_every: int | None = None, variant: str = "ws") -> tuple[int, str | None]:
+    """X for a decoder over `num_layers` kept encoder layers, and one line to print or None.
+
+    Unset (`None`), X is the paper's 3, unless that would insert no Normal layer (3 layers or
+    fewer, e.g. `--encoder-layers 3`): then X = layers - 1 (C C N C for 3), and the line says
+    so. A given X that inserts no Normal layer is kept, with a warning line, except for the
+    `no-normal` variant, which has none by design."""
+    wants_normal = variant != "no-normal" and num_layers > 1
+    if insert_every is None:
+        if not wants_normal or num_layers > PAPER_INSERT_EVERY:
+            return PAPER_INSERT_EVERY, None
+        x = num_layers - 1
+        return x, (f"--insert-every {x}: the paper's {PAPER_INSERT_EVERY} would insert no Normal layer into a decoder "
+                   f"over {num_layers} encoder layers")
+    if wants_normal and insert_every >= num_layers:
+        return insert_every, (f"warning: --insert-every {insert_every} inserts no Normal layer over {num_layers} encoder "
+                              f"layers (the decoder is Custom layers only, as BASE-A); --insert-every {num_layers - 1} "
+                              "inserts one")
+    return insert_every, None
 
 
 def dry_run_report(encoder_config: PretrainedConfig, insert_every: int = 3, variant: str = "ws", lm_head: str = "auto",
@@ -124,6 +151,9 @@ def build_model_dir(
     "advice" a cut to suggest where the encoder's top layers are collapsed, else None
     (`swcm.diagnostics`)."""
     model = SWCMForConditionalGeneration.from_encoder(encoder, insert_every, variant, lm_head, dropout, encoder_layers)
+    _, warning = choose_insert_every(model.config.encoder.num_hidden_layers, insert_every, variant)
+    if warning:
+        print(warning, file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     # Inputs longer than the position table cannot be encoded: make truncation default to it.
     max_positions = model.config.encoder.max_position_embeddings - model.position_offset

@@ -79,7 +79,15 @@ def generate_sequences(
     max_source_length = min(max_source_length, tokenizer.model_max_length)
     if max_new_tokens is not None and hasattr(model, "max_target_positions"):
         max_new_tokens = min(max_new_tokens, model.max_target_positions - 1)
-    length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    # An encoder-decoder's decoder starts from one token, so max_new_tokens N is max_length N + 1; said
+    # as max_length, it does not clash with the max_length of a saved generation config, which
+    # transformers would warn about at every batch.
+    if max_new_tokens is None:
+        length = {}
+    elif getattr(model.config, "is_encoder_decoder", False):
+        length = {"max_length": max_new_tokens + 1}
+    else:
+        length = {"max_new_tokens": max_new_tokens}
     lengths = [len(tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"]) for s in sources]
     order = sorted(range(len(sources)), key=lambda i: (langs[i], -lengths[i]))
     batches: list[list[int]] = []

@@ -26,6 +26,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def records_elsewhere(tmp_path_factory):
+    """Measurements that code under test appends (`swcm.records`) go to a temporary directory,
+    never into the checkout's benchmarks/records, which the docs render."""
+    saved = os.environ.get("SWCM_RECORDS_DIR")
+    os.environ["SWCM_RECORDS_DIR"] = str(tmp_path_factory.mktemp("records"))
+    yield
+    if saved is None:
+        os.environ.pop("SWCM_RECORDS_DIR", None)
+    else:
+        os.environ["SWCM_RECORDS_DIR"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Every test runs torch on one thread: the models are tiny, so intra-op threads only
     contend with each other (and, on a shared machine, with every other process), which made

@@ -82,7 +82,8 @@ def test_encoder_layers_keeps_the_first_n(tiny_encoder_dir, tmp_path, capsys):
 
     assert cli(["build", "--encoder", str(tiny_encoder_dir), "--dry-run", "--json", "--encoder-layers", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["encoder_layers"] == 3 and report["lm_head"] == "mlm" and report["layers"] == ["custom", "custom", "custom"]
+    # X unset over 3 kept layers: 2, so that the decoder keeps a Normal layer (the paper's 3 would insert none)
+    assert report["encoder_layers"] == 3 and report["lm_head"] == "mlm" and report["layers"] == ["custom", "custom", "normal", "custom"]
     assert cli(["build", "--encoder", str(tiny_encoder_dir), "--out", str(tmp_path / "five"), "--encoder-layers", "5"]) == 2
     assert "cannot keep 5 of its 4 layers" in capsys.readouterr().err
 
@@ -112,3 +113,17 @@ def test_build_advises_a_cut_when_the_top_layers_are_collapsed(tiny_encoder_dir,
     assert collapsed_top([0.1, 0.2, 0.3]) is None and collapsed_top([0.1, 0.8, 0.95]) == 1 and collapsed_top([0.9, 0.95]) == 0
     assert cut_advice([0.1, 0.2, 0.75, 0.9]).startswith("encoder layers 3–4 are collapsed (mean cosine 0.75–0.90 > 0.7)")
     assert "swcm adapt" in cut_advice([0.9, 0.95]) and cut_advice([0.1, 0.5]) is None
+
+
+def test_insert_every_keeps_a_normal_layer_over_a_cut_encoder():
+    from swcm.building import choose_insert_every
+    from swcm.configuration import decoder_layer_plan
+
+    assert choose_insert_every(12) == (3, None)  # the paper's X
+    x, note = choose_insert_every(3)  # `--encoder-layers 3`, X unset: C C N C, said in one line
+    assert x == 2 and "no Normal layer" in note
+    assert [kind for kind, _ in decoder_layer_plan(3, x)].count("normal") == 1
+    x, warning = choose_insert_every(3, 3)  # given: kept, with a warning naming the fix
+    assert x == 3 and warning.startswith("warning:") and "--insert-every 2" in warning
+    assert choose_insert_every(3, 3, "no-normal") == (3, None)  # BASE-A has none by design
+    assert choose_insert_every(1) == (3, None)  # one layer: nothing to insert between

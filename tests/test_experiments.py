@@ -153,3 +153,14 @@ def test_settings_reach_pretraining_and_validation_decodes_as_the_test(tmp_path)
     assert fine.max_source_length == 64 and fine.max_valid_examples == 20
     assert fine.generation == {"num_beams": 3, "max_new_tokens": 40, "no_repeat_ngram_size": 2}
     assert fine.valid_batch_size == 4  # validation batches as the test's, not the training batch_size
+
+
+def test_report_names_its_data():
+    from swcm.experiments.report import describe_data
+
+    assert describe_data({"corpus": "libreoffice", "targets": ["ug", "dz"]}) == \
+        "`libreoffice` (vendored, swcm/resources/; zh → ug, dz)"
+    text = describe_data({"mono": ["se=/d/se.txt"], "parallel": ["en-se=/d/en-se.tsv"], "task": "mt",
+                          "train": "/d/train.jsonl", "test": ["/d/test.jsonl"]})
+    assert "mono `se=/d/se.txt`" in text and "train `/d/train.jsonl`" in text and "task mt" in text
+    assert "see config" not in text

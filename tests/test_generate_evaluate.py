@@ -258,3 +258,23 @@ def test_finetuning_targets_are_capped_to_the_position_table(model_dir):
     record = TextPair(source_text=text, target_text=text, source_lang="en", target_lang="en")
     [example] = encode_records(tokenizer, [record], FinetuneSettings(max_source_length=1000, max_target_length=1000))
     assert len(example["input_ids"]) == len(example["labels"]) == 128
+
+
+def test_generating_from_a_saved_model_warns_nothing(model_dir, caplog):
+    """A saved model's generation config holds max_length (the decoder's positions); asking for
+    max_new_tokens on top of it made transformers warn at every batch. Long sources are cut to
+    the encoder's limit without the tokenizer's over-length notice."""
+    import logging
+
+    model, tokenizer = load_generator(model_dir, "cpu", "float32")
+    assert model.generation_config.max_length is not None
+    sources = ["ཀ་ཁ་ག " * 200, "人人生而自由"]
+    library = logging.getLogger("transformers")  # does not propagate to the root logger caplog listens on
+    library.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="transformers"):
+            out = generate_texts(model, tokenizer, sources, "bo", batch_size=2, max_new_tokens=5, progress=False)
+    finally:
+        library.removeHandler(caplog.handler)
+    assert len(out) == 2
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]

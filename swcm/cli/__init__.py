@@ -34,14 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     file or flag, and exit status 2; SWCM_DEBUG=1 shows the traceback instead. The notices of
     transformers and other libraries are shown with -v only.
     """
-    parser = argparse.ArgumentParser(prog="swcm", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in _SUBCOMMANDS:
-        add(sub)
-    for p in sub.choices.values():  # `swcm build -v` as well as `swcm -v build`
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     keep_freed_memory()  # large tensors freed and allocated again every training step: no fresh pages each time
     with _library_notices(args.verbose):
         try:
@@ -51,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"swcm {args.command}: error: {_error_line(err)}", file=sys.stderr)
             return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `swcm` parser with every subcommand (also what tools/cli_reference.py documents)."""
+    parser = argparse.ArgumentParser(prog="swcm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    for p in sub.choices.values():  # `swcm build -v` as well as `swcm -v build`
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+    return parser
 
 
 _VERBOSE_HELP = "show the notices of transformers and other libraries (hidden by default)"

@@ -16,7 +16,9 @@ def _add_build(sub) -> None:
     src.add_argument("--encoder", help="encoder directory (or hub id when online)")
     src.add_argument("--encoder-config", help="an encoder config.json (with --dry-run)")
     p.add_argument("--out", help="output model directory")
-    p.add_argument("--insert-every", type=int, default=3, help="X: a Normal layer after every X Custom layers")
+    p.add_argument("--insert-every", type=int, help="X: a Normal layer after every X Custom layers (default 3, the "
+                   "paper's; over 3 encoder layers or fewer, e.g. --encoder-layers 3, layers - 1 so that the decoder "
+                   "keeps a Normal layer: C C N C)")
     p.add_argument("--variant", default="ws", help="ws | random | no-normal | duplicate")
     p.add_argument("--lm-head", default="auto", choices=["auto", "untied", "tied", "mlm"],
                    help="auto (default): the encoder's masked-LM head where the checkpoint has one, else tied to the "
@@ -35,14 +37,18 @@ def _add_build(sub) -> None:
 def _build(args) -> int:
     import json
 
-    from ..building import build_model_dir, dry_run_report, load_encoder_config
+    from ..building import build_model_dir, choose_insert_every, dry_run_report, load_encoder_config
     from ..configuration import SUPPORTED_ENCODER_TYPES
     from ..io import check_model_dir, output_directory
 
     if args.encoder is not None:
         check_model_dir(args.encoder, SUPPORTED_ENCODER_TYPES, "an XLM-R/RoBERTa/BERT encoder", weights=not args.dry_run)
+    config = load_encoder_config(args.encoder_config or args.encoder)
+    chosen, note = choose_insert_every(args.encoder_layers or config.num_hidden_layers, args.insert_every, args.variant)
+    if note and not args.json and (args.insert_every is None or args.dry_run):  # else build_model_dir warns
+        print(note)
+    args.insert_every = chosen
     if args.dry_run:
-        config = load_encoder_config(args.encoder_config or args.encoder)
         report = dry_run_report(config, args.insert_every, args.variant, args.lm_head, args.encoder_layers, args.encoder)
         if args.json:
             print(json.dumps(report))
@@ -141,7 +147,9 @@ def _add_finetune(sub) -> None:
     from ..training import TrainingConfig
 
     p = sub.add_parser("finetune", help="fine-tune for summarisation (sum), reading comprehension (mrc) or translation (mt)")
-    p.add_argument("--task", required=True, choices=list(TASK_FIELDS))
+    p.add_argument("--task", required=True, choices=list(TASK_FIELDS),
+                   help="sum: summarisation, mrc: reading comprehension, mt: translation (the fields each task's JSONL "
+                   "holds: docs/reference/data-formats.md)")
     p.add_argument("--model", required=True, help="a built or pretrained SWCM model directory")
     p.add_argument("--train", required=True, help="training JSONL (file, glob or directory)")
     p.add_argument("--valid", help="validation JSONL: scored every --eval-every steps, keeps OUT/best")

@@ -219,7 +219,7 @@ def adapt_encoder(
     out_dir: str | os.PathLike | None = None,
     init: str = "mean",
     valid: Sequence[str] = (),
-    train_parts: str = "all",
+    train_parts: str = "new-rows",
 ) -> dict:
     """Adapt `encoder` to the monolingual text of `mono` (`--mono` specs).
 
@@ -231,8 +231,8 @@ def adapt_encoder(
     before and after: the tokenizer statistics, and the masked-LM loss per language of the
     extended model before training and of the adapted one (`mlm_validation_loss`), beside the
     original encoder's under its own tokenizer (another token sequence: not comparable).
-    `train_parts`: `all` (CINO: the whole masked LM) or `new-rows` (only the new pieces' rows,
-    and the MLM head where the checkpoint had none: `train_only_new_rows`).
+    `train_parts`: `new-rows` (default: only the new pieces' rows, and the MLM head where the
+    checkpoint had none: `train_only_new_rows`) or `all` (CINO: the whole masked LM).
     Writes OUT/adapt.json, the returned report: per language <unk> rate, characters per token
     and round-trip shares before and after, pieces added, whether an MLM head was added, the
     MLM losses.

@@ -36,7 +36,7 @@ from .report import (
 )
 from .demo import (
     DEMO_METRICS, demo_config, comparison_table, distinct_share, examples_markdown, plot_validation_curves, verdict,
-    source_following, source_following_markdown, run_demo, record_demo, adaptation_markdown,
+    source_following, source_following_markdown, run_demo, append_demo_record, adaptation_markdown,
 )
 
 __all__ = [
@@ -48,5 +48,5 @@ __all__ = [
     "check_experiment_settings", "run_experiment", "mean_std", "aggregate", "setting_order", "render_tables",
     "figure4_series", "plot_figure4", "write_json", "plot_curves", "write_report", "DEMO_METRICS", "demo_config",
     "comparison_table", "distinct_share", "examples_markdown", "plot_validation_curves", "verdict", "run_demo",
-    "source_following", "source_following_markdown", "record_demo", "adaptation_markdown",
+    "source_following", "source_following_markdown", "append_demo_record", "adaptation_markdown",
 ]

@@ -139,7 +139,7 @@ def adapt_prepared_encoder(encoder_dir: str, settings: dict, cache_dir: str | os
     config = training_config(settings, out, seed, progress=progress) if settings.get("max_steps") else None
     adapt_encoder(encoder_dir, specs["train"], config, settings["extend_vocab"], settings.get("max_length", 128),
                   settings.get("alpha", 0.3), out_dir=out, init=settings.get("init", "focus"), valid=specs["valid"],
-                  train_parts=settings.get("train", "all"))
+                  train_parts=settings.get("train", "new-rows"))
     return str(out / "final")
 
 

@@ -193,29 +193,33 @@ def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True, co
     """Run the demo experiment (default: `demo_config()`) into `out_dir`; return its summary (the
     top of report.md): the verdict line and the per-language comparison table."""
     config = config or demo_config()
-    started = time.perf_counter()
+    fresh, started = not Path(out_dir).exists(), time.perf_counter()
     outcome = run_experiment(config, out_dir, progress)  # collective under accelerate launch
-    minutes = (time.perf_counter() - started) / 60
     summary = on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
-    on_main_process(record_demo, outcome["results"], minutes)
+    on_main_process(append_demo_record, outcome["results"], time.perf_counter() - started, fresh)
     return summary
 
 
-def record_demo(results: list[dict], minutes: float) -> None:
-    """Append the run's figures to the "demo" record (`swcm.records`): its minutes (reused runs
-    make it short), and per variant and language the test chrF++ and `source_following`."""
+def append_demo_record(results: list[dict], seconds: float, fresh: bool):
+    """Append the run to benchmarks/records/demo.jsonl (`swcm.records`; nothing outside a checkout):
+    its wall time (`fresh`: into a new output directory, no stage reused), precision and, per
+    variant and language, the test chrF++, the share of distinct outputs and the chrF++ against
+    other sentences' references (`source_following`)."""
     from ..records import append_record
 
-    figures: dict = {"minutes": round(minutes, 2)}
+    runs = _first_by_variant(results, ("ws", "random"))
+    chrf = {v: {row["lang"]: round(row["chrf"], 2) for row in r["rows"]} for v, r in runs.items()}
+    following = {v: {lang: source_following(preds) for lang, preds in _predictions(r).items()} for v, r in runs.items()}
+    distinct = {v: {lang: round(f["distinct"], 3) for lang, f in by_lang.items()} for v, by_lang in following.items()}
+    other = {v: {lang: round(f["other"], 2) for lang, f in by_lang.items()} for v, by_lang in following.items()}
     precision = None
-    for variant, result in _first_by_variant(results, ("ws", "random")).items():
-        predictions = _predictions(result)
-        figures[variant] = {row["lang"]: {"chrf": row["chrf"], **(source_following(predictions[row["lang"]])
-                                                                   if row["lang"] in predictions else {})}
-                            for row in result["rows"]}
-        logged = log_points(result.get("logs", {}).get("finetune", ""), "mixed_precision")
+    for r in runs.values():
+        logged = log_points(r.get("logs", {}).get("finetune", ""), "mixed_precision")
         precision = precision or (logged[-1][1] if logged else None)
-    append_record("demo", figures, precision=precision)
+    return append_record("demo", {"seconds": round(seconds), "fresh": fresh, "chrf": chrf, "distinct": distinct,
+                                  "chrf_other_references": other,
+                                  "chrf_mean": {v: round(sum(c.values()) / len(c), 2) for v, c in chrf.items() if c}},
+                         precision=precision)
 
 
 def write_demo_report(config: ExperimentConfig, outcome: dict, out_dir: str | os.PathLike) -> str:

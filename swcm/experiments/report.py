@@ -203,13 +203,36 @@ def plot_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
     return True
 
 
+def describe_data(data: str | dict) -> str:
+    """An experiment's `data:` section in words: the vendored corpora (with their languages) or
+    the files of each kind."""
+    if isinstance(data, str):
+        data = {"corpus": data}
+    parts = []
+    if data.get("corpus"):
+        corpora = data["corpus"] if isinstance(data["corpus"], list) else [data["corpus"]]
+        from .corpora import PIVOT as pivot
+
+        targets = ", ".join(data.get("targets") or ["every language"])
+        parts.append(" + ".join(f"`{c}`" for c in corpora) + f" (vendored, swcm/resources/; {pivot} → {targets}"
+                     + (f", task {data['task']})" if data.get("task") else ")"))
+    for key in ("mono", "parallel", "train", "valid", "test"):
+        values = data.get(key)
+        if values and not data.get("corpus"):
+            values = values if isinstance(values, list) else [values]
+            parts.append(f"{key} " + ", ".join(f"`{v}`" for v in values))
+    if data.get("task") and not data.get("corpus"):
+        parts.append(f"task {data['task']}")
+    return "; ".join(parts) or "none given"
+
+
 def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: Path) -> Path:
     """OUT/report.md: per-run results, the paper-shaped tables, Figure 4 and training curves."""
     from ..evaluating import RESULT_COLUMNS
     from ..metrics import markdown_table
 
     parts = [f"# {config.name}", "",
-             f"Encoder: `{config.encoder}`. Data: `{config.data if isinstance(config.data, str) else 'see config'}`. "
+             f"Encoder: `{config.encoder}`. Data: {describe_data(config.data)}. "
              f"{len(results)} runs. Scores on 0–100, measured on the test files; mean ± std over seeds "
              "where there are several.", ""]
     parts.append(render_tables(agg))
