@@ -13,7 +13,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq
@@ -186,5 +186,8 @@ def finetune(
     # The saved model generates as long as it was trained to (its start token, then the target).
     model.generation_config.max_length = min(settings.max_target_length, tokenizer.model_max_length) + 1
     torch.manual_seed(config.seed)
-    return train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate)
+    tracked = {"task": settings.task, "model": str(model_dir), "train_file": str(train_file),
+               "valid_file": str(valid_file), "train_size": train_size, "finetune": asdict(settings)}
+    return train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate,
+                 settings=tracked)
 
