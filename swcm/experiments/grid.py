@@ -22,7 +22,8 @@ OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 # Settings a run takes from each section (beyond the training loop's; see `section_keys`).
 DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs", "corpus", "targets")  # corpus, targets: a vendored corpus
 PRETRAIN_KEYS = ("lm_head", "dropout", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
-FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map", "alpha")
+FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map", "alpha",
+                 "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_full")  # lora*: swcm.lora.LoraSettings
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
 # The adapt section (vocabulary extension + continued MLM on the vendored text of `langs`), beside the loop's settings.
 ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha", "train")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..distributed import on_main_process
 from ..io import mark_output_dir
+from ..settings import settings_for
 from .corpora import UDHR, adapt_prepared_encoder, is_saved_model, prepare_encoder, prepare_vendored_data, say, vendored_names
 from .grid import ExperimentConfig, RunSpec, expand_grid, finetune_settings, per_variant, pretrain_settings, training_config
 from .report import aggregate, write_json, write_report
@@ -33,6 +34,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     from ..building import build_model_dir
     from ..evaluating import evaluate_model
     from ..finetuning import DEFAULT_METRIC, finetune
+    from ..lora import LoraSettings
     from ..pretraining import SCHEDULED_SAMPLING, default_warmup_steps, pretrain
     from ..training import TrainingConfig
 
@@ -67,10 +69,11 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     ft_dir = run_dir / "finetune"
     settings = finetune_settings(variant_config, data)
     best = ft_dir / "best"
-    if not on_main_process(lambda: is_saved_model(best) and (ft_dir / "final" / "config.json").is_file()):
+    if not on_main_process(lambda: is_saved_model(best) and is_saved_model(ft_dir / "final")):
         ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", DEFAULT_METRIC),
                                      progress=progress)
-        finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size)
+        finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size,
+                 lora=LoraSettings(**settings_for(LoraSettings, finetune_section)))
     logs["finetune"] = str(ft_dir / "log.jsonl")
     model_dir = best if is_saved_model(best) else ft_dir / "final"  # training ended at a barrier: all see the same
 
