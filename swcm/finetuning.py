@@ -9,6 +9,7 @@ the validation loss); the chosen one selects the best checkpoint (OUT/best) and 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import Counter
@@ -24,7 +25,9 @@ from .data.sampling import LanguageBalanced, stratified_sample
 from .distributed import split_across_processes
 from .metrics import evaluate_predictions
 from .generation import generate_texts
+from .io import write_json
 from .lora import LoraSettings, apply_lora, parameter_counts
+from .model_card import FINETUNE_RECORD, write_model_card
 from .modeling import SWCMForConditionalGeneration
 from .tokenization import add_language_tags, language_tag
 from .training import TrainingConfig, TrainingResult, distributed_state, train
@@ -162,7 +165,9 @@ def finetune(
     OUT/final load with `from_pretrained`. `train_size` keeps N training records drawn with
     the run's seed, stratified by language (Figure 4's 10K / 20K / 50K). With `lora.lora`,
     LoRA adapters train instead of the whole model (`swcm.lora`), and OUT/best and OUT/final
-    are adapter directories over `model_dir`."""
+    are adapter directories over `model_dir`. Each of OUT/best and OUT/final gets finetune.json
+    (the run's data, settings and best validation score) and a model card (README.md,
+    `swcm.model_card`)."""
     lora = lora or LoraSettings()
     if config.metric not in EVAL_METRICS:
         raise ValueError(f"unknown metric {config.metric!r}; expected one of {', '.join(EVAL_METRICS)}")
@@ -206,6 +211,17 @@ def finetune(
     tracked = {"task": settings.task, "model": str(model_dir), "train_file": str(train_file),
                "valid_file": str(valid_file), "train_size": train_size, "finetune": asdict(settings),
                **({"lora": asdict(lora)} if lora.lora else {})}
-    return train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate,
-                 settings=tracked)
+    result = train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate,
+                   settings=tracked)
+    if distributed_state().is_main_process:
+        record = {**tracked, "training": json.loads(json.dumps(asdict(config), default=str)),
+                  "train_records": len(train_records), "langs": langs, "steps": result.step,
+                  "metric": config.metric, "best_metric": result.best_metric, "best_step": result.best_step,
+                  "mixed_precision": next((r["mixed_precision"] for r in result.history if "mixed_precision" in r), None)}
+        for directory in (result.final_dir, result.best_dir):
+            if directory is not None:
+                write_json(directory / FINETUNE_RECORD, record)
+                write_model_card(directory)
+    distributed_state().wait_for_everyone()
+    return result
 

