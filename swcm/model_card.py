@@ -154,7 +154,8 @@ def model_card(model_dir: str | os.PathLike, results_files: Sequence[str | os.Pa
                     continue
                 eval_results.append(EvalResult(
                     task_type=PIPELINE_TAGS.get(task, "text2text-generation"), task_name=f"{TASK_NAMES.get(task, task)} → {row['lang']}",
-                    dataset_type=dataset or path.name, dataset_name=f"{dataset or path.name} ({row['lang']}, {row.get('n', '?')} records)",
+                    dataset_type=dataset or path.name, dataset_config=row["lang"],  # one entry per language
+                    dataset_name=f"{dataset or path.name} ({row['lang']}, {row.get('n', '?')} records)",
                     metric_type=key, metric_name=metric_name, metric_value=round(float(row[key]), 4),
                     metric_args={"signature": signatures[key]} if key in signatures else None,
                 ))
@@ -172,7 +173,7 @@ def model_card(model_dir: str | os.PathLike, results_files: Sequence[str | os.Pa
 
 def _datasets(finetuned: dict) -> list[str]:
     names = []
-    for key in ("corpus", "train_file"):
+    for key in ("corpus",) if finetuned.get("corpus") else ("train_file",):  # a vendored corpus by name, else the file
         value = finetuned.get(key)
         for item in value if isinstance(value, list) else [value] if value else []:
             names.append(_CORPORA.get(str(item), Path(str(item)).name))

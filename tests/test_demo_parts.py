@@ -2,8 +2,10 @@
 encoder's bottom layers, a corpus limited to some targets, and the ws-vs-random report."""
 
 import json
+from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from transformers import AutoModel, AutoTokenizer
 
@@ -69,6 +71,12 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path):
     assert examples.count("\n| ") == 11  # header + ten examples
     assert plot_validation_loss(outcome["results"], tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    for result in outcome["results"]:  # each model carries its card: languages, data, scores, limits
+        card = ModelCard.load(Path(result["model"]) / "README.md")
+        assert "kk" in card.data.language and card.data.datasets == ["LibreOffice UI strings (vendored in swcm; MPL-2.0)"]
+        [chrf] = [r for r in card.data.eval_results if r.metric_type == "chrf"]
+        assert chrf.metric_value == pytest.approx(result["rows"][0]["chrf"], abs=1e-4) and chrf.dataset_config == "kk"
+        assert f"`{result['spec']['variant']}`" in card.text and "## Limits" in card.text
 
 
 def test_verdict_says_where_neither_variant_translates():
