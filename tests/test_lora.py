@@ -149,3 +149,27 @@ def test_bad_lora_input_is_one_line(model_dir, data, tmp_path, tiny_encoder_dir,
     assert "has no language tag for bo, ug" in capsys.readouterr().err
     assert cli(["merge", str(model_dir), "--out", str(tmp_path / "m")]) == 2
     assert "no adapter_config.json, so not a LoRA adapter directory" in capsys.readouterr().err
+
+
+def test_experiment_file_keys_fine_tune_with_lora_and_report(tiny_encoder_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from swcm.experiments import load_experiment, run_experiment
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        f"name: tiny-lora\nencoder: {tiny_encoder_dir}\ndata: udhr\n"
+        "finetune: {max_steps: 2, batch_size: 8, eval_every: 2, max_valid_examples: 4, max_source_length: 48,"
+        " max_target_length: 32, lora: true, lora_r: 2, lora_targets: 'query,value', report_to: tensorboard}\n"
+        "generate: {max_new_tokens: 3, max_source_length: 48}\n"
+        "grid:\n  objectives: [none]\n  train_size: [16]\n"
+    )
+    [result] = run_experiment(load_experiment(path), tmp_path / "out", progress=False)["results"]
+    model = tmp_path / "out" / "runs" / "ws-x3-none-n16-s0" / "finetune" / "best"
+    assert result["model"] == str(model) and result["rows"]
+    config = json.loads((model / "adapter_config.json").read_text())
+    assert config["r"] == 2 and not (model / "model.safetensors").exists()
+    assert list((model.parent / "tensorboard").glob("events.out.tfevents.*"))
+    card = ModelCard.load(model / "README.md")
+    assert card.data.library_name == "peft" and "lora" in card.data.tags and "rank 2" in card.text
+    assert len([r for r in card.data.eval_results if r.metric_type == "chrf"]) == len(result["rows"])
