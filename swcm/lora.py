@@ -39,7 +39,9 @@ class LoraSettings:
     `lora_alpha` / `lora_r`, with `lora_dropout` on their input, on the linear layers named in
     `lora_targets` (comma-separated, matched as peft matches names; only layers of the encoder's
     and the decoder's layers, never the head); `lora_full` names what trains in full beside them:
-    normal (the Normal decoder layers), embeddings, head, comma-separated, or none."""
+    normal (the Normal decoder layers), embeddings (the shared word embeddings), head,
+    comma-separated, or none. A head tied to the word embeddings trains with them or not at all,
+    and stays tied (peft's `ensure_weight_tying`)."""
 
     lora: bool = False
     lora_r: int = 8
@@ -82,7 +84,7 @@ def full_modules(model: nn.Module, settings: LoraSettings) -> list[str]:
         if what == "normal":
             names += [f"decoder.layers.{i}" for i, kind in enumerate(model.config.decoder_layer_types) if kind == "normal"]
         elif what == "embeddings":
-            names.append("encoder.embeddings")
+            names.append("encoder.embeddings.word_embeddings")
         elif what == "head":
             names.append("lm_head")
     return names
@@ -119,7 +121,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings, base_dir: str | os.Path
 
     full = full_modules(model, settings)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    if tied and ("lm_head" in full) != ("encoder.embeddings" in full):
+    if tied and ("lm_head" in full) != ("encoder.embeddings.word_embeddings" in full):
         raise ValueError("--lora-full: this model's head is tied to its word embeddings; train both "
                          "(--lora-full normal,embeddings,head) or neither")
     config = LoraConfig(

@@ -188,7 +188,7 @@ def _card_text(model_dir, name, config, origin, finetuned, results, rows, adapte
              f"An encoder-decoder for {TASK_NAMES.get(task, task).lower()} built by swcm with the "
              "XLM-SWCM method (arXiv 2502.10852): the decoder is made of the encoder's own layers (Custom layers, "
              "weight-shared at initialisation) interleaved with randomly initialised Normal layers, pretrained with "
-             "denoising and translation, then fine-tuned.", "",
+             "denoising and translation" + (", then fine-tuned." if finetuned else "."), "",
              "## Model", "",
              f"- Variant: `{config.get('variant', 'ws')}`; decoder plan {plan} (C: Custom, N: Normal), a Normal layer "
              f"after every {config.get('insert_every')} Custom layers; output head `{config.get('lm_head', 'untied')}`.",

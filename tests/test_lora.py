@@ -173,3 +173,20 @@ def test_experiment_file_keys_fine_tune_with_lora_and_report(tiny_encoder_dir, t
     card = ModelCard.load(model / "README.md")
     assert card.data.library_name == "peft" and "lora" in card.data.tags and "rank 2" in card.text
     assert len([r for r in card.data.eval_results if r.metric_type == "chrf"]) == len(result["rows"])
+
+
+def test_tied_embeddings_and_head_train_in_full_and_stay_tied(tiny_encoder_dir):
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir, lm_head="tied")
+    before = model.get_input_embeddings().weight.detach().clone()
+    with pytest.raises(ValueError, match="tied to its word embeddings"):
+        apply_lora(SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir, lm_head="tied"),
+                   LoraSettings(lora=True, lora_full="normal,head"), tiny_encoder_dir)
+    peft_model = apply_lora(model, LoraSettings(lora=True, lora_full="normal,embeddings,head"), tiny_encoder_dir)
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0)
+    batch = {"input_ids": torch.tensor([[0, 15, 27, 99, 2]]), "decoder_input_ids": torch.tensor([[0, 7, 8]]),
+             "labels": torch.tensor([[7, 8, 2]])}
+    peft_model(**batch).loss.backward()
+    optimizer.step()
+    merged = peft_model.merge_and_unload()
+    embeddings, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    assert torch.equal(head, embeddings) and not torch.equal(embeddings, before)

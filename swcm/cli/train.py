@@ -175,7 +175,8 @@ def _add_finetune(sub) -> None:
         "lora_targets": "linear layers to adapt, by name (a module named N or ending in .N), comma-separated "
         "(default %(default)s: every attention and FFN projection of encoder and decoder)",
         "lora_full": "modules trained in full beside the adapters, comma-separated: normal (the random-initialised "
-        "Normal decoder layers), embeddings, head; or none (default %(default)s)",
+        "Normal decoder layers), embeddings (the word embeddings), head (with embeddings when they are tied); or none "
+        "(default %(default)s)",
     })
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
     p.add_argument("--max-new-tokens", type=int, help="for validation generation (default: --max-target-length)")
