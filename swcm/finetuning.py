@@ -190,6 +190,7 @@ def finetune(
             raise ValueError(f"--lora: {model_dir} has no language tag for {', '.join(untagged)}; "
                              "LoRA keeps the base model's vocabulary: build or pretrain with those languages, "
                              "or fine-tune without --lora")
+        torch.manual_seed(config.seed)  # the adapters' random halves are the run's seed's
         model = apply_lora(model, lora, model_dir)
         if distributed_state().is_main_process:
             trainable, total = parameter_counts(model)
