@@ -21,16 +21,19 @@ def _merge(args) -> int:
 
     from transformers import AutoTokenizer
 
-    from ..io import check_model_dir, output_directory, save_model_dir
+    from ..io import check_model_dir, check_output_dir, output_directory, save_model_dir
     from ..lora import ADAPTER_CONFIG, is_adapter_dir, load_merged
     from ..model_card import FINETUNE_RECORD, write_model_card
 
     from .flags import UsageError
 
+    if not Path(args.adapter).is_dir():
+        raise FileNotFoundError(f"{args.adapter}: no such directory")
     if not is_adapter_dir(args.adapter):
         raise UsageError(f"{args.adapter}: no {ADAPTER_CONFIG}, so not a LoRA adapter directory")
     if args.base is not None:
         check_model_dir(args.base, ["swcm"], "an SWCM model", tokenizer=False)
+    check_output_dir(args.out, "merge", args.overwrite)  # before the work
     model = load_merged(args.adapter, base_dir=args.base)
     tokenizer = AutoTokenizer.from_pretrained(args.adapter)
     with output_directory(args.out, "merge", args.overwrite):
