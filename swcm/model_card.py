@@ -46,23 +46,26 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _locate(path: str, near: Path) -> Path | None:
+def _locate(path: str, *near: Path) -> Path | None:
     """`path` as recorded (absolute, or relative to wherever the command ran): as given, else
-    relative to each ancestor of `near`."""
+    relative to each ancestor of each of `near`."""
     candidate = Path(path)
     if candidate.is_absolute() or candidate.is_dir():
         return candidate if candidate.is_dir() else None
-    for parent in [near, *near.parents]:
-        if (parent / candidate).is_dir():
-            return parent / candidate
+    for place in near:
+        for parent in [place, *place.parents]:
+            if (parent / candidate).is_dir():
+                return parent / candidate
     return None
 
 
-def encoder_origin(encoder_path: str | None, model_dir: Path) -> dict:
+def encoder_origin(encoder_path: str | None, *model_dirs: Path) -> dict:
     """Where an SWCM model's encoder came from: {"base_model": a Hub id or None, "license": or
-    None, "steps": ["what was done", ...] from the published encoder to the one built from}."""
+    None, "steps": ["what was done", ...] from the published encoder to the one built from}. A
+    relative `encoder_path` is looked for beside each of `model_dirs` (the model, the model it was
+    fine-tuned from) and their ancestors."""
     steps: list[str] = []
-    current = _locate(encoder_path, model_dir) if encoder_path else None
+    current = _locate(encoder_path, *model_dirs) if encoder_path else None
     hub_id = encoder_path if encoder_path and current is None and encoder_path.count("/") == 1 else None
     for _ in range(10):  # a chain of preparations, each recorded by the step that made it
         if current is None:
@@ -136,7 +139,8 @@ def model_card(model_dir: str | os.PathLike, results_files: Sequence[str | os.Pa
     if config.get("model_type") != "swcm":
         raise ValueError(f"{base_dir / 'config.json'}: a {config.get('model_type')!r} model; swcm writes cards for SWCM models")
     finetuned = _read_json(model_dir / FINETUNE_RECORD) or {}
-    origin = encoder_origin((config.get("encoder") or {}).get("_name_or_path"), base_dir)
+    origin = encoder_origin((config.get("encoder") or {}).get("_name_or_path"), base_dir,
+                            *([Path(finetuned["model"]).absolute()] if finetuned.get("model") else []))
     results = [(Path(f), read_json_object(Path(f))) for f in results_files]
     task = finetuned.get("task") or next((r.get("task") for _, r in results if r.get("task")), "mt")
     tags = sorted(config.get("language_tags") or {})
@@ -249,8 +253,9 @@ def known_limits(rows: Sequence[dict], finetuned: dict) -> list[str]:
         limits.append(f"It does not translate into {row['lang']} yet: chrF++ {row['chrf']:.1f} on the test set, below "
                       f"{TRANSLATES_CHRF:.0f}, where outputs are strings of the right letters rather than translations.")
     for row in rows:
-        if row.get("script_rate") is not None and row["script_rate"] < 0.5 and row not in weak:
-            limits.append(f"Most of its {row['lang']} output ({1 - row['script_rate']:.0%}) is not in the {row.get('script', 'target')} script.")
+        if row.get("script_rate") is not None and row["script_rate"] < 50 and row not in weak:  # 0-100, as every score
+            limits.append(f"Most of its {row['lang']} output ({100 - row['script_rate']:.0f} %) is not in the "
+                          f"{row.get('script', 'target')} script.")
     ft = finetuned.get("finetune", {})
     if ft.get("max_source_length"):
         limits.append(f"It was trained on sources of at most {ft['max_source_length']} tokens and targets of at most "

@@ -78,11 +78,11 @@ def test_card_errors_are_one_line(evaluated, tmp_path, capsys):
 
 
 def test_limits_follow_the_scores():
-    rows = [{"lang": "ug", "chrf": 17.2, "script_rate": 0.98, "script": "Arabic"},
-            {"lang": "dz", "chrf": 3.1, "script_rate": 0.97, "script": "Tibetan"},
-            {"lang": "kk", "chrf": 12.0, "script_rate": 0.3, "script": "Cyrillic"}]
+    rows = [{"lang": "ug", "chrf": 17.2, "script_rate": 98.0, "script": "Arabic"},  # scores 0-100, as evaluate writes them
+            {"lang": "dz", "chrf": 3.1, "script_rate": 97.0, "script": "Tibetan"},
+            {"lang": "kk", "chrf": 12.0, "script_rate": 30.0, "script": "Cyrillic"}]
     limits = " ".join(known_limits(rows, {"finetune": {"max_source_length": 32, "max_target_length": 32}}))
     assert "does not translate into dz yet: chrF++ 3.1" in limits and "into ug" not in limits and "into kk" not in limits
-    assert "Most of its kk output (70%) is not in the Cyrillic script" in limits
+    assert "Most of its kk output (70 %) is not in the Cyrillic script" in limits
     assert "sources of at most 32 tokens" in limits
     assert "no test scores" in " ".join(known_limits([], {}))
