@@ -9,11 +9,12 @@ the validation loss); the chosen one selects the best checkpoint (OUT/best) and 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq
@@ -24,8 +25,11 @@ from .data.sampling import LanguageBalanced, stratified_sample
 from .distributed import split_across_processes
 from .metrics import evaluate_predictions
 from .generation import generate_texts
+from .io import write_json
+from .lora import LoraSettings, apply_lora, parameter_counts
+from .model_card import FINETUNE_RECORD, write_model_card
 from .modeling import SWCMForConditionalGeneration
-from .tokenization import add_language_tags
+from .tokenization import add_language_tags, language_tag
 from .training import TrainingConfig, TrainingResult, distributed_state, train
 
 EVAL_METRICS = ("rougeL_f", "chrf", "loss")  # what the validation hook returns; `metric` picks one
@@ -155,10 +159,16 @@ def finetune(
     settings: FinetuneSettings,
     *,
     train_size: int | None = None,
+    lora: LoraSettings | None = None,
 ) -> TrainingResult:
     """Fine-tune the model in `model_dir` on a task file; OUT/best (by `config.metric`) and
     OUT/final load with `from_pretrained`. `train_size` keeps N training records drawn with
-    the run's seed, stratified by language (Figure 4's 10K / 20K / 50K)."""
+    the run's seed, stratified by language (Figure 4's 10K / 20K / 50K). With `lora.lora`,
+    LoRA adapters train instead of the whole model (`swcm.lora`), and OUT/best and OUT/final
+    are adapter directories over `model_dir`. Each of OUT/best and OUT/final gets finetune.json
+    (the run's data, settings and best validation score) and a model card (README.md,
+    `swcm.model_card`)."""
+    lora = lora or LoraSettings()
     if config.metric not in EVAL_METRICS:
         raise ValueError(f"unknown metric {config.metric!r}; expected one of {', '.join(EVAL_METRICS)}")
     model = SWCMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)  # fp32 master weights
@@ -172,7 +182,20 @@ def finetune(
         print(problems.summary(), file=sys.stderr)
     if not train_records:
         raise ValueError(f"{train_file}: no training records")
-    add_language_tags(model, tokenizer, sorted({r.target_lang for r in train_records + valid_records}))
+    langs = sorted({r.target_lang for r in train_records + valid_records})
+    untagged = [lang for lang in langs if language_tag(lang) not in tokenizer.get_vocab()]
+    add_language_tags(model, tokenizer, langs)
+    if lora.lora:
+        if untagged:
+            raise ValueError(f"--lora: {model_dir} has no language tag for {', '.join(untagged)}; "
+                             "LoRA keeps the base model's vocabulary: build or pretrain with those languages, "
+                             "or fine-tune without --lora")
+        torch.manual_seed(config.seed)  # the adapters' random halves are the run's seed's
+        model = apply_lora(model, lora, model_dir)
+        if distributed_state().is_main_process:
+            trainable, total = parameter_counts(model)
+            print(f"LoRA rank {lora.lora_r}: {trainable:,} of {total:,} parameters trained ({trainable / total:.2%}); "
+                  f"in full: {lora.lora_full}", file=sys.stderr)
     valid_batch_size = settings.valid_batch_size or config.batch_size
     evaluate = validation_hook(tokenizer, valid_records, settings, valid_batch_size, config.seed) if valid_records else None
     if evaluate is None:  # nothing to validate on: no evaluation schedule, no early stopping
@@ -186,5 +209,20 @@ def finetune(
     # The saved model generates as long as it was trained to (its start token, then the target).
     model.generation_config.max_length = min(settings.max_target_length, tokenizer.model_max_length) + 1
     torch.manual_seed(config.seed)
-    return train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate)
+    tracked = {"task": settings.task, "model": str(model_dir), "train_file": str(train_file),
+               "valid_file": str(valid_file), "train_size": train_size, "finetune": asdict(settings),
+               **({"lora": asdict(lora)} if lora.lora else {})}
+    result = train(model, tokenizer, examples, config, DataCollatorForSeq2Seq(tokenizer), evaluate=evaluate,
+                   settings=tracked)
+    if distributed_state().is_main_process:
+        record = {**tracked, "training": json.loads(json.dumps(asdict(config), default=str)),
+                  "train_records": len(train_records), "langs": langs, "steps": result.step,
+                  "metric": config.metric, "best_metric": result.best_metric, "best_step": result.best_step,
+                  "mixed_precision": next((r["mixed_precision"] for r in result.history if "mixed_precision" in r), None)}
+        for directory in (result.final_dir, result.best_dir):
+            if directory is not None:
+                write_json(directory / FINETUNE_RECORD, record)
+                write_model_card(directory)
+    distributed_state().wait_for_everyone()
+    return result
 

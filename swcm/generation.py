@@ -155,7 +155,8 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
     the device runs it natively and fast, float16 on a T4 or V100, float32 elsewhere
     (`swcm.precision.resolve_dtype`). Any transformers seq2seq
     model directory works (the baselines: NLLB-200, M2M-100, mBART-50, mT5, Marian); SWCM
-    models load through the Auto classes `swcm` registers.
+    models load through the Auto classes `swcm` registers; a LoRA adapter directory (`swcm
+    finetune --lora`) loads as its base model with the adapter merged in (`swcm.lora.load_merged`).
 
     `engine="fast"` (SWCM models only) returns the model wrapped in `swcm.fast_generation.FastSWCM`,
     which decodes greedily or by beam search with the same outputs, faster on a CPU;
@@ -164,6 +165,7 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from .fast_generation import FastSWCM, check_engine
+    from .lora import is_adapter_dir, load_merged
 
     from . import modeling  # noqa: F401  (importing swcm registers SWCM with the Auto classes)
 
@@ -179,7 +181,10 @@ def load_generator(model_dir: str | os.PathLike, device: str | None = None, dtyp
         dtype = "float32"  # int8 weights are quantised from float32 ones; activations stay float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, device)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    if is_adapter_dir(model_dir):  # a LoRA run's model: merged into its base model's weights
+        model = load_merged(model_dir, torch_dtype).to(device).eval()
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
     if engine == "fast":
         model = FastSWCM(model, quantize)
     return model, tokenizer

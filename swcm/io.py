@@ -256,6 +256,9 @@ def check_model_dir(
     if not p.is_dir():
         raise NotADirectoryError(f"{p}: not a directory; a model directory is expected")
     config_file = p / "config.json"
+    if not config_file.is_file() and (p / "adapter_config.json").is_file():
+        _check_adapter_dir(p, model_types, description, weights=weights, tokenizer=tokenizer)
+        return
     if not config_file.is_file():
         raise FileNotFoundError(f"{p}: no config.json, so not a Hugging Face model directory")
     config = read_json_object(config_file)
@@ -269,6 +272,24 @@ def check_model_dir(
             check_safetensors(file)
     if tokenizer and not any((p / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"{p}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …)")
+
+
+def _check_adapter_dir(path: Path, model_types, description: str, *, weights: bool, tokenizer: bool) -> None:
+    """`check_model_dir` for a peft adapter directory (a LoRA run's, `swcm.lora`): its base model
+    (that adapter_config.json names) is checked as the model, then the adapter's own files."""
+    from .lora import ADAPTER_WEIGHTS, adapter_base
+
+    base = adapter_base(path)
+    try:
+        check_model_dir(base, model_types, description, weights=weights, tokenizer=False)
+    except (OSError, ValueError) as err:
+        raise type(err)(f"{path}: a LoRA adapter whose base model does not load ({err})") from None
+    if weights:
+        if not (path / ADAPTER_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path / ADAPTER_WEIGHTS}: missing; the adapter has no weights")
+        check_safetensors(path / ADAPTER_WEIGHTS)
+    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …)")
 
 
 def _check_hub_model(name: str) -> None:
@@ -303,8 +324,8 @@ def read_json_object(path: Path) -> dict:
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The safetensors files of a model directory (one file, or the shards its index names);
-    [] for a PyTorch-format checkpoint. FileNotFoundError when there are no weights."""
+    """The safetensors files of a model directory (one file, or the shards its index names, or a
+    peft adapter's); [] for a PyTorch-format checkpoint. FileNotFoundError when there are no weights."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json_object(index).get("weight_map")
@@ -319,6 +340,8 @@ def weight_files(directory: Path) -> list[Path]:
         return [directory / "model.safetensors"]
     if (directory / "pytorch_model.bin").is_file():
         return []
+    if (directory / "adapter_config.json").is_file() and (directory / "adapter_model.safetensors").is_file():
+        return [directory / "adapter_model.safetensors"]  # a LoRA run's checkpoint or model (swcm.lora)
     raise FileNotFoundError(f"{directory}: no model weights (model.safetensors)")
 
 

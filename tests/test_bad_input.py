@@ -79,6 +79,9 @@ def ws(tiny_encoder_dir, tmp_path_factory):
     paths["run"] = root / "run"
     assert main(["finetune", "--task", "mt", "--model", str(paths["model"]), "--train", str(task), "--out", str(paths["run"]),
                  "--max-steps", "1", "--batch-size", "2", "--no-progress"]) == 0
+    paths["lora-run"] = root / "lora-run"  # a LoRA run: adapter directories
+    assert main(["finetune", "--task", "mt", "--model", str(paths["model"]), "--train", str(task), "--out", str(paths["lora-run"]),
+                 "--max-steps", "1", "--batch-size", "2", "--no-progress", "--lora"]) == 0
 
     # Damaged copies.
     def damaged(name, source, change):
@@ -295,6 +298,24 @@ CASES = [
     ("trim-vocab --encoder {enc} --corpus {latin1.txt} --out {out}", "non-UTF-8", "{latin1.txt}:1"),
     ("trim-vocab --encoder {enc} --corpus {mono} --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
     ("trim-vocab --encoder {enc} --corpus {mono} --out {model}", "output of another command", "{model}: holds the output of swcm build"),
+    # finetune --lora, --report-to
+    (FINETUNE + " --lora --lora-targets query,q_proj", "unknown name", "--lora-targets: 'q_proj' names no linear layer"),
+    (FINETUNE + " --lora --lora-r 0", "out-of-range number", "lora_r must be at least 1"),
+    (FINETUNE + " --lora --lora-full normal,everything", "unknown name", "lora_full: unknown 'everything'"),
+    (FINETUNE + " --report-to tensorboard,neptune", "unknown name", "unknown tracker 'neptune'"),
+    # merge
+    ("merge {missing} --out {out}", "missing path", "{missing}: no such directory"),
+    ("merge {model} --out {out}", "not an adapter", "{model}: no adapter_config.json, so not a LoRA adapter directory"),
+    ("merge {lora-run}/final --base {gpt2} --out {out}", "wrong architecture", "{gpt2}: a 'gpt2' model, not an SWCM model"),
+    ("merge {lora-run}/final --out {notes}", "output is a file", "{notes}: is a file"),
+    ("merge {lora-run}/final --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
+    ("merge {lora-run}/final --out {model}", "output of another command", "{model}: holds the output of swcm build"),
+    # card
+    ("card {missing}", "missing path", "{missing}: no such directory"),
+    ("card {thesis}", "not a model", "{thesis}: no config.json"),
+    ("card {gpt2}", "wrong architecture", "{gpt2}: a 'gpt2' model, not an SWCM model"),
+    ("card {model} --results {malformed.jsonl}", "malformed JSON", "{malformed.jsonl}:2: malformed JSON"),
+    ("card {model} --results {missing}", "missing path", "{missing}"),
     # demo
     ("demo --out {notes}", "output is a file", "{notes}: is a file"),
     ("demo --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),

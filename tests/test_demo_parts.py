@@ -2,8 +2,10 @@
 encoder's bottom layers, a corpus limited to some targets, and the ws-vs-random report."""
 
 import json
+from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from transformers import AutoModel, AutoTokenizer
 
@@ -90,6 +92,13 @@ def test_ws_beside_random_report(tiny_encoder_dir, tmp_path, monkeypatch):
     assert 0 < figures["distinct"]["ws"]["kk"] <= 1
     assert set(figures["chrf_other_references"]) == {"ws", "random"} and figures["chrf_other_references"]["ws"]["kk"] >= 0
     assert read_records("demo")[-1]["precision"] in ("no", "bf16")
+
+    for result in outcome["results"]:  # each model carries its card: languages, data, scores, limits
+        card = ModelCard.load(Path(result["model"]) / "README.md")
+        assert "kk" in card.data.language and card.data.datasets == ["LibreOffice UI strings (vendored in swcm; MPL-2.0)"]
+        [chrf] = [r for r in card.data.eval_results if r.metric_type == "chrf"]
+        assert chrf.metric_value == pytest.approx(result["rows"][0]["chrf"], abs=1e-4) and chrf.dataset_config == "kk"
+        assert f"`{result['spec']['variant']}`" in card.text and "## Limits" in card.text
 
 
 def test_source_following_tells_a_translation_from_text_unrelated_to_its_source():

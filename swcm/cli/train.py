@@ -144,6 +144,7 @@ def _pretrain(args) -> int:
 def _add_finetune(sub) -> None:
     from ..data.readers import ON_BAD_RECORD, TASK_FIELDS
     from ..finetuning import DEFAULT_METRIC, EVAL_METRICS, FinetuneSettings
+    from ..lora import LoraSettings
     from ..training import TrainingConfig
 
     p = sub.add_parser("finetune", help="fine-tune for summarisation (sum), reading comprehension (mrc) or translation (mt)")
@@ -173,6 +174,18 @@ def _add_finetune(sub) -> None:
         "max_valid_examples": "validation records generated for, drawn with --seed, each language keeping its "
         "share (default %(default)s; 0: all)",
     }, names=FINETUNE_FLAG_NAMES)
+    add_settings(p.add_argument_group("LoRA (peft; docs/lora.md)"), LoraSettings, {
+        "lora": "train LoRA adapters (and the Normal layers) instead of every weight; OUT/best and OUT/final are then "
+        "adapter directories, which generate, evaluate and serve load merged (swcm merge writes the merged model)",
+        "lora_r": "adapter rank (default %(default)s)",
+        "lora_alpha": "adapter scale numerator: updates are scaled by alpha / rank (default %(default)s)",
+        "lora_dropout": "dropout on the adapters' input (default %(default)s)",
+        "lora_targets": "linear layers to adapt, by name (a module named N or ending in .N), comma-separated "
+        "(default %(default)s: every attention and FFN projection of encoder and decoder)",
+        "lora_full": "modules trained in full beside the adapters, comma-separated: normal (the random-initialised "
+        "Normal decoder layers), embeddings (the word embeddings), head (with embeddings when they are tied); or none "
+        "(default %(default)s)",
+    })
     p.add_argument("--num-beams", type=int, default=1, help="beams for validation generation")
     p.add_argument("--max-new-tokens", type=int, help="for validation generation (default: --max-target-length)")
     # lr 5e-4, not the paper's 1e-4: at 1e-4 a model built from a small encoder barely moves in a
@@ -186,6 +199,7 @@ def _add_finetune(sub) -> None:
 def _finetune(args) -> int:
     from ..finetuning import FinetuneSettings, finetune
     from ..io import check_model_dir, output_directory
+    from ..lora import LoraSettings
 
     check_at_least(args, FINETUNE_FLAG_NAMES, train_size=1, max_valid_examples=0, num_beams=1, max_new_tokens=1)
     settings = FinetuneSettings(**{
@@ -198,7 +212,8 @@ def _finetune(args) -> int:
     check_model_dir(args.model, ["swcm"], "an SWCM model (swcm build makes one)")
     check_resume(args)
     with output_directory(args.out, "finetune", args.overwrite):
-        result = finetune(args.model, args.train, args.valid, config, settings, train_size=args.train_size)
+        result = finetune(args.model, args.train, args.valid, config, settings, train_size=args.train_size,
+                          lora=LoraSettings(**settings_for(LoraSettings, vars(args))))
     best = f"; best {config.metric} {result.best_metric:.4g} at step {result.best_step} in {result.best_dir}" if result.best_dir else ""
     print(f"fine-tuned {result.step} steps; final model in {result.final_dir}{best}")
     return 0

@@ -31,8 +31,10 @@ def say(message: str, progress: bool) -> None:
 
 
 def is_saved_model(directory: Path) -> bool:
-    """Whether `directory` holds a saved model (config.json and model.safetensors)."""
-    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
+    """Whether `directory` holds a saved model (config.json and model.safetensors, or a LoRA
+    adapter's adapter_config.json and adapter_model.safetensors)."""
+    return any((directory / config).is_file() and (directory / weights).is_file() for config, weights in
+               (("config.json", "model.safetensors"), ("adapter_config.json", "adapter_model.safetensors")))
 
 
 def _as_list(corpus) -> list[str]:

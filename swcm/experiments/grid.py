@@ -23,6 +23,7 @@ OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs", "corpus", "targets")  # corpus, targets: a vendored corpus
 PRETRAIN_KEYS = ("lm_head", "dropout", "alpha", "mt_ratio", "max_source_length", "max_target_length", "on_bad_record")
 FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map", "alpha")
+LORA_KEYS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_full")  # swcm.lora.LoraSettings
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
 # The adapt section (vocabulary extension + continued MLM on the vendored text of `langs`), beside the loop's settings.
 ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha", "train")
@@ -33,7 +34,7 @@ _RUN_OWNED = ("out_dir", "seed", "resume", "progress")
 def section_keys() -> dict[str, frozenset[str]]:
     """The keys each section of an experiment file may hold: data; pretrain (the training loop's
     settings, `PRETRAIN_KEYS` and the DAE noise's `NoiseConfig` fields); finetune (the loop's and
-    `FINETUNE_KEYS`); generate (`GENERATE_KEYS` and every `transformers.GenerationConfig` setting)."""
+    `FINETUNE_KEYS`, `LORA_KEYS`); generate (`GENERATE_KEYS` and every `transformers.GenerationConfig` setting)."""
     from transformers import GenerationConfig
 
     from ..data.noise import NoiseConfig
@@ -43,7 +44,7 @@ def section_keys() -> dict[str, frozenset[str]]:
     return {
         "data": frozenset(DATA_KEYS),
         "pretrain": frozenset(loop | set(PRETRAIN_KEYS) | {f.name for f in fields(NoiseConfig)}),
-        "finetune": frozenset(loop | set(FINETUNE_KEYS)),
+        "finetune": frozenset(loop | set(FINETUNE_KEYS) | set(LORA_KEYS)),
         "generate": frozenset(set(GENERATE_KEYS) | set(GenerationConfig().to_dict()) - {"transformers_version"}),
         "adapt": frozenset(loop | set(ADAPT_KEYS)),
     }

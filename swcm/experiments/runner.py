@@ -1,7 +1,7 @@
 """Running a grid: every grid point's stages in turn, each resumed or skipped when done.
 
 `run_experiment` prepares the data and encoder (`corpora`), runs `run_one` for every grid
-point whose result.json is missing (build → pretrain → fine-tune → evaluate, under
+point whose result.json is missing (build → pretrain → fine-tune → evaluate → model card, under
 OUT/pretrain/<pretrain id>/ and OUT/runs/<run id>/), then writes the report (`report`).
 OUT/settings.json records the settings the runs were made with; a re-run with others is refused.
 
@@ -21,6 +21,8 @@ from pathlib import Path
 
 from ..distributed import on_main_process
 from ..io import mark_output_dir
+from ..model_card import record_corpus, write_model_card
+from ..settings import settings_for
 from .corpora import UDHR, adapt_prepared_encoder, is_saved_model, prepare_encoder, prepare_vendored_data, say, vendored_names
 from .grid import ExperimentConfig, RunSpec, expand_grid, finetune_settings, per_variant, pretrain_settings, training_config
 from .report import aggregate, write_json, write_report
@@ -33,6 +35,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     from ..building import build_model_dir
     from ..evaluating import evaluate_model
     from ..finetuning import DEFAULT_METRIC, finetune
+    from ..lora import LoraSettings
     from ..pretraining import SCHEDULED_SAMPLING, default_warmup_steps, pretrain
     from ..training import TrainingConfig
 
@@ -67,16 +70,24 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     ft_dir = run_dir / "finetune"
     settings = finetune_settings(variant_config, data)
     best = ft_dir / "best"
-    if not on_main_process(lambda: is_saved_model(best) and (ft_dir / "final" / "config.json").is_file()):
+    if not on_main_process(lambda: is_saved_model(best) and is_saved_model(ft_dir / "final")):
         ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", DEFAULT_METRIC),
                                      progress=progress)
-        finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size)
+        finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size,
+                 lora=LoraSettings(**settings_for(LoraSettings, finetune_section)))
     logs["finetune"] = str(ft_dir / "log.jsonl")
     model_dir = best if is_saved_model(best) else ft_dir / "final"  # training ended at a barrier: all see the same
 
     # every process decodes its share of the test set; the main process writes
     rows = evaluate_model(model_dir, data["task"], data["test"], run_dir / "eval", progress=progress,
                           **config.generate)
+    corpus = config.data.get("corpus") if isinstance(config.data, dict) else config.data
+
+    def card() -> None:  # the model's card, with its test scores
+        record_corpus(model_dir, corpus)
+        write_model_card(model_dir, [run_dir / "eval" / "results.json"])
+
+    on_main_process(card)
     result = {"spec": spec.__dict__, "rows": rows, "logs": logs, "model": str(model_dir)}
     on_main_process(write_json, run_dir / "result.json", result)
     return result

@@ -81,6 +81,13 @@ def load_model_weights(model: nn.Module, directory: str | Path) -> None:
     (tied embeddings) may be missing; anything else missing or unexpected is an error.
     """
     directory = Path(directory)
+    if hasattr(model, "peft_config"):  # a LoRA run's checkpoint: the adapter's weights
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        if result.unexpected_keys:
+            raise ValueError(f"{directory}: adapter weights do not match the model (unexpected {result.unexpected_keys[:5]})")
+        return
     index = directory / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -148,7 +155,12 @@ def save_model(run: Run, directory: Path, extra: Callable[[Path], None] | None =
     weights = accelerator.get_state_dict(run.model)  # gathers sharded weights on every rank
     if accelerator.is_main_process:
         with atomic_directory(directory) as tmp:
-            accelerator.unwrap_model(run.model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            model = accelerator.unwrap_model(run.model)
+            if hasattr(model, "peft_config"):  # LoRA: the adapter and the modules trained in full only
+                model.save_pretrained(tmp, state_dict=weights, safe_serialization=True, save_embedding_layers=False)
+                model.get_base_model().generation_config.save_pretrained(tmp)
+            else:
+                model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             if run.tokenizer is not None:
                 save_tokenizer(run.tokenizer, tmp)
             if extra is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..precision import MIXED_PRECISION_CHOICES
 from .scheduled_sampling import teacher_forcing_ratio
+from .tracking import parse_report_to
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -67,6 +68,9 @@ class TrainingConfig:
     patience: int | None = None
     progress: bool = True
     num_workers: int = 0  # DataLoader worker processes that finish (DAE noise) and collate batches
+    # trackers the run reports to (swcm.training.tracking): auto (TensorBoard where installed), all,
+    # none, or names among tensorboard, wandb, mlflow, trackio, comma-separated
+    report_to: str = "auto"
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -90,6 +94,7 @@ class TrainingConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.scheduled_sampling is not None:
             teacher_forcing_ratio(0, 1, self.scheduled_sampling, self.ss_floor, self.ss_k)  # validates
+        parse_report_to(self.report_to)  # validates
         if self.greater_is_better is None:
             self.greater_is_better = "loss" not in self.metric.lower()
 

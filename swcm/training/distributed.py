@@ -8,11 +8,11 @@ from collections.abc import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import is_tensorboard_available
 
 from ..distributed import distributed_state, has_accelerator_device
 from ..precision import PrecisionChoice, resolve_mixed_precision
 from .config import TrainingConfig
+from .tracking import make_trackers
 
 def make_accelerator(config: TrainingConfig, step_probe: Callable[[], PrecisionChoice] | None = None
                      ) -> tuple[Accelerator, PrecisionChoice]:
@@ -26,12 +26,13 @@ def make_accelerator(config: TrainingConfig, step_probe: Callable[[], PrecisionC
     # keeps its state per process, so a single-process run starts from a clean one.
     if state and state.get("_mixed_precision") != precision.mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
-    log_with = "tensorboard" if is_tensorboard_available() else None
     # Without an accelerator device, accelerate treats a torchrun-style launch (what
     # `accelerate launch --multi_gpu` does) as distributed only when told to use the CPU:
     # then it is DDP over gloo, and a single process is unaffected.
     on_cpu = not has_accelerator_device()
     distributed_state()  # the process group, with its timeout, unless something asked for the rank before
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with,
+    # The trackers log on the main process only: the others get none.
+    log_with = make_trackers(config.report_to, config.out_dir) if distributed_state().is_main_process else None
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision, log_with=log_with or None,
                               project_dir=str(config.out_dir))
     return accelerator, precision

@@ -27,6 +27,7 @@ from ..distributed import refuse_unsupported_parallelism
 from .distributed import distributed_state, make_accelerator
 from .optim import adamw, lr_scheduler, parameter_groups
 from .precision_probe import step_probe
+from .tracking import tracked_settings
 from .scheduled_sampling import teacher_forcing_ratio, training_loss
 
 
@@ -57,8 +58,9 @@ class Run:
         self.padding = torch.zeros(2, dtype=torch.long, device=device)  # padded positions, all positions
         self.window_time = 0.0
 
-    def start(self, resume_from: Path | None) -> None:
-        """Restore the checkpoint `resume_from` (None: a fresh start), then open the log."""
+    def start(self, resume_from: Path | None, settings: dict | None = None) -> None:
+        """Restore the checkpoint `resume_from` (None: a fresh start), then open the log and the
+        trackers, which get the loop's settings and `settings` (the recipe's)."""
         if resume_from is not None:
             restore(self, resume_from)
         self.result.step = self.state.step
@@ -71,7 +73,7 @@ class Run:
             else:
                 rewrite_log(self.out / "log.jsonl", self.state.step)
         if self.accelerator.log_with:
-            self.accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(self.config).items()})
+            self.accelerator.init_trackers("swcm", config=tracked_settings(asdict(self.config), settings or {}))
 
     def batches(self, loader: torch.utils.data.DataLoader) -> Iterator[dict]:
         """The loader's batches on this process's device, the data position moved past each."""
@@ -218,6 +220,7 @@ def train(
     *,
     sharded: bool = False,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+    settings: dict | None = None,
 ) -> TrainingResult:
     """Train `model` in place on `examples` for `config.max_steps` optimizer steps; its weights
     are made fp32 first (master weights, whatever they were stored in).
@@ -239,6 +242,9 @@ def train(
 
     `loss_fn(model, batch) -> loss` replaces the seq2seq loss for models of another kind (e.g.
     a masked LM, whose batches carry their own `labels`); scheduled sampling does not apply.
+
+    The trackers of `config.report_to` (`swcm.training.tracking`) get the loop's settings and
+    `settings` (the recipe's own, e.g. fine-tuning's), then every record of log.jsonl.
     """
     out = Path(config.out_dir)
     resume_from = latest_checkpoint(out) if config.resume else None
@@ -272,7 +278,7 @@ def train(
     cursor = DataCursor(examples, config.seed, config.shuffle, config.group_by_length, config.max_tokens and config.max_tokens * world)
     run = Run(config, accelerator, precision, model, tokenizer, RankBatchSampler(cursor, config.batch_size * world, world, rank),
               evaluate, loss_fn)
-    run.start(resume_from)
+    run.start(resume_from, settings)
     state, result = run.state, run.result
     loader = batch_loader(run.sampler, collator, config.num_workers, pin_memory=accelerator.device.type == "cuda",
                           seed=config.seed)
