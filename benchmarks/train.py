@@ -26,7 +26,15 @@ batches of 768 padded tokens grouped by length, 32-token sources and targets, a 
 tokenizer trained on the same text) with each number of DataLoader workers, and prints the
 loop's tokens/s (the median over its steps after the first `--warmup`) and the wall time.
 
+With `--omp-wait` it times SWCM's step in child processes started alternately with libgomp's
+default wait (threads spin ~300,000 rounds before sleeping; GOMP_SPINCOUNT=300000 set to keep
+swcm's own choice out) and with the passive wait that importing swcm chooses (OMP_WAIT_POLICY=
+PASSIVE), `--rounds` of each, and prints the ratio in each precision by best and median steps with
+the CPU and the load average named (the setting is read once per process, so no single process can
+alternate it); `--record` appends the figures.
+
     python benchmarks/train.py                       # small shape, a few minutes on 2 cores
+    python benchmarks/train.py --shape demo --omp-wait --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape demo --workers 0,2 --steps 30
     python benchmarks/train.py --shape demo --loss-ratio --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape base --batch 8 --source-length 128 --target-length 128
@@ -37,7 +45,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -170,6 +182,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="with --workers: first steps left out of the median")
     parser.add_argument("--loss-ratio", action="store_true",
                         help="SWCM's step with token_cross_entropy against F.cross_entropy on float32 logits")
+    parser.add_argument("--omp-wait", action="store_true",
+                        help="SWCM's step under libgomp's default (spinning) wait against the passive one, in child processes")
+    parser.add_argument("--rounds", type=int, default=3, help="with --omp-wait: child processes per wait policy")
+    parser.add_argument("--step-times", action="store_true", help=argparse.SUPPRESS)  # a child of --omp-wait
     parser.add_argument("--record", action="store_true", help="append the figures to benchmarks/records/train.jsonl")
     args = parser.parse_args()
     device = args.device
@@ -180,6 +196,12 @@ def main() -> None:
         return
     if args.loss_ratio:
         loss_ratio(args)
+        return
+    if args.step_times:
+        step_times(args)
+        return
+    if args.omp_wait:
+        omp_wait_ratio(args)
         return
 
     swcm, mbart = build_models(args.shape, args.vocab_size)
@@ -294,6 +316,64 @@ def loss_ratio(args) -> None:
             from swcm.records import append_record
 
             append_record("train", {"what": "loss ratio", **figures}, precision=choice.mixed_precision)
+
+
+def step_times(args) -> None:
+    """Print, as one JSON line, the times of `--steps` SWCM steps (after one warm-up) in each precision."""
+    model, _ = swcm_model(args.shape, args.vocab_size)
+    model = model.to(args.device).train()
+    batch = make_batch(args, model.config.vocab_size, args.device)
+    times = {}
+    for precision in args.precision.split(","):
+        choice = resolve_mixed_precision(precision, args.device)
+        step = make_step(model, batch, choice.dtype, args.device)
+        timed(step, args.device)
+        times[choice.mixed_precision] = [timed(step, args.device) for _ in range(args.steps)]
+    print(json.dumps(times))
+
+
+# libgomp's wait before a thread sleeps when OMP_WAIT_POLICY is unset (its documented default),
+# set explicitly so that importing swcm keeps its own choice out of the "spinning" runs.
+OMP_WAITS = {"spinning": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
+def omp_wait_ratio(args) -> None:
+    """SWCM's step in child processes under each OpenMP wait, alternating; the ratio per precision."""
+    flags = ["--shape", args.shape, "--batch", str(args.batch), "--source-length", str(args.source_length),
+             "--target-length", str(args.target_length), "--steps", str(args.steps), "--precision", args.precision,
+             "--device", args.device] + (["--vocab-size", str(args.vocab_size)] if args.vocab_size else []) + (
+             ["--threads", str(args.threads)] if args.threads else [])
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    times: dict[str, dict[str, list[float]]] = {wait: {} for wait in OMP_WAITS}
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.rounds):
+        for wait, env in OMP_WAITS.items():  # alternate, so both see the same machine load
+            out = subprocess.run([sys.executable, __file__, "--step-times", *flags], env={**base, **env},
+                                 capture_output=True, text=True, check=True).stdout
+            for precision, values in json.loads(out.strip().splitlines()[-1]).items():
+                times[wait].setdefault(precision, []).extend(values)
+            loads.append(os.getloadavg()[0])
+    threads = args.threads or os.cpu_count()
+    print(f"{cpu_name()}; torch {torch.__version__}, {threads} threads; shape {args.shape}, batch {args.batch} x "
+          f"({args.source_length} + {args.target_length}) tokens, AdamW step included; {args.rounds} processes x "
+          f"{args.steps} steps per wait; 1-min load average {min(loads):.1f}-{max(loads):.1f}")
+    for precision in times["passive"]:
+        best = {wait: min(t[precision]) for wait, t in times.items()}
+        median = {wait: statistics.median(t[precision]) for wait, t in times.items()}
+        figures = {"what": "omp wait ratio", "shape": args.shape, "batch": [args.batch, args.source_length, args.target_length],
+                   "threads": threads, "processes": args.rounds, "steps": args.steps,
+                   "load_average": [round(min(loads), 2), round(max(loads), 2)],
+                   **{f"{wait}_s": round(best[wait], 4) for wait in OMP_WAITS},
+                   **{f"{wait}_median_s": round(median[wait], 4) for wait in OMP_WAITS},
+                   "speedup": round(best["spinning"] / best["passive"], 3),
+                   "speedup_median": round(median["spinning"] / median["passive"], 3)}
+        print(f"{precision}: passive {best['passive']:.3f} s/step (median {median['passive']:.3f}), spinning "
+              f"{best['spinning']:.3f} (median {median['spinning']:.3f}): {figures['speedup']:.2f}x by best steps, "
+              f"{figures['speedup_median']:.2f}x by medians")
+        if args.record:
+            from swcm.records import append_record
+
+            append_record("train", figures, precision=precision)
 
 
 def loop_with_workers(args, workers: list[int]) -> None:
