@@ -28,8 +28,7 @@ loop's tokens/s (the median over its steps after the first `--warmup`) and the w
 
 With `--omp-wait` it times SWCM's step in child processes started alternately with libgomp's
 default wait (threads spin ~300,000 rounds before sleeping; GOMP_SPINCOUNT=300000 set to keep
-swcm's own choice out) and with the passive wait that importing swcm chooses (OMP_WAIT_POLICY=
-PASSIVE), `--rounds` of each, and prints the ratio in each precision by best and median steps with
+a user's choice out) and with the passive wait (OMP_WAIT_POLICY=PASSIVE), `--rounds` of each, and prints the ratio in each precision by best and median steps with
 the CPU and the load average named (the setting is read once per process, so no single process can
 alternate it); `--record` appends the figures.
 

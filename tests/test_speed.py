@@ -2,9 +2,6 @@
 fused projections, length-grouped batches."""
 
 import copy
-import os
-import subprocess
-import sys
 from itertools import islice
 
 import pytest
@@ -177,51 +174,3 @@ def test_training_logs_the_padding_share(tmp_path, tiny_encoder_dir):
         shares[group] = sum(r["padding_share"] for r in result.history) / 2
         assert all(0 <= r["padding_share"] < 1 for r in result.history)
     assert shares[True] < shares[False]
-
-
-# A training step of the tiny model, run in a fresh process: what importing swcm left in
-# OMP_WAIT_POLICY, then the loss and every gradient in fp32 and under bf16 autocast.
-_STEP_IN_A_FRESH_PROCESS = """
-import os, sys
-import swcm, torch
-from transformers import AutoTokenizer
-from swcm.training import training_loss
-torch.set_num_threads(2)
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
-torch.manual_seed(0)
-model = swcm.SWCMForConditionalGeneration.from_encoder(sys.argv[1]).train()
-texts = ["人人生而自由", "Everyone has the right to life", "ئادەم"]
-batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
-batch["labels"] = tokenizer(texts[::-1], padding=True, return_tensors="pt")["input_ids"]
-figures = {"wait": os.environ.get("OMP_WAIT_POLICY")}
-for dtype in (torch.float32, torch.bfloat16):
-    torch.manual_seed(1)  # the same dropout masks in every process
-    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        loss = training_loss(model, batch)[0]
-    loss.backward()
-    figures[str(dtype)] = {"loss": loss.detach(), **{n: p.grad for n, p in model.named_parameters() if p.grad is not None}}
-    model.zero_grad(set_to_none=True)
-torch.save(figures, sys.argv[2])
-"""
-
-
-def test_sleeping_openmp_threads_compute_the_same_step(tmp_path, tiny_encoder_dir):
-    """Importing swcm first makes idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE), unless the
-    user chose a wait; either way a training step's loss and gradients, in fp32 and bf16, are
-    the same bits."""
-    script = tmp_path / "step.py"
-    script.write_text(_STEP_IN_A_FRESH_PROCESS, encoding="utf-8")
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    results = {}
-    # GOMP_SPINCOUNT=300000: libgomp's own default wait, a choice of the user's that swcm leaves alone
-    for name, env in {"swcm's": {}, "spinning": {"GOMP_SPINCOUNT": "300000"}}.items():
-        subprocess.run([sys.executable, str(script), str(tiny_encoder_dir), str(tmp_path / f"{name}.pt")],
-                       env={**base, **env}, check=True)
-        results[name] = torch.load(tmp_path / f"{name}.pt")
-    assert results["swcm's"].pop("wait") == "PASSIVE"
-    assert results["spinning"].pop("wait") is None
-    for dtype, figures in results["swcm's"].items():
-        assert figures["loss"].isfinite() and len(figures) > 10
-        assert figures.keys() == results["spinning"][dtype].keys()
-        for name, value in figures.items():
-            assert torch.equal(value, results["spinning"][dtype][name]), (dtype, name)
