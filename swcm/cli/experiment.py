@@ -48,7 +48,7 @@ def _demo(args) -> int:
     if not is_main_process():
         return 0
     print(table)
-    print(f"report with examples and validation loss curves: {args.out}/report.md")
+    print(f"report with examples and validation loss and chrF++ curves: {args.out}/report.md")
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..distributed import on_main_process
-from ..io import atomic_text_file
+from ..io import OWNER_FILE, atomic_text_file
 from .grid import ExperimentConfig, RunSpec, load_experiment
 from .report import figure, log_points
 from .runner import run_experiment
@@ -193,7 +193,9 @@ def run_demo(out_dir: str | os.PathLike = "swcm-demo", progress: bool = True, co
     """Run the demo experiment (default: `demo_config()`) into `out_dir`; return its summary (the
     top of report.md): the verdict line and the per-language comparison table."""
     config = config or demo_config()
-    fresh, started = not Path(out_dir).exists(), time.perf_counter()
+    # fresh: nothing in out_dir yet but the owner file the command may have written before this call
+    fresh = not Path(out_dir).is_dir() or all(p.name == OWNER_FILE for p in Path(out_dir).iterdir())
+    started = time.perf_counter()
     outcome = run_experiment(config, out_dir, progress)  # collective under accelerate launch
     summary = on_main_process(write_demo_report, config, outcome, out_dir)  # the others wait for its summary
     on_main_process(append_demo_record, outcome["results"], time.perf_counter() - started, fresh)
