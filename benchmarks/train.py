@@ -276,6 +276,21 @@ def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoot
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
 
 
+def ratio_figures(times: dict[str, list[float]], baseline: str, change: str, label: str, **context) -> dict:
+    """Print and return the figures of `change` against `baseline` from their step times: each
+    one's best and median step and the ratios (baseline over change, so above 1 means faster)."""
+    best = {name: min(t) for name, t in times.items()}
+    median = {name: statistics.median(t) for name, t in times.items()}
+    figures = {**context, **{f"{name}_s": round(best[name], 4) for name in times},
+               **{f"{name}_median_s": round(median[name], 4) for name in times},
+               "speedup": round(best[baseline] / best[change], 3),
+               "speedup_median": round(median[baseline] / median[change], 3)}
+    print(f"{label}: {change} {best[change]:.3f} s/step (median {median[change]:.3f}), {baseline} "
+          f"{best[baseline]:.3f} (median {median[baseline]:.3f}): {figures['speedup']:.2f}x by best steps, "
+          f"{figures['speedup_median']:.2f}x by medians")
+    return figures
+
+
 def loss_ratio(args) -> None:
     """SWCM's step with each cross-entropy, alternating, in each precision; the ratio of the two."""
     from swcm import modeling
@@ -300,17 +315,9 @@ def loss_ratio(args) -> None:
                 if round_:  # the first round warms up
                     times[name].append(elapsed)
         modeling.token_cross_entropy = token_cross_entropy
-        best = {name: min(t) for name, t in times.items()}
-        median = {name: statistics.median(t) for name, t in times.items()}
-        figures = {"shape": args.shape, "batch": [args.batch, args.source_length, args.target_length],
-                   "threads": torch.get_num_threads(), "steps": args.steps,
-                   **{f"{name}_s": round(best[name], 4) for name in losses},
-                   **{f"{name}_median_s": round(median[name], 4) for name in losses},
-                   "speedup": round(best["plain"] / best["one-pass"], 3),
-                   "speedup_median": round(median["plain"] / median["one-pass"], 3)}
-        print(f"{choice.mixed_precision}: one-pass {best['one-pass']:.3f} s/step (median {median['one-pass']:.3f}), "
-              f"plain {best['plain']:.3f} (median {median['plain']:.3f}): {figures['speedup']:.2f}x by best steps, "
-              f"{figures['speedup_median']:.2f}x by medians")
+        figures = ratio_figures(times, "plain", "one-pass", choice.mixed_precision, shape=args.shape,
+                                batch=[args.batch, args.source_length, args.target_length],
+                                threads=torch.get_num_threads(), steps=args.steps)
         if args.record:
             from swcm.records import append_record
 
@@ -332,7 +339,7 @@ def step_times(args) -> None:
 
 
 # libgomp's wait before a thread sleeps when OMP_WAIT_POLICY is unset (its documented default),
-# set explicitly so that importing swcm keeps its own choice out of the "spinning" runs.
+# set explicitly so that the "spinning" runs do not depend on the environment the benchmark starts in.
 OMP_WAITS = {"spinning": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
@@ -357,18 +364,11 @@ def omp_wait_ratio(args) -> None:
           f"({args.source_length} + {args.target_length}) tokens, AdamW step included; {args.rounds} processes x "
           f"{args.steps} steps per wait; 1-min load average {min(loads):.1f}-{max(loads):.1f}")
     for precision in times["passive"]:
-        best = {wait: min(t[precision]) for wait, t in times.items()}
-        median = {wait: statistics.median(t[precision]) for wait, t in times.items()}
-        figures = {"what": "omp wait ratio", "shape": args.shape, "batch": [args.batch, args.source_length, args.target_length],
-                   "threads": threads, "processes": args.rounds, "steps": args.steps,
-                   "load_average": [round(min(loads), 2), round(max(loads), 2)],
-                   **{f"{wait}_s": round(best[wait], 4) for wait in OMP_WAITS},
-                   **{f"{wait}_median_s": round(median[wait], 4) for wait in OMP_WAITS},
-                   "speedup": round(best["spinning"] / best["passive"], 3),
-                   "speedup_median": round(median["spinning"] / median["passive"], 3)}
-        print(f"{precision}: passive {best['passive']:.3f} s/step (median {median['passive']:.3f}), spinning "
-              f"{best['spinning']:.3f} (median {median['spinning']:.3f}): {figures['speedup']:.2f}x by best steps, "
-              f"{figures['speedup_median']:.2f}x by medians")
+        figures = ratio_figures({wait: t[precision] for wait, t in times.items()}, "spinning", "passive", precision,
+                                what="omp wait ratio", shape=args.shape,
+                                batch=[args.batch, args.source_length, args.target_length], threads=threads,
+                                processes=args.rounds, steps=args.steps,
+                                load_average=[round(min(loads), 2), round(max(loads), 2)])
         if args.record:
             from swcm.records import append_record
 
