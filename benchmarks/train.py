@@ -19,6 +19,10 @@ in the backward) and torch's `F.cross_entropy` on the float32 logits with autogr
 path, which keeps float32 log-probabilities of every row for the backward), in each precision,
 and prints the ratio of the two; `--record` appends the figures to benchmarks/records/train.jsonl.
 
+With `--attention` it times SWCM's step only, alternating the training loop's attention kernels
+(`swcm.precision.training_attention`: SDPA's math kernel for bf16 on a CPU) with SDPA's own
+choice (flash attention on a CPU), in each precision, and prints the ratio; `--record` appends it.
+
 With `--workers 0,2` it times the whole training loop instead (`swcm.training.train`: batching,
 DAE noise, collation, copies to the device, forward, backward, AdamW) on the demo's pretraining
 (the vendored LibreOffice text in zh, ug, kk, mn and dz, monolingual and zh–x pairs, half MT,
@@ -35,6 +39,7 @@ alternate it); `--record` appends the figures.
     python benchmarks/train.py                       # small shape, a few minutes on 2 cores
     python benchmarks/train.py --shape demo --omp-wait --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape demo --workers 0,2 --steps 30
+    python benchmarks/train.py --shape demo --attention --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape demo --loss-ratio --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape base --batch 8 --source-length 128 --target-length 128
     python benchmarks/train.py --device cuda --shape base --compile
@@ -58,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DataCollatorForSeq2Seq, MBartConfig, MBartForConditionalGeneration, XLMRobertaConfig
 
 from swcm import SWCMConfig, SWCMForConditionalGeneration
-from swcm.precision import cpu_name, matmul_gflops, resolve_mixed_precision
+from swcm.precision import cpu_name, matmul_gflops, resolve_mixed_precision, training_attention
 from swcm.records import append_record
 from swcm.training import TrainingConfig, parameter_groups, train, training_loss
 
@@ -71,19 +76,23 @@ SHAPES = {  # hidden, layers, heads, FFN, vocabulary
 GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
 
-def swcm_model(shape: str, vocab_size: int | None) -> tuple[SWCMForConditionalGeneration, XLMRobertaConfig]:
-    """An SWCM model of `shape` (random weights) and its encoder's configuration."""
+def swcm_model(shape: str, vocab_size: int | None, dropout: float | None = None
+               ) -> tuple[SWCMForConditionalGeneration, XLMRobertaConfig]:
+    """An SWCM model of `shape` (random weights) and its encoder's configuration; `dropout`
+    (hidden and attention) replaces XLM-R's 0.1."""
     hidden, layers, heads, ffn, vocab = SHAPES[shape]
+    drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     encoder = XLMRobertaConfig(
         vocab_size=vocab_size or vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, max_position_embeddings=514, type_vocab_size=1,
+        intermediate_size=ffn, max_position_embeddings=514, type_vocab_size=1, **drop,
     )
     torch.manual_seed(0)
     return SWCMForConditionalGeneration(SWCMConfig(encoder=encoder.to_dict())), encoder
 
 
-def build_models(shape: str, vocab_size: int | None) -> tuple[SWCMForConditionalGeneration, MBartForConditionalGeneration]:
-    swcm, encoder = swcm_model(shape, vocab_size)
+def build_models(shape: str, vocab_size: int | None, dropout: float | None = None
+                 ) -> tuple[SWCMForConditionalGeneration, MBartForConditionalGeneration]:
+    swcm, encoder = swcm_model(shape, vocab_size, dropout)
     vocab, hidden, layers, heads, ffn = (encoder.vocab_size, encoder.hidden_size, encoder.num_hidden_layers,
                                          encoder.num_attention_heads, encoder.intermediate_size)
     mbart_config = MBartConfig(
@@ -135,12 +144,17 @@ def step_flops(model, batch: dict) -> int:
     return counter.get_total_flops() + attention_flops(model, batch)
 
 
-def make_step(model, batch: dict, dtype: torch.dtype, device: str):
+def make_step(model, batch: dict, dtype: torch.dtype, device: str, swcm_attention: bool = True):
+    """One optimizer step of `model` on `batch`. SWCM's forward runs with the training loop's
+    attention kernels (`swcm.precision.training_attention`) unless `swcm_attention` is False;
+    MBart's with SDPA's own choice, as transformers trains it."""
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=True)
+    ours = swcm_attention and isinstance(model, SWCMForConditionalGeneration)
 
     def step() -> None:
         autocast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        with autocast:
+        kernels = training_attention(device, dtype) if ours else contextlib.nullcontext()
+        with autocast, kernels:
             loss = loss_of(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
@@ -164,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small", help="small (default), demo or base (XLM-R base)")
     parser.add_argument("--vocab-size", type=int, help="override the shape's vocabulary")
+    parser.add_argument("--dropout", type=float, help="hidden and attention dropout (default XLM-R's 0.1; the demo trains with 0)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--source-length", type=int, default=64)
     parser.add_argument("--target-length", type=int, default=64)
@@ -179,6 +194,8 @@ def main() -> None:
     parser.add_argument("--workers", help="comma-separated DataLoader worker counts: time the training loop on the "
                                           "demo's pretraining with each (e.g. 0,2) instead of one step")
     parser.add_argument("--warmup", type=int, default=3, help="with --workers: first steps left out of the median")
+    parser.add_argument("--attention", action="store_true",
+                        help="SWCM's step with the training loop's attention kernels against SDPA's own choice")
     parser.add_argument("--loss-ratio", action="store_true",
                         help="SWCM's step with token_cross_entropy against F.cross_entropy on float32 logits")
     parser.add_argument("--omp-wait", action="store_true",
@@ -196,6 +213,9 @@ def main() -> None:
     if args.loss_ratio:
         loss_ratio(args)
         return
+    if args.attention:
+        attention_ratio(args)
+        return
     if args.step_times:
         step_times(args)
         return
@@ -203,7 +223,7 @@ def main() -> None:
         omp_wait_ratio(args)
         return
 
-    swcm, mbart = build_models(args.shape, args.vocab_size)
+    swcm, mbart = build_models(args.shape, args.vocab_size, args.dropout)
     vocab = swcm.config.vocab_size
     batch = make_batch(args, vocab, device)
     tokens = args.batch * (args.source_length + args.target_length)
@@ -297,7 +317,7 @@ def loss_ratio(args) -> None:
     from swcm.loss import token_cross_entropy
 
     device = args.device
-    model, _ = swcm_model(args.shape, args.vocab_size)
+    model, _ = swcm_model(args.shape, args.vocab_size, args.dropout)
     model = model.to(device).train()
     batch = make_batch(args, model.config.vocab_size, device)
     where = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
@@ -324,9 +344,36 @@ def loss_ratio(args) -> None:
             append_record("train", {"what": "loss ratio", **figures}, precision=choice.mixed_precision)
 
 
+def attention_ratio(args) -> None:
+    """SWCM's step with the training loop's attention kernels against SDPA's own choice,
+    alternating, in each precision; the ratio of the two."""
+    device = args.device
+    model, _ = swcm_model(args.shape, args.vocab_size, args.dropout)
+    model = model.to(device).train()
+    batch = make_batch(args, model.config.vocab_size, device)
+    print(f"{cpu_name() if device == 'cpu' else torch.cuda.get_device_name()}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; shape {args.shape}, batch {args.batch} x ({args.source_length} + "
+          f"{args.target_length}) tokens, AdamW step included")
+    for precision in args.precision.split(","):
+        choice = resolve_mixed_precision(precision, device)
+        steps = {"sdpa": make_step(model, batch, choice.dtype, device, swcm_attention=False),
+                 "training": make_step(model, batch, choice.dtype, device)}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for round_ in range(args.steps + 1):
+            for name, step in steps.items():  # alternate, so both see the same machine load
+                elapsed = timed(step, device)
+                if round_:  # the first round warms up
+                    times[name].append(elapsed)
+        figures = ratio_figures(times, "sdpa", "training", choice.mixed_precision, what="attention kernels",
+                                shape=args.shape, batch=[args.batch, args.source_length, args.target_length],
+                                threads=torch.get_num_threads(), steps=args.steps)
+        if args.record:
+            append_record("train", figures, precision=choice.mixed_precision)
+
+
 def step_times(args) -> None:
     """Print, as one JSON line, the times of `--steps` SWCM steps (after one warm-up) in each precision."""
-    model, _ = swcm_model(args.shape, args.vocab_size)
+    model, _ = swcm_model(args.shape, args.vocab_size, args.dropout)
     model = model.to(args.device).train()
     batch = make_batch(args, model.config.vocab_size, args.device)
     times = {}

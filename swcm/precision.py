@@ -37,6 +37,7 @@ every branch is tested on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .io import write_json
 
@@ -69,6 +71,20 @@ class PrecisionChoice(NamedTuple):
     def dtype(self) -> torch.dtype:
         """The dtype that compute runs in under this choice."""
         return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.mixed_precision]
+
+
+def training_attention(device: str | torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The attention kernels for a training forward in `dtype` on `device`: SDPA's math kernel
+    for bf16 on a CPU, whatever SDPA picks elsewhere.
+
+    On a CPU, torch's flash-attention kernel runs bf16 forward and backward 4–9x slower than the
+    plain matrix products and softmax of the math kernel at swcm's short sequences (12 heads of
+    32, 8–32 positions, tens of sequences a batch; benchmarks/train.py --attention), which made it
+    a sixth of a bf16 training step; in fp32 the flash kernel is the faster one, and there it
+    stays. The backward follows the kernel of the forward, so the forward alone is wrapped."""
+    if torch.device(device).type == "cpu" and dtype == torch.bfloat16:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def choose_mixed_precision(

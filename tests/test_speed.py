@@ -1,6 +1,7 @@
 """What makes training fast must not change what it computes: the mask-free causal path, the
-fused projections, length-grouped batches."""
+fused projections, the attention kernels, length-grouped batches."""
 
+import contextlib
 import copy
 from itertools import islice
 
@@ -57,6 +58,46 @@ def test_fused_projections_equal_the_separate_linears(model):
     query, key, value = attention._projections(x, "query", "key", "value")
     for got, linear in zip((query, key, value), (attention.query, attention.key, attention.value)):
         torch.testing.assert_close(got, attention._heads(linear(x)))
+
+
+def test_the_training_attention_kernels_compute_the_same_loss_and_gradients(tiny_encoder_dir):
+    """Under bf16 autocast on a CPU, the training loop's attention kernels (SDPA's math kernel,
+    chosen for speed) give the loss and gradients of SDPA's own choice (the flash kernel), padded
+    sources and all, to bf16's rounding."""
+    from swcm.precision import training_attention
+    from swcm.training import training_loss
+
+    torch.manual_seed(0)
+    model = SWCMForConditionalGeneration.from_encoder(tiny_encoder_dir, dropout=0.0).train()
+    enc, labels = _batch(tiny_encoder_dir)
+    labels = labels.masked_fill(labels == model.config.pad_token_id, -100)
+    batch = {**enc, "labels": labels}
+    assert (enc["attention_mask"] == 0).any()  # padded sources take the masked path
+
+    def loss_and_gradients(kernels):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), kernels:
+            loss = training_loss(model, batch)[0]
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_gradients(training_attention("cpu", torch.bfloat16))
+    reference, expected = loss_and_gradients(contextlib.nullcontext())
+    assert loss == pytest.approx(reference, rel=1e-3)
+    assert grads.keys() == expected.keys()
+    for name in expected:  # bf16 products: the rounding of 8 mantissa bits, not a different gradient
+        torch.testing.assert_close(grads[name], expected[name], rtol=0.05, atol=2e-3, msg=name)
+
+
+def test_training_attention_takes_the_math_kernel_for_bf16_on_a_cpu_only():
+    from swcm.precision import training_attention
+
+    with training_attention("cpu", torch.bfloat16):
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()  # put back on leaving
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+        with training_attention(device, dtype):
+            assert torch.backends.cuda.flash_sdp_enabled()
 
 
 # --- length-grouped batches ----------------------------------------------------------------

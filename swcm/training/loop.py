@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import DataCursor, RankBatchSampler, batch_loader
-from ..precision import PrecisionChoice
+from ..precision import PrecisionChoice, training_attention
 from .checkpoint import (
     TrainerState, checkpoint_dirs, clear_interrupted_saves, latest_checkpoint, load_model_weights, restore, rewrite_log,
     save_checkpoint, save_model,
@@ -114,10 +114,11 @@ class Run:
             # accelerate's accumulate() skips the gradient all-reduce on all but the last
             # micro-batch (DDP).
             with accelerator.accumulate(self.model):
-                if self.loss_fn is None:
-                    loss, _ = training_loss(self.model, batch, ratio, config.label_smoothing, self.unwrapped)
-                else:
-                    loss = self.loss_fn(self.model, batch)
+                with training_attention(accelerator.device, self.precision.dtype):
+                    if self.loss_fn is None:
+                        loss, _ = training_loss(self.model, batch, ratio, config.label_smoothing, self.unwrapped)
+                    else:
+                        loss = self.loss_fn(self.model, batch)
                 # the mean over the micro-batch's target tokens, as a sum; a micro-batch without
                 # any (possible in adapt's MLM windows) has a NaN mean and adds nothing: zero loss,
                 # zero gradient (it still runs, so that DDP's ranks stay in step)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.batching import DataCursor
-from ..precision import PrecisionChoice, choose_by_step_probe
+from ..precision import PrecisionChoice, choose_by_step_probe, training_attention
 from .config import TrainingConfig
 from .scheduled_sampling import training_loss
 
@@ -57,7 +57,7 @@ def step_probe(model: nn.Module, examples: Iterable[dict], config: TrainingConfi
         autocast = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         start = time.perf_counter()
         for batch in batches:
-            with autocast:
+            with autocast, training_attention("cpu", dtype):
                 loss = loss_fn(model, batch) if loss_fn is not None else training_loss(
                     model, batch, label_smoothing=config.label_smoothing)[0]
             loss.backward()
