@@ -22,6 +22,8 @@ and prints the ratio of the two; `--record` appends the figures to benchmarks/re
 With `--attention` it times SWCM's step only, alternating the training loop's attention kernels
 (`swcm.precision.training_attention`: SDPA's math kernel for bf16 on a CPU) with SDPA's own
 choice (flash attention on a CPU), in each precision, and prints the ratio; `--record` appends it.
+With `--demo-run DIR` it does so on a finished demo's pretrained `ws` model and the first
+`--steps` batches of its fine-tuning (many shapes, as the demo trains) instead.
 
 With `--workers 0,2` it times the whole training loop instead (`swcm.training.train`: batching,
 DAE noise, collation, copies to the device, forward, backward, AdamW) on the demo's pretraining
@@ -40,6 +42,7 @@ alternate it); `--record` appends the figures.
     python benchmarks/train.py --shape demo --omp-wait --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape demo --workers 0,2 --steps 30
     python benchmarks/train.py --shape demo --attention --batch 48 --source-length 16 --target-length 16 --record
+    python benchmarks/train.py --attention --demo-run swcm-demo --steps 20 --record
     python benchmarks/train.py --shape demo --loss-ratio --batch 48 --source-length 16 --target-length 16 --record
     python benchmarks/train.py --shape base --batch 8 --source-length 128 --target-length 128
     python benchmarks/train.py --device cuda --shape base --compile
@@ -151,11 +154,11 @@ def make_step(model, batch: dict, dtype: torch.dtype, device: str, swcm_attentio
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=True)
     ours = swcm_attention and isinstance(model, SWCMForConditionalGeneration)
 
-    def step() -> None:
+    def step(this: dict | None = None) -> None:  # on `batch`, or on `this` batch
         autocast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         kernels = training_attention(device, dtype) if ours else contextlib.nullcontext()
         with autocast, kernels:
-            loss = loss_of(model, batch)
+            loss = loss_of(model, batch if this is None else this)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
@@ -164,11 +167,11 @@ def make_step(model, batch: dict, dtype: torch.dtype, device: str, swcm_attentio
     return step
 
 
-def timed(step, device: str) -> float:
+def timed(step, device: str, *args) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    step()
+    step(*args)
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -196,6 +199,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="with --workers: first steps left out of the median")
     parser.add_argument("--attention", action="store_true",
                         help="SWCM's step with the training loop's attention kernels against SDPA's own choice")
+    parser.add_argument("--demo-run", metavar="DIR",
+                        help="with --attention: time the pretrained ws model of a finished `swcm demo` in DIR on its "
+                             "real fine-tuning batches instead of a synthetic shape")
     parser.add_argument("--loss-ratio", action="store_true",
                         help="SWCM's step with token_cross_entropy against F.cross_entropy on float32 logits")
     parser.add_argument("--omp-wait", action="store_true",
@@ -348,27 +354,61 @@ def attention_ratio(args) -> None:
     """SWCM's step with the training loop's attention kernels against SDPA's own choice,
     alternating, in each precision; the ratio of the two."""
     device = args.device
-    model, _ = swcm_model(args.shape, args.vocab_size, args.dropout)
-    model = model.to(device).train()
-    batch = make_batch(args, model.config.vocab_size, device)
-    print(f"{cpu_name() if device == 'cpu' else torch.cuda.get_device_name()}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; shape {args.shape}, batch {args.batch} x ({args.source_length} + "
-          f"{args.target_length}) tokens, AdamW step included")
+    where = cpu_name() if device == "cpu" else torch.cuda.get_device_name()
+    if args.demo_run:
+        model, batches = demo_finetuning_batches(args.demo_run, args.steps + 1)
+        model = model.to(device).train()
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        shape = {"shape": "demo run", "batches": "the demo's first fine-tuning batches"}
+        print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; the demo's pretrained ws "
+              f"({_millions(model)} parameters) on its first {len(batches)} fine-tuning batches (768 padded tokens, "
+              "one warm-up), AdamW step included")
+    else:
+        model, _ = swcm_model(args.shape, args.vocab_size, args.dropout)
+        model = model.to(device).train()
+        batches = [make_batch(args, model.config.vocab_size, device)] * (args.steps + 1)
+        shape = {"shape": args.shape, "batch": [args.batch, args.source_length, args.target_length]}
+        print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; shape {args.shape}, batch "
+              f"{args.batch} x ({args.source_length} + {args.target_length}) tokens, AdamW step included")
     for precision in args.precision.split(","):
         choice = resolve_mixed_precision(precision, device)
-        steps = {"sdpa": make_step(model, batch, choice.dtype, device, swcm_attention=False),
-                 "training": make_step(model, batch, choice.dtype, device)}
+        steps = {"sdpa": make_step(model, batches[0], choice.dtype, device, swcm_attention=False),
+                 "training": make_step(model, batches[0], choice.dtype, device)}
         times: dict[str, list[float]] = {name: [] for name in steps}
-        for round_ in range(args.steps + 1):
-            for name, step in steps.items():  # alternate, so both see the same machine load
-                elapsed = timed(step, device)
+        for round_, batch in enumerate(batches):
+            for name, step in steps.items():  # alternate, so both see the same machine load and batch
+                elapsed = timed(step, device, batch)
                 if round_:  # the first round warms up
                     times[name].append(elapsed)
         figures = ratio_figures(times, "sdpa", "training", choice.mixed_precision, what="attention kernels",
-                                shape=args.shape, batch=[args.batch, args.source_length, args.target_length],
-                                threads=torch.get_num_threads(), steps=args.steps)
+                                **shape, threads=torch.get_num_threads(), steps=args.steps)
         if args.record:
             append_record("train", figures, precision=choice.mixed_precision)
+
+
+def demo_finetuning_batches(demo_dir: str, n: int) -> tuple[SWCMForConditionalGeneration, list[dict]]:
+    """The pretrained `ws` model of a finished `swcm demo` run in `demo_dir` (with its language
+    tags) and the first `n` batches its fine-tuning reads (seed 0, 768 padded tokens, grouped by
+    length), as `swcm finetune` collates them."""
+    from transformers import AutoTokenizer
+
+    from swcm.data.batching import DataCursor, RankBatchSampler
+    from swcm.finetuning import FinetuneSettings, encode_records, read_task_pairs
+    from swcm.tokenization import add_language_tags
+
+    root = Path(demo_dir)
+    model_dir = next(iter(sorted((root / "pretrain").glob("ws-*/final"))), None)
+    if model_dir is None:
+        raise SystemExit(f"{root}: no pretrain/ws-*/final; run `swcm demo --out {root}` first")
+    model = SWCMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    settings = FinetuneSettings(task="mt", max_source_length=32, max_target_length=32)
+    records = read_task_pairs(root / "data" / "mt" / "train.jsonl", tokenizer, settings)
+    add_language_tags(model, tokenizer, sorted({r.target_lang for r in records}))
+    examples = encode_records(tokenizer, records, settings)
+    indices = iter(RankBatchSampler(DataCursor(examples, 0, True, True, 768), 8, 1, 0))
+    collate = DataCollatorForSeq2Seq(tokenizer)
+    return model, [collate([examples[i] for i in next(indices)]) for _ in range(n)]
 
 
 def step_times(args) -> None:
