@@ -46,7 +46,7 @@ def section_keys() -> dict[str, frozenset[str]]:
         "pretrain": frozenset(loop | set(PRETRAIN_KEYS) | {f.name for f in fields(NoiseConfig)}),
         "finetune": frozenset(loop | set(FINETUNE_KEYS) | set(LORA_KEYS)),
         "generate": frozenset(set(GENERATE_KEYS) | set(GenerationConfig().to_dict()) - {"transformers_version"}),
-        "adapt": frozenset(loop | set(ADAPT_KEYS)),
+        "adapt": frozenset(loop - {"average_last"} | set(ADAPT_KEYS)),  # the adapted encoder is OUT/final
     }
 
 

@@ -27,6 +27,13 @@ from .corpora import UDHR, adapt_prepared_encoder, is_saved_model, prepare_encod
 from .grid import ExperimentConfig, RunSpec, expand_grid, finetune_settings, per_variant, pretrain_settings, training_config
 from .report import aggregate, write_json, write_report
 
+
+def trained_model(stage_dir: Path, section: dict, otherwise: Path) -> Path:
+    """The model of a training stage that the next stage takes: STAGE/averaged when the section
+    averages checkpoints (`average_last`), else `otherwise`."""
+    return stage_dir / "averaged" if section.get("average_last") else otherwise
+
+
 def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dict, out: Path, progress: bool = True) -> dict:
     """Build → pretrain → fine-tune → evaluate one grid point; each stage resumes or is skipped
     when its output exists. Returns the run's result ({"spec", "rows", "logs"})."""
@@ -58,7 +65,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     pretrained = built
     if spec.objectives != "none":
         settings = pretrain_settings(spec, variant_config, data)
-        pretrained = stage_dir / "final"
+        pretrained = trained_model(stage_dir, pretrain_section, stage_dir / "final")
         if not on_main_process(is_saved_model, pretrained):  # decided once: every process trains, or none
             section = {"scheduled_sampling": SCHEDULED_SAMPLING, **pretrain_section}  # pretraining's defaults
             max_steps = section.get("max_steps", TrainingConfig.__dataclass_fields__["max_steps"].default)
@@ -70,13 +77,15 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     ft_dir = run_dir / "finetune"
     settings = finetune_settings(variant_config, data)
     best = ft_dir / "best"
-    if not on_main_process(lambda: is_saved_model(best) and is_saved_model(ft_dir / "final")):
+    finetuned = {best, ft_dir / "final", trained_model(ft_dir, finetune_section, best)}
+    if not on_main_process(lambda: all(is_saved_model(d) for d in finetuned)):
         ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", DEFAULT_METRIC),
                                      progress=progress)
         finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size,
                  lora=LoraSettings(**settings_for(LoraSettings, finetune_section)))
     logs["finetune"] = str(ft_dir / "log.jsonl")
-    model_dir = best if is_saved_model(best) else ft_dir / "final"  # training ended at a barrier: all see the same
+    # training ended at a barrier: all see the same
+    model_dir = trained_model(ft_dir, finetune_section, best if is_saved_model(best) else ft_dir / "final")
 
     # every process decodes its share of the test set; the main process writes
     rows = evaluate_model(model_dir, data["task"], data["test"], run_dir / "eval", progress=progress,
