@@ -2,6 +2,9 @@
 evaluated on the test set, and adaptation levels as a grid axis (tiny models, real UDHR text)."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from swcm.experiments import RunSpec, load_experiment, run_experiment, seed_bands
 
@@ -37,3 +40,34 @@ def test_seeds_form_bands_and_averaged_checkpoints_are_tested(tiny_encoder_dir, 
         assert f"]({name})" in report
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_adaptation_levels_are_a_grid_axis_with_replay(tiny_encoder_dir, tmp_path):
+    """`adapt_steps` adapts one encoder per level (whole-encoder masked LM on dz + bo text with zh
+    replayed), shared by that level's runs and named in their ids; the plain encoder's runs are
+    there once."""
+    path = tmp_path / "levels.yaml"
+    path.write_text(
+        f"name: levels\nencoder: {tiny_encoder_dir}\nencoder_layers: 2\n"
+        "adapt: {langs: [dz, bo], extend_vocab: 200, init: mean, train: all, replay_langs: [zh], batch_size: 4, max_length: 32}\n"
+        "data: {corpus: libreoffice, targets: [dz]}\n"
+        "finetune: {max_steps: 2, batch_size: 4, lr: 1.0e-3, max_source_length: 24, max_target_length: 16}\n"
+        "generate: {max_new_tokens: 3, max_source_length: 24}\n"
+        "grid:\n  variant: [ws]\n  objectives: [none]\n  adapted: [false, true]\n  adapt_steps: [0, 3]\n")
+    outcome = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
+    assert sorted(RunSpec(**r["spec"]).run_id for r in outcome["results"]) == [
+        "ws-x3-none-nall-s0-adapted0", "ws-x3-none-nall-s0-adapted3", "ws-x3-none-nall-s0-plain"]
+    assert sorted(outcome["encoders"]) == ["False", "True-0", "True-3"]
+    reports = {level: json.loads((Path(outcome["encoders"][level]).parent / "adapt.json").read_text())
+               for level in ("True-0", "True-3")}
+    assert "steps" not in reports["True-0"] and reports["True-3"]["steps"] == 3
+    assert reports["True-3"]["trained"] == "all" and reports["True-3"]["replay"] == ["zh"]
+    assert set(reports["True-3"]["sampling"]) == {"dz", "bo", "zh"}  # zh is trained on beside the new script
+    assert set(reports["True-3"]["mlm_valid_loss"]["adapted"]) == {"dz", "bo", "zh"}  # and its drift measured
+    assert reports["True-0"]["vocab_after"] == reports["True-3"]["vocab_after"]  # pieces from dz + bo only, alike
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "encoder adapted 3 steps" in report and "plain encoder" in report
+    # levels need an adapt section to adapt with
+    path.write_text(path.read_text().replace("adapt: {", "unused: {").replace("unused: {langs", "#"))
+    with pytest.raises(ValueError, match="grid.adapted needs an adapt section"):
+        load_experiment(path)

@@ -30,14 +30,15 @@ def aggregate(results: list[dict], metric: str = "rougeL_f") -> dict:
 
     Each result is {"spec": RunSpec fields, "rows": [{"lang", "rougeL_f", ...}, ...]}.
     Returns {(variant, insert_every, objectives, train_size): {lang: (mean, std, n), "avg": ...}};
-    in an experiment that adapts its encoder the key ends with `adapted` (True or False).
+    in an experiment that adapts its encoder the key ends with `adapted` (True or False), and
+    with the adaptation level (`adapt_steps`) where the grid has that axis.
     """
     groups: dict[tuple, dict[str, list[float]]] = {}
     for result in results:
         spec = result["spec"]
         key = (spec["variant"], spec["insert_every"], spec["objectives"], spec["train_size"])
         if spec.get("adapted") is not None:
-            key += (spec["adapted"],)
+            key += (spec["adapted"],) + ((spec["adapt_steps"],) if spec.get("adapt_steps") is not None else ())
         per_lang = groups.setdefault(key, {})
         values = []
         for row in result["rows"]:
@@ -73,9 +74,12 @@ def setting_order(key: tuple) -> tuple:
 
 
 def _encoder_label(key: tuple, separator: str = ", ") -> str:
-    """", adapted encoder" / ", plain encoder" for a key of an experiment that adapts its encoder, else ""."""
+    """", adapted encoder" / ", plain encoder" for a key of an experiment that adapts its encoder
+    (", encoder adapted N steps" on an adaptation level), else ""."""
     if len(key) < 5:
         return ""
+    if len(key) > 5:
+        return separator + f"encoder adapted {key[5]} steps"
     return separator + ("adapted encoder" if key[4] else "plain encoder")
 
 

@@ -175,15 +175,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     # Under accelerate launch the main process writes the data files and prepares the encoder while
     # the others wait; they read what it wrote only afterwards.
     encoder_dir, data = on_main_process(prepare)
-    encoders = {None: encoder_dir}
-    if config.adapt:  # masked-LM training: on every process
-        encoders = {False: encoder_dir, True: adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress)}
     if isinstance(data.get("test"), str):
         data["test"] = [data["test"]]
     for key in ("mono", "parallel", "task", "train", "test"):
         if key not in data and not (key in ("mono", "parallel") and config.grid.get("objectives") == ["none"]):
             raise ValueError(f"{config.source}: data.{key} is missing")
     specs = expand_grid(config.grid)
+    encoders = {"None": encoder_dir, "False": encoder_dir}
+    for spec in specs:  # each adaptation level the grid holds, once (masked-LM training: on every process)
+        if spec.encoder_level not in encoders:
+            encoders[spec.encoder_level] = adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress,
+                                                                  steps=spec.adapt_steps)
     results = []
     for i, spec in enumerate(specs, 1):
         result_path = out / "runs" / spec.run_id / "result.json"
@@ -192,8 +194,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
             say(f"[{i}/{len(specs)}] {spec.run_id}: done before, reused", progress)
             continue
         say(f"[{i}/{len(specs)}] {spec.run_id}", progress)
-        results.append(run_one(spec, config, encoders[spec.adapted], data, out, progress))
+        results.append(run_one(spec, config, encoders[spec.encoder_level], data, out, progress))
     agg = aggregate(results)
     report = on_main_process(write_report, config, results, agg, out)
+    used = {spec.encoder_level for spec in specs}
     return {"results": results, "aggregate": agg, "report": str(report), "encoder": encoder_dir,
-            "encoders": {str(k): v for k, v in encoders.items()}}
+            "encoders": {level: path for level, path in encoders.items() if level in used}}
