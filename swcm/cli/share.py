@@ -23,7 +23,7 @@ def _add_average(sub) -> None:
 
 def _average(args) -> int:
     from ..io import output_directory
-    from ..training.averaging import average_models, last_checkpoints
+    from ..training import average_models, last_checkpoints
 
     from pathlib import Path
 

@@ -32,6 +32,8 @@ _NOT_COPIED = {*STATE_FILES, "scaler.pt", OWNER_FILE, "README.md", "finetune.jso
 def last_checkpoints(out_dir: str | Path, k: int) -> list[Path]:
     """The last `k` checkpoints kept under OUT/checkpoints, oldest first; a one-line ValueError
     when fewer are kept."""
+    if not Path(out_dir).is_dir():
+        raise FileNotFoundError(f"{out_dir}: no such directory")
     found = checkpoint_dirs(out_dir)
     if len(found) < k:
         raise ValueError(f"{out_dir}: {len(found)} checkpoint(s) kept under checkpoints/, {k} to average")

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from ..data.batching import DataCursor, RankBatchSampler, batch_loader
 from ..precision import PrecisionChoice
 from .checkpoint import (
-    CHECKPOINT_NAME, TrainerState, checkpoint_dirs, clear_interrupted_saves, latest_checkpoint, load_model_weights, restore, rewrite_log,
-    save_checkpoint, save_model,
+    CHECKPOINT_NAME, TrainerState, checkpoint_dirs, clear_interrupted_saves, latest_checkpoint, load_model_weights, restore,
+    rewrite_log, save_checkpoint, save_model,
 )
 from .averaging import average_models
 from .config import TrainingConfig, TrainingResult
@@ -257,7 +257,8 @@ def train(
     With `config.resume` the run continues from the latest complete checkpoint in OUT (or
     starts fresh when there is none); without it, an OUT that already holds checkpoints is an
     error. Training also ends early when one-shot data runs out. Returns a `TrainingResult`;
-    the final weights are in OUT/final (model + tokenizer).
+    the final weights are in OUT/final (model + tokenizer); with `config.average_last`, the mean
+    of the last checkpoints is in OUT/averaged, and the hook's scores of it in the result.
 
     Under several processes, by default every rank reads the same `examples` and keeps its
     slice of each global batch. `sharded=True` says that `examples` is already this process's
