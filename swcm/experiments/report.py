@@ -219,7 +219,8 @@ def seed_bands(results: list[dict], key: str) -> dict[str, list[tuple[int, float
     (the variant alone when nothing else does)."""
     per_setting: dict[tuple, dict[int, list[float]]] = {}
     for result in results:
-        setting = tuple((axis, value) for axis, value in result["spec"].items() if axis != "seed")
+        spec = RunSpec(**result["spec"]).__dict__  # every axis, also in results written before it existed
+        setting = tuple((axis, value) for axis, value in spec.items() if axis != "seed")
         for step, value in log_points(result.get("logs", {}).get("finetune", ""), key):
             per_setting.setdefault(setting, {}).setdefault(step, []).append(value)
     varying = {axis for setting in per_setting for axis, value in setting
