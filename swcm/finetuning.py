@@ -162,10 +162,11 @@ def finetune(
     lora: LoraSettings | None = None,
 ) -> TrainingResult:
     """Fine-tune the model in `model_dir` on a task file; OUT/best (by `config.metric`) and
-    OUT/final load with `from_pretrained`. `train_size` keeps N training records drawn with
+    OUT/final load with `from_pretrained`, and so does OUT/averaged with `config.average_last`
+    (the mean of the last checkpoints, its validation scores in finetune.json's "averaged"). `train_size` keeps N training records drawn with
     the run's seed, stratified by language (Figure 4's 10K / 20K / 50K). With `lora.lora`,
     LoRA adapters train instead of the whole model (`swcm.lora`), and OUT/best and OUT/final
-    are adapter directories over `model_dir`. Each of OUT/best and OUT/final gets finetune.json
+    are adapter directories over `model_dir`. Each of OUT/best, OUT/final (and OUT/averaged) gets finetune.json
     (the run's data, settings and best validation score) and a model card (README.md,
     `swcm.model_card`)."""
     lora = lora or LoraSettings()
@@ -219,7 +220,9 @@ def finetune(
                   "train_records": len(train_records), "langs": langs, "steps": result.step,
                   "metric": config.metric, "best_metric": result.best_metric, "best_step": result.best_step,
                   "mixed_precision": next((r["mixed_precision"] for r in result.history if "mixed_precision" in r), None)}
-        for directory in (result.final_dir, result.best_dir):
+        if result.averaged_dir is not None:
+            record["averaged"] = {"steps": result.averaged_steps, "valid": result.averaged_metrics}
+        for directory in (result.final_dir, result.best_dir, result.averaged_dir):
             if directory is not None:
                 write_json(directory / FINETUNE_RECORD, record)
                 write_model_card(directory)

@@ -347,3 +347,21 @@ def test_similarity_per_layer_sees_a_collapsed_layer(tiny_encoder_dir):
     assert collapsed["decoder"][:-1] == pytest.approx(similarity["decoder"][:-1])
     lines = similarity_summary(collapsed)
     assert lines[0].startswith("encoder: L1 ") and lines[1].endswith(f"L{len(model.decoder.layers)} 1.00")
+
+
+def test_replay_trains_on_languages_the_encoder_reads_without_learning_pieces_from_them(zh_en_encoder, udhr_mono, tmp_path):
+    """--replay (CINO-style continued pretraining): with --train all the whole encoder trains on the
+    new language's text and on the replayed one's, sampled alike; the new pieces come from --mono only."""
+    from safetensors.torch import load_file
+
+    base = ["adapt", "--encoder", str(zh_en_encoder), "--mono", f"bo={udhr_mono['bo']}", "--extend-vocab", "150",
+            "--init", "mean", "--batch-size", "4", "--max-length", "48", "--no-progress"]
+    assert cli([*base, "--out", str(tmp_path / "extended"), "--max-steps", "0"]) == 0
+    assert cli([*base, "--out", str(tmp_path / "replayed"), "--max-steps", "2", "--train", "all",
+                "--replay", f"zh={udhr_mono['zh']}"]) == 0
+    extended, replayed = (json.loads((tmp_path / name / "adapt.json").read_text()) for name in ("extended", "replayed"))
+    assert replayed["vocab_after"] == extended["vocab_after"]  # no piece learnt from the zh text
+    assert replayed["replay"] == ["zh"] and set(replayed["sampling"]) == {"bo", "zh"}
+    before, after = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("extended", "replayed"))
+    layer = next(name for name in after if ".layer.0." in name and name.endswith("query.weight"))
+    assert not torch.equal(before[layer], after[layer])  # the whole encoder trained, not only the new rows

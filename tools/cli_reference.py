@@ -106,7 +106,8 @@ def render_keys() -> str:
     lines += ["", "| grid axis | values |", "|---|---|"]
     values = {"variant": "`ws`, `random`, `no-normal` (BASE-A), `duplicate` (BASE-B)", "insert_every": "X, integers",
               "objectives": ", ".join(f"`{o}`" for o in OBJECTIVES), "train_size": "fine-tuning records, or `null` for all",
-              "seed": "integers", "adapted": "`true`, `false` (needs an `adapt` section)"}
+              "seed": "integers", "adapted": "`true`, `false` (needs an `adapt` section)",
+              "adapt_steps": "masked-LM steps of the adapted encoder, integers: one encoder per level (needs an `adapt` section)"}
     lines += [f"| `{axis}` | {values.get(axis, '')} |" for axis in GRID_KEYS]
     return "\n".join(lines)
 

@@ -89,6 +89,8 @@ TRAINING_FLAGS = {
     "log_every": "write log.jsonl every N steps (default %(default)s)",
     "save_every": "checkpoint every N steps and at the end (default %(default)s)",
     "keep_last": "checkpoints kept (default %(default)s)",
+    "average_last": "at the end also write OUT/averaged, the mean of the weights of the last N checkpoints "
+    "(needs --keep-last N or more), scored on the validation data where there is some",
     "resume": "continue from the latest checkpoint in --out",
     "progress": "no progress bar",
 }

@@ -137,6 +137,10 @@ def _add_adapt(sub) -> None:
     p.add_argument("--mono", action="append", required=True, metavar="LANG=PATH|PATH",
                    help="monolingual text: plain text in LANG (one document a line) or JSONL {text, lang}; repeat")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--replay", action="append", default=[], metavar="LANG=PATH|PATH",
+                   help="text of languages the encoder already reads, as --mono, trained on beside it so that "
+                   "--train all does not make the encoder forget them (CINO-style continued pretraining); no new "
+                   "pieces are learnt from it; repeat")
     p.add_argument("--extend-vocab", type=int, metavar="N", help="add up to N SentencePiece pieces the tokenizer lacks")
     p.add_argument("--alpha", type=float, default=0.3, help="language sampling exponent: p_i ∝ q_i^alpha (default 0.3)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per MLM window (default 128)")
@@ -176,7 +180,8 @@ def _adapt(args) -> int:
     check_resume(args)
     with output_directory(args.out, "adapt", args.overwrite):
         report = adapt_encoder(args.encoder, args.mono, config, args.extend_vocab, args.max_length, args.alpha,
-                               out_dir=args.out, init=args.init, valid=args.valid_mono, train_parts=args.train)
+                               out_dir=args.out, init=args.init, valid=args.valid_mono, train_parts=args.train,
+                               replay=args.replay)
     print_report(report)
     return 0
 

@@ -1,8 +1,48 @@
-"""Making a trained model ready to share: merge a LoRA adapter into full weights, write its model card."""
+"""Making a trained model ready to share: average checkpoints, merge a LoRA adapter into full weights,
+write its model card."""
 
 from __future__ import annotations
 
 from .flags import add_overwrite
+
+
+def _add_average(sub) -> None:
+    p = sub.add_parser("average", help="average the weights of a run's last checkpoints (or of model directories)",
+                       description="Write the model whose weights are the mean of several saved models of one run: "
+                       "floating tensors averaged in float32, integer buffers and configs and tokenizer from the newest "
+                       "(the last given). It loads with from_pretrained, as OUT/best does. fairseq's and Marian's "
+                       "recipes average the last few checkpoints of a translation run the same way.")
+    p.add_argument("sources", nargs="+", metavar="DIR",
+                   help="with --last: a training output directory (OUT, holding checkpoints/step-N); else two or more "
+                   "model directories of the same model, oldest first")
+    p.add_argument("--last", type=int, metavar="K", help="average the last K checkpoints kept under DIR/checkpoints")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    add_overwrite(p, replaces=True)
+    p.set_defaults(func=_average)
+
+
+def _average(args) -> int:
+    from ..io import output_directory
+    from ..training import average_models, last_checkpoints
+
+    from pathlib import Path
+
+    from .flags import UsageError, check_at_least
+
+    if args.last is not None:
+        check_at_least(args, last=2)
+        if len(args.sources) != 1:
+            raise UsageError(f"--last takes one training output directory, got {len(args.sources)}")
+        sources = last_checkpoints(args.sources[0], args.last)
+    elif len(args.sources) < 2:
+        raise UsageError(f"{args.sources[0]}: one directory; give two or more model directories, or a run's "
+                         "output directory with --last K")
+    else:
+        sources = [Path(source) for source in args.sources]
+    with output_directory(args.out, "average", args.overwrite):
+        average_models(sources, args.out)
+    print(f"wrote {args.out}: the mean of {len(sources)} models ({', '.join(str(s) for s in sources)})")
+    return 0
 
 
 def _add_merge(sub) -> None:
@@ -74,4 +114,4 @@ def _card(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_merge, _add_card]
+SUBCOMMANDS = [_add_average, _add_merge, _add_card]

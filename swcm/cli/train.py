@@ -216,6 +216,10 @@ def _finetune(args) -> int:
                           lora=LoraSettings(**settings_for(LoraSettings, vars(args))))
     best = f"; best {config.metric} {result.best_metric:.4g} at step {result.best_step} in {result.best_dir}" if result.best_dir else ""
     print(f"fine-tuned {result.step} steps; final model in {result.final_dir}{best}")
+    if result.averaged_dir is not None:
+        scored = (f"; validation {config.metric} {result.averaged_metrics[config.metric]:.4g}"
+                  if result.averaged_metrics else "")
+        print(f"averaged steps {', '.join(map(str, result.averaged_steps))} into {result.averaged_dir}{scored}")
     return 0
 
 

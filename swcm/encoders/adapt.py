@@ -220,6 +220,7 @@ def adapt_encoder(
     init: str = "mean",
     valid: Sequence[str] = (),
     train_parts: str = "new-rows",
+    replay: Sequence[str] = (),
 ) -> dict:
     """Adapt `encoder` to the monolingual text of `mono` (`--mono` specs).
 
@@ -232,7 +233,10 @@ def adapt_encoder(
     extended model before training and of the adapted one (`mlm_validation_loss`), beside the
     original encoder's under its own tokenizer (another token sequence: not comparable).
     `train_parts`: `new-rows` (default: only the new pieces' rows, and the MLM head where the
-    checkpoint had none: `train_only_new_rows`) or `all` (CINO: the whole masked LM).
+    checkpoint had none: `train_only_new_rows`) or `all` (CINO: the whole masked LM). `replay`
+    (`--mono`-style specs) is text of languages the encoder already reads, trained on beside
+    `mono` (languages sampled alike) so that training the whole encoder does not make it forget
+    them; no new pieces are learnt from it.
     Writes OUT/adapt.json, the returned report: per language <unk> rate, characters per token
     and round-trip shares before and after, pieces added, whether an MLM head was added, the
     MLM losses.
@@ -242,11 +246,12 @@ def adapt_encoder(
         # Checked before anything is written: OUT/extended must stay the one those checkpoints grew from.
         raise ValueError(f"{out} already holds checkpoints; resume them or choose another output directory")
     texts = read_monolingual(mono)
+    replayed = read_monolingual(replay) if replay else {}
     held_out = read_monolingual(valid) if valid else {}
     scored = held_out or texts  # the statistics: on held-out text where there is some
     model, head_added = load_masked_lm(encoder)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
-    report: dict = {"encoder": str(encoder), "mlm_head_added": head_added, "init": init,
+    report: dict = {"encoder": str(encoder), "mlm_head_added": head_added, "init": init, "replay": sorted(replayed),
                     "mlm_head_tied": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
                     "scored_on": "valid" if held_out else "train",
                     "before": {lang: tokenizer_statistics(tokenizer, t) for lang, t in scored.items()}}
@@ -284,7 +289,8 @@ def adapt_encoder(
         if train_parts == "new-rows":
             old_vocab = AutoTokenizer.from_pretrained(encoder).get_vocab()
             train_only_new_rows(model, [i for t, i in tokenizer.get_vocab().items() if t not in old_vocab], head_added)
-        result, probs = continue_mlm(model, tokenizer, texts, config, max_length, alpha, valid=held_out)
+        trained = {lang: texts.get(lang, []) + replayed.get(lang, []) for lang in {**texts, **replayed}}
+        result, probs = continue_mlm(model, tokenizer, trained, config, max_length, alpha, valid=held_out)
         if held_out:
             report["mlm_valid_loss"]["adapted"] = valid_losses()
         report["sampling"] = probs

@@ -12,7 +12,8 @@ Pretraining does not depend on the fine-tuning set size, so runs that differ onl
 `train_size` share one pretrained model.
 
 Results are aggregated over seeds (mean ± std) into tables shaped like the paper's
-Tables 3–5 and a Figure-4 plot (ROUGE-L against X, one line per data size).
+Tables 3–5, a Figure-4 plot (ROUGE-L against X, one line per data size) and learning curves
+(validation chrF++ and loss against step, the seeds of a setting as a band).
 
 The package follows the workflow: `grid` (the experiment file, its grid points and run ids, each
 stage's settings), `corpora` (the vendored data and the encoder, prepared once and cached),
@@ -32,7 +33,7 @@ from .runner import (
 )
 from .report import (
     mean_std, aggregate, setting_order, render_tables, figure4_series, plot_figure4, write_json, plot_curves,
-    write_report,
+    seed_bands, plot_learning_curves, write_report,
 )
 from .demo import (
     DEMO_METRICS, demo_config, comparison_table, distinct_share, examples_markdown, plot_validation_curves, verdict,
@@ -46,7 +47,8 @@ __all__ = [
     "vendored_monolingual", "adapt_prepared_encoder", "prepare_udhr_data", "prepare_vendored_data",
     "vendored_names", "run_one", "SETTINGS_FILE", "experiment_settings", "settings_changes",
     "check_experiment_settings", "run_experiment", "mean_std", "aggregate", "setting_order", "render_tables",
-    "figure4_series", "plot_figure4", "write_json", "plot_curves", "write_report", "DEMO_METRICS", "demo_config",
+    "figure4_series", "plot_figure4", "write_json", "plot_curves", "seed_bands", "plot_learning_curves",
+    "write_report", "DEMO_METRICS", "demo_config",
     "comparison_table", "distinct_share", "examples_markdown", "plot_validation_curves", "verdict", "run_demo",
     "source_following", "source_following_markdown", "append_demo_record", "adaptation_markdown",
 ]

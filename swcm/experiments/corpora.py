@@ -113,23 +113,30 @@ def vendored_monolingual(langs: list[str], split: str) -> dict[str, list[str]]:
 
 
 def adapt_prepared_encoder(encoder_dir: str, settings: dict, cache_dir: str | os.PathLike, seed: int = 0,
-                           progress: bool = True) -> str:
+                           progress: bool = True, steps: int | None = None) -> str:
     """`encoder_dir` adapted (swcm.encoders.adapt) to the vendored text of `settings["langs"]`:
-    up to `extend_vocab` new pieces, then masked-LM training with the section's loop settings;
-    held-out text (the corpora's valid split) scored before and after. Done once under
-    `cache_dir` (its report is adapt.json there) and reused; returns the adapted encoder."""
+    up to `extend_vocab` new pieces, then masked-LM training with the section's loop settings
+    (`steps`, an adaptation level, replaces its max_steps) on that text and on the vendored text
+    of `replay_langs` (languages the encoder reads, that it should not forget); held-out text of
+    both (the corpora's valid split) scored before and after. Done once under `cache_dir` (its
+    report is adapt.json there; each level its own directory) and reused; returns the adapted
+    encoder."""
     from ..encoders.adapt import REPORT_FILE, adapt_encoder
 
-    out = Path(cache_dir) / f"{Path(encoder_dir).name}-adapted"
-    langs = list(settings["langs"])
+    if steps is not None:
+        settings = {**settings, "max_steps": steps}
+    out = Path(cache_dir) / (f"{Path(encoder_dir).name}-adapted" + ("" if steps is None else f"-{steps}-steps"))
+    langs, replay = list(settings["langs"]), list(settings.get("replay_langs") or [])
 
     def write_texts() -> dict[str, list[str]] | None:  # None: adapted before
         if is_saved_model(out / "final") and (out / REPORT_FILE).is_file():
             return None
         specs = {}
-        for split in ("train", "valid"):
-            specs[split] = [f"{lang}={write_lines(out / 'text' / split / f'{lang}.txt', texts)}"
-                            for lang, texts in vendored_monolingual(langs, split).items()]
+        # "valid" holds the replayed languages too: their held-out loss says whether they drifted
+        for split, split_langs in (("train", langs), ("replay", replay), ("valid", langs + replay)):
+            texts = vendored_monolingual(split_langs, "valid" if split == "valid" else "train")
+            specs[split] = [f"{lang}={write_lines(out / 'text' / split / f'{lang}.txt', lines)}"
+                            for lang, lines in texts.items()]
         return specs
 
     # Under accelerate launch the main process decides and writes the text; every process trains.
@@ -141,7 +148,7 @@ def adapt_prepared_encoder(encoder_dir: str, settings: dict, cache_dir: str | os
     config = training_config(settings, out, seed, progress=progress) if settings.get("max_steps") else None
     adapt_encoder(encoder_dir, specs["train"], config, settings["extend_vocab"], settings.get("max_length", 128),
                   settings.get("alpha", 0.3), out_dir=out, init=settings.get("init", "focus"), valid=specs["valid"],
-                  train_parts=settings.get("train", "new-rows"))
+                  train_parts=settings.get("train", "new-rows"), replay=specs["replay"])
     return str(out / "final")
 
 

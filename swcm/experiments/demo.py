@@ -15,7 +15,7 @@ from pathlib import Path
 from ..distributed import on_main_process
 from ..io import OWNER_FILE, atomic_text_file
 from .grid import ExperimentConfig, RunSpec, load_experiment
-from .report import figure, log_points
+from .report import VALIDATION_CURVES, figure, log_points
 from .runner import run_experiment
 
 DEMO_METRICS = (("chrf", "chrF++"), ("bleu", "BLEU"), ("rougeL_f", "ROUGE-L F"), ("script_rate", "script rate"))
@@ -90,9 +90,6 @@ def examples_markdown(results: list[dict], per_lang: int = 10, variants: tuple[s
             parts.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         parts.append("")
     return "\n".join(parts)
-
-
-VALIDATION_CURVES = (("eval_loss", "validation cross-entropy"), ("eval_chrf", "validation chrF++"))
 
 
 def plot_validation_curves(results: list[dict], out_png: str | os.PathLike) -> bool:

@@ -2,7 +2,7 @@
 
 `load_experiment` reads and checks a YAML file into an `ExperimentConfig`; `expand_grid` turns
 its grid into `RunSpec`s (one run each, named by `run_id`; runs differing only in `train_size`
-share `pretrain_id`); `pretrain_settings`, `finetune_settings` and `training_config` give each
+share `pretrain_id`; runs on the same adaptation level, `adapt_steps`, share one adapted encoder); `pretrain_settings`, `finetune_settings` and `training_config` give each
 stage of a grid point its settings from the sections.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
 from ..settings import settings_for
 
-GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed", "adapted")
+GRID_KEYS = ("variant", "insert_every", "objectives", "train_size", "seed", "adapted", "adapt_steps")
 OBJECTIVES = ("dae+mt", "dae", "mt", "none")
 # Settings a run takes from each section (beyond the training loop's; see `section_keys`).
 DATA_KEYS = ("mono", "parallel", "task", "train", "valid", "test", "langs", "corpus", "targets")  # corpus, targets: a vendored corpus
@@ -25,8 +25,9 @@ PRETRAIN_KEYS = ("lm_head", "dropout", "alpha", "mt_ratio", "max_source_length",
 FINETUNE_KEYS = ("max_source_length", "max_target_length", "max_valid_examples", "on_bad_record", "field_map", "alpha")
 LORA_KEYS = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_full")  # swcm.lora.LoraSettings
 GENERATE_KEYS = ("batch_size", "max_source_length", "max_new_tokens")
-# The adapt section (vocabulary extension + continued MLM on the vendored text of `langs`), beside the loop's settings.
-ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha", "train")
+# The adapt section (vocabulary extension + continued MLM on the vendored text of `langs`, and of
+# `replay_langs`, languages the encoder reads already), beside the loop's settings.
+ADAPT_KEYS = ("langs", "extend_vocab", "init", "max_length", "alpha", "train", "replay_langs")
 # Training-loop settings a grid point decides itself.
 _RUN_OWNED = ("out_dir", "seed", "resume", "progress")
 
@@ -46,7 +47,7 @@ def section_keys() -> dict[str, frozenset[str]]:
         "pretrain": frozenset(loop | set(PRETRAIN_KEYS) | {f.name for f in fields(NoiseConfig)}),
         "finetune": frozenset(loop | set(FINETUNE_KEYS) | set(LORA_KEYS)),
         "generate": frozenset(set(GENERATE_KEYS) | set(GenerationConfig().to_dict()) - {"transformers_version"}),
-        "adapt": frozenset(loop | set(ADAPT_KEYS)),
+        "adapt": frozenset(loop - {"average_last"} | set(ADAPT_KEYS)),  # the adapted encoder is OUT/final
     }
 
 
@@ -76,10 +77,23 @@ class RunSpec:
     train_size: int | None = None
     seed: int = 0
     adapted: bool | None = None  # None: the experiment adapts no encoder; else whether this run's is
+    # the adaptation level: masked-LM steps of the adapt section (None: its max_steps); adapted runs only
+    adapt_steps: int | None = None
 
     @property
     def _encoder_suffix(self) -> str:
-        return "" if self.adapted is None else ("-adapted" if self.adapted else "-plain")
+        if self.adapted is None:
+            return ""
+        if not self.adapted:
+            return "-plain"
+        return "-adapted" if self.adapt_steps is None else f"-adapted{self.adapt_steps}"
+
+    @property
+    def encoder_level(self) -> str:
+        """Which encoder the run builds on, named as in `run_experiment`'s "encoders": "None" (the
+        experiment adapts none), "False" (the plain one), "True" (adapted by the adapt section)
+        or "True-N" (adapted with N masked-LM steps: the adapt_steps axis)."""
+        return str(self.adapted) + ("" if self.adapt_steps is None else f"-{self.adapt_steps}")
 
     @property
     def run_id(self) -> str:
@@ -156,11 +170,17 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
     if adapt:
         if not adapt.get("langs") or not adapt.get("extend_vocab"):
             raise ValueError(f"{path}{_key_line(text, 'adapt')}: adapt needs langs (a list) and extend_vocab (pieces to add)")
+        if set(adapt.get("replay_langs") or []) & set(adapt["langs"]):
+            raise ValueError(f"{path}{_key_line(text, 'adapt', 'replay_langs')}: adapt.replay_langs are languages the "
+                             "encoder reads already, not among adapt.langs")
         grid.setdefault("adapted", [True])
         if any(value not in (True, False) for value in grid["adapted"]):
             raise ValueError(f"{path}: grid.adapted holds true and/or false")
-    elif "adapted" in grid:
-        raise ValueError(f"{path}: grid.adapted needs an adapt section (how to adapt the encoder)")
+        if any(not isinstance(steps, int) or isinstance(steps, bool) or steps < 0 for steps in grid.get("adapt_steps", [])):
+            raise ValueError(f"{path}: grid.adapt_steps holds masked-LM step counts (integers >= 0)")
+    elif "adapted" in grid or "adapt_steps" in grid:
+        axis = "adapted" if "adapted" in grid else "adapt_steps"
+        raise ValueError(f"{path}: grid.{axis} needs an adapt section (how to adapt the encoder)")
     # Relative data paths are relative to the experiment file.
     base = path.resolve().parent
     return ExperimentConfig(
@@ -195,10 +215,12 @@ def _resolve(value, base: Path):
 
 
 def expand_grid(grid: dict) -> list[RunSpec]:
-    """Every combination of the grid's axes, in a stable order."""
+    """Every combination of the grid's axes, in a stable order. An adaptation level
+    (`adapt_steps`) applies to adapted encoders only: a plain encoder's runs are there once."""
     defaults = RunSpec()
     axes = [grid.get(key, [getattr(defaults, key)]) for key in GRID_KEYS]
-    return [RunSpec(**dict(zip(GRID_KEYS, values))) for values in itertools.product(*axes)]
+    specs = (RunSpec(**dict(zip(GRID_KEYS, values))) for values in itertools.product(*axes))
+    return list(dict.fromkeys(spec if spec.adapted else replace(spec, adapt_steps=None) for spec in specs))
 
 
 def training_config(section: dict, out_dir: Path, seed: int, **extra):

@@ -1,4 +1,5 @@
-"""Results → the report: aggregation over seeds, the paper-shaped tables, Figure 4, training curves.
+"""Results → the report: aggregation over seeds, the paper-shaped tables, Figure 4, training curves,
+learning curves (validation scores against step, the seeds of a setting as a band).
 
 Each run's result is {"spec": RunSpec fields, "rows": per-language scores, "logs": its
 log.jsonl files}; `aggregate` groups them by everything but the seed, `render_tables` lays
@@ -29,14 +30,15 @@ def aggregate(results: list[dict], metric: str = "rougeL_f") -> dict:
 
     Each result is {"spec": RunSpec fields, "rows": [{"lang", "rougeL_f", ...}, ...]}.
     Returns {(variant, insert_every, objectives, train_size): {lang: (mean, std, n), "avg": ...}};
-    in an experiment that adapts its encoder the key ends with `adapted` (True or False).
+    in an experiment that adapts its encoder the key ends with `adapted` (True or False), and
+    with the adaptation level (`adapt_steps`) where the grid has that axis.
     """
     groups: dict[tuple, dict[str, list[float]]] = {}
     for result in results:
         spec = result["spec"]
         key = (spec["variant"], spec["insert_every"], spec["objectives"], spec["train_size"])
         if spec.get("adapted") is not None:
-            key += (spec["adapted"],)
+            key += (spec["adapted"],) + ((spec["adapt_steps"],) if spec.get("adapt_steps") is not None else ())
         per_lang = groups.setdefault(key, {})
         values = []
         for row in result["rows"]:
@@ -72,9 +74,12 @@ def setting_order(key: tuple) -> tuple:
 
 
 def _encoder_label(key: tuple, separator: str = ", ") -> str:
-    """", adapted encoder" / ", plain encoder" for a key of an experiment that adapts its encoder, else ""."""
+    """", adapted encoder" / ", plain encoder" for a key of an experiment that adapts its encoder
+    (", encoder adapted N steps" on an adaptation level), else ""."""
     if len(key) < 5:
         return ""
+    if len(key) > 5:
+        return separator + f"encoder adapted {key[5]} steps"
     return separator + ("adapted encoder" if key[4] else "plain encoder")
 
 
@@ -203,6 +208,54 @@ def plot_curves(results: list[dict], out_png: str | os.PathLike) -> bool:
     return True
 
 
+# Fine-tuning's validation records in log.jsonl: (key, what it measures), each a learning curve.
+VALIDATION_CURVES = (("eval_loss", "validation cross-entropy"), ("eval_chrf", "validation chrF++"))
+
+
+def seed_bands(results: list[dict], key: str) -> dict[str, list[tuple[int, float, float, float]]]:
+    """Fine-tuning's `key` (e.g. "eval_chrf") against step, the seeds of a setting together:
+    {setting: [(step, mean, min, max) over the seeds that logged that step]}. A setting is a
+    run's grid point but its seed, named by the grid axes whose values differ between settings
+    (the variant alone when nothing else does)."""
+    per_setting: dict[tuple, dict[int, list[float]]] = {}
+    for result in results:
+        spec = RunSpec(**result["spec"]).__dict__  # every axis, also in results written before it existed
+        setting = tuple((axis, value) for axis, value in spec.items() if axis != "seed")
+        for step, value in log_points(result.get("logs", {}).get("finetune", ""), key):
+            per_setting.setdefault(setting, {}).setdefault(step, []).append(value)
+    varying = {axis for setting in per_setting for axis, value in setting
+               if len({dict(other).get(axis) for other in per_setting}) > 1} or {"variant"}
+
+    def name(setting: tuple) -> str:
+        return ", ".join(str(value) if axis == "variant" else f"{axis} {value}" for axis, value in setting if axis in varying)
+
+    return {name(setting): [(step, sum(v) / len(v), min(v), max(v)) for step, v in sorted(steps.items())]
+            for setting, steps in per_setting.items()}
+
+
+def plot_learning_curves(results: list[dict], out_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """One figure per validation curve (`VALIDATION_CURVES`) in `out_dir`, learning-<key>.png: each
+    setting's mean over its seeds as a line, their min–max as a band. Returns [(file name, what
+    it shows)] of the figures written (none where the runs logged no validation)."""
+    written = []
+    for key, label in VALIDATION_CURVES:
+        bands = seed_bands(results, key)
+        if not bands:
+            continue
+        name = f"learning-{key.removeprefix('eval_')}.png"
+        with figure(Path(out_dir) / name, figsize=(6, 4)) as ax:
+            for setting, points in sorted(bands.items()):
+                steps, means, lows, highs = zip(*points)
+                line, = ax.plot(steps, means, marker="o", markersize=3, label=setting)
+                ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.set_xlabel("fine-tuning step")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label[0].upper()}{label[1:]} (mean over seeds, band: min–max)")
+            ax.legend(fontsize=7)
+        written.append((name, label))
+    return written
+
+
 def describe_data(data: str | dict) -> str:
     """An experiment's `data:` section in words: the vendored corpora (with their languages) or
     the files of each kind."""
@@ -240,6 +293,11 @@ def write_report(config: ExperimentConfig, results: list[dict], agg: dict, out: 
         parts += ["### Figure 4", "", "![ROUGE-L against X](figure4.png)", ""]
     if plot_curves(results, out / "curves.png"):
         parts += ["### Training curves", "", "![training curves](curves.png)", ""]
+    learning = plot_learning_curves(results, out)
+    if learning:
+        parts += ["### Learning curves", "", "Fine-tuning's validation scores against step, every run's log.jsonl; "
+                  "a setting's seeds as a band (min–max) around their mean.", ""]
+        parts += [f"![{label} against step]({name})" for name, label in learning] + [""]
     parts += ["## Every run", ""]
     for result in results:
         parts += [f"### {RunSpec(**result['spec']).run_id}", "",

@@ -27,6 +27,13 @@ from .corpora import UDHR, adapt_prepared_encoder, is_saved_model, prepare_encod
 from .grid import ExperimentConfig, RunSpec, expand_grid, finetune_settings, per_variant, pretrain_settings, training_config
 from .report import aggregate, write_json, write_report
 
+
+def trained_model(stage_dir: Path, section: dict, otherwise: Path) -> Path:
+    """The model of a training stage that the next stage takes: STAGE/averaged when the section
+    averages checkpoints (`average_last`), else `otherwise`."""
+    return stage_dir / "averaged" if section.get("average_last") else otherwise
+
+
 def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dict, out: Path, progress: bool = True) -> dict:
     """Build → pretrain → fine-tune → evaluate one grid point; each stage resumes or is skipped
     when its output exists. Returns the run's result ({"spec", "rows", "logs"})."""
@@ -58,7 +65,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     pretrained = built
     if spec.objectives != "none":
         settings = pretrain_settings(spec, variant_config, data)
-        pretrained = stage_dir / "final"
+        pretrained = trained_model(stage_dir, pretrain_section, stage_dir / "final")
         if not on_main_process(is_saved_model, pretrained):  # decided once: every process trains, or none
             section = {"scheduled_sampling": SCHEDULED_SAMPLING, **pretrain_section}  # pretraining's defaults
             max_steps = section.get("max_steps", TrainingConfig.__dataclass_fields__["max_steps"].default)
@@ -70,13 +77,15 @@ def run_one(spec: RunSpec, config: ExperimentConfig, encoder_dir: str, data: dic
     ft_dir = run_dir / "finetune"
     settings = finetune_settings(variant_config, data)
     best = ft_dir / "best"
-    if not on_main_process(lambda: is_saved_model(best) and is_saved_model(ft_dir / "final")):
+    finetuned = {best, ft_dir / "final", trained_model(ft_dir, finetune_section, best)}
+    if not on_main_process(lambda: all(is_saved_model(d) for d in finetuned)):
         ft_config = training_config(finetune_section, ft_dir, spec.seed, metric=finetune_section.get("metric", DEFAULT_METRIC),
                                      progress=progress)
         finetune(pretrained, data["train"], data.get("valid"), ft_config, settings, train_size=spec.train_size,
                  lora=LoraSettings(**settings_for(LoraSettings, finetune_section)))
     logs["finetune"] = str(ft_dir / "log.jsonl")
-    model_dir = best if is_saved_model(best) else ft_dir / "final"  # training ended at a barrier: all see the same
+    # training ended at a barrier: all see the same
+    model_dir = trained_model(ft_dir, finetune_section, best if is_saved_model(best) else ft_dir / "final")
 
     # every process decodes its share of the test set; the main process writes
     rows = evaluate_model(model_dir, data["task"], data["test"], run_dir / "eval", progress=progress,
@@ -166,15 +175,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     # Under accelerate launch the main process writes the data files and prepares the encoder while
     # the others wait; they read what it wrote only afterwards.
     encoder_dir, data = on_main_process(prepare)
-    encoders = {None: encoder_dir}
-    if config.adapt:  # masked-LM training: on every process
-        encoders = {False: encoder_dir, True: adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress)}
     if isinstance(data.get("test"), str):
         data["test"] = [data["test"]]
     for key in ("mono", "parallel", "task", "train", "test"):
         if key not in data and not (key in ("mono", "parallel") and config.grid.get("objectives") == ["none"]):
             raise ValueError(f"{config.source}: data.{key} is missing")
     specs = expand_grid(config.grid)
+    encoders = {"None": encoder_dir, "False": encoder_dir}
+    for spec in specs:  # each adaptation level the grid holds, once (masked-LM training: on every process)
+        if spec.encoder_level not in encoders:
+            encoders[spec.encoder_level] = adapt_prepared_encoder(encoder_dir, config.adapt, out, progress=progress,
+                                                                  steps=spec.adapt_steps)
     results = []
     for i, spec in enumerate(specs, 1):
         result_path = out / "runs" / spec.run_id / "result.json"
@@ -183,8 +194,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
             say(f"[{i}/{len(specs)}] {spec.run_id}: done before, reused", progress)
             continue
         say(f"[{i}/{len(specs)}] {spec.run_id}", progress)
-        results.append(run_one(spec, config, encoders[spec.adapted], data, out, progress))
+        results.append(run_one(spec, config, encoders[spec.encoder_level], data, out, progress))
     agg = aggregate(results)
     report = on_main_process(write_report, config, results, agg, out)
+    used = {spec.encoder_level for spec in specs}
     return {"results": results, "aggregate": agg, "report": str(report), "encoder": encoder_dir,
-            "encoders": {str(k): v for k, v in encoders.items()}}
+            "encoders": {level: path for level, path in encoders.items() if level in used}}

@@ -27,14 +27,17 @@ Layout of `config.out_dir` (only the main process writes):
                             data-position files; the last `keep_last` are kept (`checkpoint`)
     best/                   the best model by `config.metric` (only with an evaluate hook)
     final/                  the model at the end of training; `from_pretrained` loads it
+    averaged/               with `average_last`: the mean of the last checkpoints (`averaging`)
     tensorboard/            TensorBoard event files, when tensorboard is installed
 
 The pieces: `config` (the settings), `scheduled_sampling` (the two-pass form and the training
-forward), `optim` (AdamW and the schedule), `checkpoint` (atomic saves, resume), `distributed`
+forward), `optim` (AdamW and the schedule), `checkpoint` (atomic saves, resume), `averaging`
+(the mean of checkpoints), `distributed`
 (the accelerator) and `loop` (`train()` and its run state).
 """
 
 from ..data.batching import GROUP_BATCHES, example_length
+from .averaging import average_models, last_checkpoints
 from .checkpoint import checkpoint_dirs, latest_checkpoint, load_model_weights, missing_state_files
 from .config import SCHEDULES, TrainingConfig, TrainingResult
 from .distributed import distributed_state
@@ -46,7 +49,7 @@ from .scheduled_sampling import (
 
 __all__ = [
     "FORCED_DECODER_INPUTS", "GROUP_BATCHES", "SCHEDULES", "TEACHER_FORCING_SCHEDULES", "TrainingConfig", "TrainingResult",
-    "adamw", "checkpoint_dirs", "distributed_state", "example_length", "latest_checkpoint", "load_model_weights",
+    "adamw", "average_models", "checkpoint_dirs", "distributed_state", "example_length", "last_checkpoints", "latest_checkpoint", "load_model_weights",
     "missing_state_files", "parameter_groups", "scheduled_sampling_inputs", "teacher_forcing_ratio", "train",
     "training_loss",
 ]

@@ -31,7 +31,10 @@ class TrainingConfig:
     when `scheduled_sampling` is None; otherwise it names the teacher-forcing schedule
     (see `teacher_forcing_ratio`), which decays from 1.0 to `ss_floor`. With an evaluate hook,
     `eval_every` steps the hook runs, the best model by `metric` is kept in OUT/best, and
-    training stops after `patience` evaluations without improvement (None: never).
+    training stops after `patience` evaluations without improvement (None: never). With
+    `average_last` K, the end of training writes OUT/averaged, the mean of the last K checkpoints
+    (`swcm.training.averaging`; `keep_last` must keep them and `save_every` write them), scored by
+    the evaluate hook when there is one.
     `num_workers` processes look up, finish (the pretraining stream's DAE noise) and collate
     the batches ahead of the loop; 0 does it on the training thread. Which batches come next is
     decided on the main process either way: the batches, and a resumed run, are the same (for a
@@ -58,6 +61,7 @@ class TrainingConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
+    average_last: int | None = None  # OUT/averaged: the mean of the last N checkpoints (at least 2)
     resume: bool = False
     scheduled_sampling: str | None = None
     ss_floor: float = 0.75
@@ -80,6 +84,8 @@ class TrainingConfig:
         for name in ("eval_every", "patience", "max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {getattr(self, name)}")
+        if self.average_last is not None:
+            self._check_average_last()
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.warmup_steps < 0:
@@ -98,6 +104,19 @@ class TrainingConfig:
         if self.greater_is_better is None:
             self.greater_is_better = "loss" not in self.metric.lower()
 
+    def _check_average_last(self) -> None:
+        """A one-line ValueError unless the run keeps and writes the `average_last` checkpoints."""
+        k = self.average_last
+        if k < 2:
+            raise ValueError(f"average_last must be at least 2 (checkpoints averaged), got {k}")
+        if self.keep_last < k:
+            raise ValueError(f"average_last {k} needs keep_last of at least {k} (the checkpoints averaged are "
+                             f"those kept), got {self.keep_last}")
+        written = -(-self.max_steps // self.save_every)  # every save_every steps, and at the end
+        if written < k:
+            raise ValueError(f"average_last {k}: {self.max_steps} steps saving every {self.save_every} write only "
+                             f"{written} checkpoint(s); lower save_every")
+
 
 @dataclass
 class TrainingResult:
@@ -110,5 +129,8 @@ class TrainingResult:
     best_step: int | None = None
     stopped_early: bool = False
     data_exhausted: bool = False
+    averaged_dir: Path | None = None  # OUT/averaged, with `average_last`
+    averaged_steps: list[int] = field(default_factory=list)  # the checkpoints it averages
+    averaged_metrics: dict | None = None  # the evaluate hook's scores of OUT/averaged
     history: list[dict] = field(default_factory=list)
 

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from ..data.batching import DataCursor, RankBatchSampler, batch_loader
 from ..precision import PrecisionChoice, training_attention
 from .checkpoint import (
-    TrainerState, checkpoint_dirs, clear_interrupted_saves, latest_checkpoint, load_model_weights, restore, rewrite_log,
-    save_checkpoint, save_model,
+    CHECKPOINT_NAME, TrainerState, checkpoint_dirs, clear_interrupted_saves, latest_checkpoint, load_model_weights, restore,
+    rewrite_log, save_checkpoint, save_model,
 )
+from .averaging import average_models
 from .config import TrainingConfig, TrainingResult
 from ..distributed import refuse_unsupported_parallelism
 from .distributed import distributed_state, make_accelerator
@@ -167,22 +168,26 @@ class Run:
         self.window_time = 0.0
         return record
 
-    def evaluate_and_keep_best(self) -> bool:
-        """Evaluate, keep the best model in OUT/best; True when early stopping says stop."""
-        accelerator, config, state = self.accelerator, self.config, self.state
+    def evaluation(self) -> dict:
+        """The evaluate hook's metrics of the model as it stands, the same on every process."""
         # A hook that shares its work out (`across_processes`, e.g. fine-tuning's validation hook)
         # runs on every process and returns the same metrics on each; any other runs on the main
         # process while the others wait for its metrics, as long as SWCM_DIST_TIMEOUT allows.
         everywhere = getattr(self.evaluate, "across_processes", False)
         metrics = [None]
-        if everywhere or accelerator.is_main_process:
+        if everywhere or self.accelerator.is_main_process:
             self.unwrapped.eval()
             with torch.no_grad():
                 metrics = [dict(self.evaluate(self.unwrapped))]
             self.unwrapped.train()
         if not everywhere:
             broadcast_object_list(metrics)
-        metrics = metrics[0]
+        return metrics[0]
+
+    def evaluate_and_keep_best(self) -> bool:
+        """Evaluate, keep the best model in OUT/best; True when early stopping says stop."""
+        config, state = self.config, self.state
+        metrics = self.evaluation()
         if config.metric not in metrics:
             raise ValueError(f"the evaluate hook returned {sorted(metrics)}, without the metric {config.metric!r}")
         self.log({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
@@ -200,6 +205,25 @@ class Run:
     def save_checkpoint(self) -> None:
         save_checkpoint(self)
         self.last_saved = self.state.step
+
+    def write_averaged(self) -> None:
+        """OUT/averaged from the last `average_last` checkpoints (fewer when training stopped
+        before it wrote them all), scored by the evaluate hook in the precision of the run's
+        evaluations; the model then gets its final weights back. Collective."""
+        directory, result = self.out / "averaged", self.result
+        checkpoints = checkpoint_dirs(self.out)[-self.config.average_last:]
+        if self.accelerator.is_main_process:
+            if len(checkpoints) < self.config.average_last:
+                print(f"average_last {self.config.average_last}: training stopped at step {self.state.step} with "
+                      f"{len(checkpoints)} checkpoint(s); OUT/averaged averages those", file=sys.stderr)
+            average_models(checkpoints, directory)
+        self.accelerator.wait_for_everyone()
+        result.averaged_dir = directory
+        result.averaged_steps = [int(CHECKPOINT_NAME.match(p.name).group(1)) for p in checkpoints]
+        if self.evaluate is not None:
+            load_model_weights(self.unwrapped, directory)
+            result.averaged_metrics = self.evaluation()
+            load_model_weights(self.unwrapped, result.final_dir)
 
 
 def _padding(batch: dict, seq2seq: bool) -> torch.Tensor:
@@ -234,7 +258,8 @@ def train(
     With `config.resume` the run continues from the latest complete checkpoint in OUT (or
     starts fresh when there is none); without it, an OUT that already holds checkpoints is an
     error. Training also ends early when one-shot data runs out. Returns a `TrainingResult`;
-    the final weights are in OUT/final (model + tokenizer).
+    the final weights are in OUT/final (model + tokenizer); with `config.average_last`, the mean
+    of the last checkpoints is in OUT/averaged, and the hook's scores of it in the result.
 
     Under several processes, by default every rank reads the same `examples` and keeps its
     slice of each global batch. `sharded=True` says that `examples` is already this process's
@@ -254,6 +279,9 @@ def train(
     if evaluate is not None and config.eval_every is None and config.patience is not None:
         raise ValueError("patience needs eval_every")
     refuse_unsupported_parallelism()
+    if config.average_last is not None and hasattr(model, "peft_config"):
+        raise ValueError("average_last: a LoRA run's checkpoints hold adapters, whose two factors do not average "
+                         "into the average of their updates; average merged models (swcm merge) instead")
     model.float()  # fp32 master weights, whatever dtype they were stored in; autocast computes in `precision`
     # "auto" on a CPU with bf16 instructions: the faster precision of this model's own step on this
     # run's first batches (measured once per machine and shape, then cached).
@@ -319,6 +347,8 @@ def train(
         if run.last_saved != state.step:
             run.save_checkpoint()
     save_model(run, result.final_dir)
+    if config.average_last is not None and state.step > 0:
+        run.write_averaged()
     result.step = state.step
     for tracker in accelerator.trackers:
         # Not accelerator.end_training(): it also destroys the process group, and a launched
