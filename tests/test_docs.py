@@ -204,5 +204,5 @@ def test_demo_sentence_from_a_live_and_a_backfilled_record(tmp_path, monkeypatch
     assert "the command above took 16 min 39 s, 2 min 9 s of it the install" in render_records.demo_sentence()
     append_record("demo", {"seconds": 754, "fresh": True, "chrf": chrf}, precision="fp32", directory=tmp_path)
     sentence = render_records.demo_sentence()  # the newest record
-    assert "in fp32, `swcm demo` took 12 min 34 s; test chrF++ over ug, dz: `ws` 10.0, `random` 5.5" in sentence
+    assert "in fp32, `swcm demo` took 12 min 34 s; test chrF++ on ug, dz: `ws` 17.0, 3.0; `random` 6.0, 5.0" in sentence
     assert "docs/results/benchmarks.md#demo" in sentence

@@ -146,10 +146,11 @@ def demo_sentence() -> str:
         took = f"`swcm demo` took {_duration(f['seconds'])}" + ("" if f.get("fresh", True) else " (re-using finished stages)")
     precision = f" in {r['precision']}" if r.get("precision") else ""
     chrf = f.get("chrf") or {}
-    means = {v: sum(c.values()) / len(c) for v, c in chrf.items() if c}
-    langs = ", ".join(next(iter(chrf.values()), {}))
-    result = (f"; test chrF++ over {langs}: `ws` {means['ws']:.1f}, `random` {means['random']:.1f}"
-              if {"ws", "random"} <= set(means) else "")
+    langs = list(chrf.get("ws", {}))
+    result = ""
+    if {"ws", "random"} <= set(chrf) and langs:  # per language: a mean would hide the one that is not translated
+        scores = {v: ", ".join(f"{chrf[v].get(lang, float('nan')):.1f}" for lang in langs) for v in ("ws", "random")}
+        result = f"; test chrF++ on {', '.join(langs)}: `ws` {scores['ws']}; `random` {scores['random']}"
     return (f"On {r.get('cpu') or 'an unknown CPU'} ({r.get('cores') or '?'} cores){precision}, {took}{result} "
             f"(recorded {r['date'][:10]}; [the record and its history](docs/results/benchmarks.md#demo)).")
 
