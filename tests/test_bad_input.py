@@ -310,6 +310,18 @@ CASES = [
     ("merge {lora-run}/final --out {notes}", "output is a file", "{notes}: is a file"),
     ("merge {lora-run}/final --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
     ("merge {lora-run}/final --out {model}", "output of another command", "{model}: holds the output of swcm build"),
+    # average
+    ("average {missing} {model} --out {out}", "missing path", "{missing}: no such directory"),
+    ("average {model} --out {out}", "one input", "{model}: one directory; give two or more model directories"),
+    ("average {run} --last 50 --out {out}", "fewer checkpoints than asked", "{run}: 1 checkpoint(s) kept under checkpoints/, 50 to average"),
+    ("average {run} --last 1 --out {out}", "out-of-range number", "--last must be at least 2"),
+    ("average {thesis} {model} --out {out}", "not a model", "{thesis}: no config.json"),
+    ("average {truncated} {model} --out {out}", "truncated safetensors", "{truncated}/model.safetensors: truncated"),
+    ("average {enc} {model} --out {out}", "models that differ", "{enc}: tensor decoder.layers.0.cross_attn.key.bias is in {model} only"),
+    ("average {lora-run}/final {lora-run}/final --out {out}", "not a model", "{lora-run}/final: a LoRA adapter"),
+    ("average {model} {model} --out {notes}", "output is a file", "{notes}: is a file"),
+    ("average {model} {model} --out {thesis}", "output is a foreign directory", "{thesis}: is a directory that swcm did not write"),
+    ("average {model} {model} --out {run}", "output of another command", "{run}: holds the output of swcm finetune"),
     # card
     ("card {missing}", "missing path", "{missing}: no such directory"),
     ("card {thesis}", "not a model", "{thesis}: no config.json"),
